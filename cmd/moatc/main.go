@@ -1,0 +1,145 @@
+// Command moatc runs untrusted work in a sandboxed container against one workspace, on
+// containerd, without Docker Engine.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/moatc/moatc/config"
+	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/run"
+	"github.com/moatc/moatc/state"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// exitStatus carries an exit code out of a command without printing anything.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+func main() {
+	app := newApp()
+	err := app.Run(os.Args)
+	os.Exit(exitCode(err))
+}
+
+// exitCode maps an error to moatc's exit code: the workload's own code, 126/127 for a command
+// that cannot run or is not found, 125 for moatc's own failures (as Docker does).
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var st exitStatus
+	if errors.As(err, &st) {
+		return int(st)
+	}
+	fmt.Fprintf(os.Stderr, "moatc: %v\n", err)
+	var ee *run.ExitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 125
+}
+
+// usageError is a mistake in the command line itself.
+type usageError struct{ error }
+
+func newApp() *cli.App {
+	home, _ := os.UserHomeDir()
+	// -v is --verbose here, as in moat; --version keeps its long form.
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
+	return &cli.App{
+		Name:    "moatc",
+		Usage:   "run untrusted work in a sandboxed container against one workspace, on containerd",
+		Version: version,
+		Description: `moatc runs a command (an AI coding agent, a build, anything) in a container whose only
+view of the host is the workspace directory, mounted at /workspace. Containers run under
+gVisor by default; --no-sandbox uses runc. moatc drives containerd directly and starts its own
+containerd from the prefix (see 'moatc system') unless --address names one.
+
+Examples:
+  moatc run -- echo hello                 # the current directory as workspace
+  moatc run --image busybox ./proj -- ls  # another image and workspace
+  moatc run -d -n web -- sh -c 'sleep 60' # detached; then: moatc logs -f web
+  moatc list                              # runs, with their state and exit code`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "home", Usage: "moatc's state directory (runs, managed containerd)", EnvVars: []string{"MOATC_HOME"}, Value: filepath.Join(home, ".moatc")},
+			&cli.StringFlag{Name: "prefix", Usage: "where `make setup` installed the stack", EnvVars: []string{"MOATC_PREFIX"}, Value: "/opt/moatc"},
+			&cli.StringFlag{Name: "address", Usage: "use this containerd socket instead of the managed one", EnvVars: []string{"MOATC_CONTAINERD_ADDRESS"}},
+			&cli.StringFlag{Name: "namespace", Usage: "containerd namespace", EnvVars: []string{"MOATC_NAMESPACE"}, Value: ctrd.DefaultNamespace},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "more output (and runsc debug logs)"},
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors and picks the code
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+		Commands: []*cli.Command{
+			runCommand(), listCommand(), statusCommand(), logsCommand(), stopCommand(),
+			destroyCommand(), cleanCommand(), imageCommand(), systemCommand(), superviseCommand(),
+		},
+	}
+}
+
+// env is what every command works with.
+type env struct {
+	home, prefix string
+	mgr          *run.Manager
+	daemon       *ctrd.Daemon
+}
+
+// setup builds the run manager from the global flags and moatc's own config file, and
+// reconciles the run records first, as every command does.
+func setup(c *cli.Context) (*env, error) {
+	home, prefix := c.String("home"), c.String("prefix")
+	cfg, err := config.LoadSettings(filepath.Join(home, "config.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	addr, ns := c.String("address"), c.String("namespace")
+	if addr == "" {
+		addr = cfg.Address
+	}
+	if !c.IsSet("namespace") && cfg.Namespace != "" {
+		ns = cfg.Namespace
+	}
+	store, err := state.Open(filepath.Join(home, "runs"))
+	if err != nil {
+		return nil, err
+	}
+	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
+	e := &env{home: home, prefix: prefix, daemon: d}
+	e.mgr = &run.Manager{
+		Store: store, Prefix: prefix, Dir: home,
+		Conn: ctrd.Options{Address: addr, Namespace: ns, Daemon: d},
+		SuperviseCommand: func(id string) []string {
+			exe, err := os.Executable()
+			if err != nil {
+				exe = os.Args[0]
+			}
+			return []string{exe, "--home", home, "--prefix", prefix, "--address", addr, "--namespace", ns, "_supervise", id}
+		},
+	}
+	if err := e.mgr.Reconcile(c.Context); err != nil {
+		return nil, fmt.Errorf("reconciling runs: %w", err)
+	}
+	return e, nil
+}
+
+// signalContext is cancelled by SIGINT/SIGTERM for commands that do not forward signals.
+func signalContext(c *cli.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+}

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/containerd/console"
+	"github.com/urfave/cli/v2"
+
+	"github.com/moatc/moatc/config"
+	"github.com/moatc/moatc/run"
+	"github.com/moatc/moatc/state"
+)
+
+const defaultImage = "debian:bookworm-slim"
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "run a command in a container against a workspace",
+		ArgsUsage: "[PATH] [-- CMD ARGS...]",
+		Description: `Runs CMD (default /bin/sh) in a new container. PATH (default: the current directory) is
+mounted read-write at /workspace, the working directory, and the command runs as the
+workspace owner's uid:gid. Settings come from PATH/moatc.yaml (or agent.yaml, moat.yaml);
+flags override it. moatc exits with the command's exit code; 125 means moatc itself failed,
+126 that the command cannot run, 127 that it was not found. Ctrl-C and SIGTERM are passed on
+to the command. Output is also recorded: see 'moatc logs'.
+
+Flags come before PATH. Examples:
+  moatc run -- make test
+  moatc run --image busybox -e DEBUG=1 -m ../data:/data:ro ./proj -- ls /data
+  moatc run -i                              # an interactive shell with a TTY
+  moatc run -d -n agent -- ./agent.sh        # detached; 'moatc logs -f agent'`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "image", Usage: "image to run (short names resolve as Docker's do; default " + defaultImage + ")"},
+			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the container (K alone copies the host's value); repeatable"},
+			&cli.StringFlag{Name: "name", Aliases: []string{"n"}, Usage: "name of the run (default: the workspace's name and a short id)"},
+			&cli.StringSliceFlag{Name: "mount", Aliases: []string{"m"}, Usage: "bind mount `HOST:CONTAINER[:ro|rw]`; relative HOST paths are from the workspace; repeatable"},
+			&cli.BoolFlag{Name: "interactive", Aliases: []string{"i"}, Usage: "pass stdin, with a TTY when stdin is a terminal"},
+			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "run in the background and print the run id"},
+			&cli.BoolFlag{Name: "no-sandbox", Usage: "run under runc instead of gVisor (reduced isolation: the host kernel is shared)"},
+			&cli.StringFlag{Name: "sandbox-platform", Usage: "gVisor platform: systrap (default), kvm or ptrace"},
+			&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "run as `UID[:GID]` instead of the workspace owner"},
+			&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512m or 2g"},
+			&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 1.5"},
+			&cli.BoolFlag{Name: "json", Usage: "print the run's record as JSON (with -d: instead of the id; otherwise after the command ends)"},
+		},
+		Action: func(c *cli.Context) error {
+			req, err := buildRequest(c)
+			if err != nil {
+				return err
+			}
+			if req.Spec.Runtime == "runc" {
+				fmt.Fprintln(os.Stderr, "moatc: warning: running without the gVisor sandbox (runc): the workload shares the host kernel; reduced isolation")
+			}
+			e, err := setup(c)
+			if err != nil {
+				return err
+			}
+			defer e.mgr.Close()
+			stdio := run.Stdio{Out: os.Stdout, Err: os.Stderr}
+			if !req.Spec.Detach {
+				stdio.In = stdinFor(req.Spec)
+			}
+			if req.Spec.TTY {
+				con, err := console.ConsoleFromFile(os.Stdin)
+				if err != nil {
+					return fmt.Errorf("using the terminal: %w", err)
+				}
+				if err := con.SetRaw(); err != nil {
+					return fmt.Errorf("setting the terminal to raw mode: %w", err)
+				}
+				defer con.Reset()
+				stdio.Console, stdio.In, stdio.Out = con, con, con
+			}
+			r, code, err := e.mgr.Start(c.Context, req, stdio)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				b, _ := json.MarshalIndent(r, "", "  ")
+				fmt.Println(string(b))
+			} else if req.Spec.Detach {
+				fmt.Println(r.ID)
+			}
+			if code != 0 {
+				return exitStatus(code)
+			}
+			return nil
+		},
+	}
+}
+
+// stdinFor decides what the workload reads: the caller's stdin when asked (-i), or when it
+// is a pipe or file (so `cmd | moatc run -- sort` works); never a terminal without -i.
+func stdinFor(s state.Spec) *os.File {
+	if s.Interactive {
+		return os.Stdin
+	}
+	fi, err := os.Stdin.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice != 0 {
+		return nil
+	}
+	return os.Stdin
+}
+
+// buildRequest merges moatc.yaml and the flags into a run request, checking every input
+// before anything is created.
+func buildRequest(c *cli.Context) (run.Request, error) {
+	var req run.Request
+	pos, cmd := splitArgs(c)
+	if len(pos) > 1 {
+		return req, usageError{fmt.Errorf("run takes one workspace PATH, got %q; put the command after --, e.g. moatc run %s -- %s", pos, pos[0], strings.Join(pos[1:], " "))}
+	}
+	ws := "."
+	if len(pos) == 1 {
+		ws = pos[0]
+	}
+	ws, err := filepath.Abs(ws)
+	if err != nil {
+		return req, err
+	}
+	fi, err := os.Stat(ws)
+	if err != nil {
+		return req, fmt.Errorf("workspace %s does not exist: create it or name another directory", ws)
+	}
+	if !fi.IsDir() {
+		return req, fmt.Errorf("workspace %s is not a directory", ws)
+	}
+	file, err := config.Load(ws)
+	if err != nil {
+		return req, err
+	}
+	req.Workspace = ws
+	req.Name = pick(c.String("name"), file.Name)
+	s := &req.Spec
+	s.Image = pick(c.String("image"), file.Image, defaultImage)
+	s.Command = cmd
+	if len(s.Command) == 0 {
+		s.Command = file.Command
+	}
+	if len(s.Command) == 0 {
+		s.Command = []string{"/bin/sh"}
+	}
+	s.Runtime = "gvisor"
+	if c.Bool("no-sandbox") || file.Sandbox == "none" {
+		s.Runtime = "runc"
+	}
+	s.Platform = c.String("sandbox-platform")
+	switch s.Platform {
+	case "", "systrap", "ptrace":
+	case "kvm":
+		if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err != nil {
+			return req, fmt.Errorf("--sandbox-platform kvm needs a usable /dev/kvm (%v): use systrap (the default) instead", err)
+		} else {
+			f.Close()
+		}
+	default:
+		return req, usageError{fmt.Errorf("--sandbox-platform %q: write systrap, kvm or ptrace", s.Platform)}
+	}
+	s.Debug = c.Bool("verbose")
+	s.Interactive = c.Bool("interactive") || (file.Interactive != nil && *file.Interactive)
+	s.Detach = c.Bool("detach")
+	if s.Interactive && s.Detach {
+		return req, usageError{fmt.Errorf("-i and -d do not go together: an interactive run needs your terminal")}
+	}
+	s.TTY = s.Interactive && isTerminal(os.Stdin)
+
+	// The workload runs as the workspace's owner, so what it writes is theirs.
+	st := fi.Sys().(*syscall.Stat_t)
+	s.User = fmt.Sprintf("%d:%d", st.Uid, st.Gid)
+	if u := c.String("user"); u != "" {
+		s.User = u
+	}
+	home := "/tmp"
+	if s.User == "0" || strings.HasPrefix(s.User, "0:") || s.User == "root" {
+		home = "/root"
+	}
+	s.Env = append(s.Env, "HOME="+home)
+	if s.TTY {
+		s.Env = append(s.Env, "TERM="+pick(os.Getenv("TERM"), "xterm"))
+	}
+	for _, k := range sortedKeys(file.Env) {
+		s.Env = append(s.Env, k+"="+file.Env[k])
+	}
+	for _, kv := range c.StringSlice("env") {
+		k, v, ok := strings.Cut(kv, "=")
+		if k == "" || strings.ContainsAny(k, " \t\n") {
+			return req, usageError{fmt.Errorf("-e %q: write NAME=value (or NAME to copy the host's value)", kv)}
+		}
+		if !ok {
+			v = os.Getenv(k)
+		}
+		s.Env = append(s.Env, k+"="+v)
+	}
+	mounts := append(append([]string{}, file.Mounts...), c.StringSlice("mount")...)
+	for _, m := range mounts {
+		mt, err := parseMount(ws, m)
+		if err != nil {
+			return req, err
+		}
+		s.Mounts = append(s.Mounts, mt)
+	}
+	s.Memory, s.CPUs = file.Memory, file.CPUs
+	if m := c.String("memory"); m != "" {
+		if s.Memory, err = config.ParseMemory(m); err != nil {
+			return req, usageError{fmt.Errorf("--memory: %w", err)}
+		}
+	}
+	if c.IsSet("cpus") {
+		if s.CPUs = c.Float64("cpus"); s.CPUs <= 0 {
+			return req, usageError{fmt.Errorf("--cpus %v: give a positive number such as 1.5", s.CPUs)}
+		}
+	}
+	return req, nil
+}
+
+// parseMount parses HOST:CONTAINER[:ro|rw].
+func parseMount(ws, spec string) (state.Mount, error) {
+	bad := func(why string) (state.Mount, error) {
+		return state.Mount{}, usageError{fmt.Errorf("mount %q: %s; write HOST:CONTAINER[:ro|rw], e.g. ../data:/data:ro", spec, why)}
+	}
+	parts := strings.Split(spec, ":")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return bad("malformed")
+	}
+	m := state.Mount{Host: parts[0], Container: parts[1]}
+	if len(parts) == 3 {
+		switch parts[2] {
+		case "ro":
+			m.ReadOnly = true
+		case "rw":
+		default:
+			return bad(fmt.Sprintf("mode %q is neither ro nor rw", parts[2]))
+		}
+	}
+	if !filepath.IsAbs(m.Container) {
+		return bad("the container path must be absolute")
+	}
+	if !filepath.IsAbs(m.Host) {
+		m.Host = filepath.Join(ws, m.Host)
+	}
+	if _, err := os.Stat(m.Host); err != nil {
+		return bad(fmt.Sprintf("host path %s does not exist", m.Host))
+	}
+	m.Container = filepath.Clean(m.Container)
+	return m, nil
+}
+
+// splitArgs returns the positional arguments before "--" and the command after it. urfave/cli
+// drops the "--" when it directly follows the flags and keeps it after a PATH, so the split is
+// found from the end: the command is what follows the first "--" of os.Args.
+func splitArgs(c *cli.Context) (pos, cmd []string) {
+	args := c.Args().Slice()
+	for i, a := range os.Args {
+		if a == "--" {
+			cmd = os.Args[i+1:]
+			break
+		}
+	}
+	if len(cmd) > len(args) {
+		cmd = args
+	}
+	pos = args[:len(args)-len(cmd)]
+	if n := len(pos); n > 0 && pos[n-1] == "--" {
+		pos = pos[:n-1]
+	}
+	return pos, cmd
+}
+
+func pick(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

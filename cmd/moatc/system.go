@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/moatc/moatc/ctrd"
+)
+
+func systemCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "system",
+		Usage: "manage the containerd that moatc starts itself",
+		Description: `Without --address, moatc starts its own containerd from the prefix (its root, state and
+socket under --home) on first use and leaves it running for the next command.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:  "start",
+				Usage: "start the managed containerd (moatc does this on demand)",
+				Action: func(c *cli.Context) error {
+					e, err := setup(c)
+					if err != nil {
+						return err
+					}
+					if err := e.daemon.Start(c.Context); err != nil {
+						return err
+					}
+					pid, _ := e.daemon.Pid()
+					fmt.Printf("containerd running (pid %d) on %s\n", pid, e.daemon.Address())
+					return nil
+				},
+			},
+			{
+				Name:  "stop",
+				Usage: "stop the managed containerd",
+				Flags: []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "stop it even while runs are active"}},
+				Action: func(c *cli.Context) error {
+					e, err := setup(c)
+					if err != nil {
+						return err
+					}
+					runs, err := e.mgr.Store.List()
+					if err != nil {
+						return err
+					}
+					for _, r := range runs {
+						if r.Active() && !c.Bool("force") {
+							return fmt.Errorf("run %s is active: stop it first (`moatc stop %s`), or use `moatc system stop --force`", r.Name, r.Name)
+						}
+					}
+					if err := e.daemon.Stop(c.Context, 10*time.Second); err != nil {
+						return err
+					}
+					fmt.Println("containerd stopped")
+					return nil
+				},
+			},
+			{
+				Name:  "status",
+				Usage: "show the stack: containerd, runtimes, versions",
+				Flags: []cli.Flag{jsonFlag},
+				Action: func(c *cli.Context) error {
+					e, err := setup(c)
+					if err != nil {
+						return err
+					}
+					st := systemStatus(c.Context, e)
+					if c.Bool("json") {
+						return printJSON(st)
+					}
+					tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+					fmt.Fprintf(tw, "containerd:\t%s\n", st.Containerd.State)
+					fmt.Fprintf(tw, "  address:\t%s\n", st.Containerd.Address)
+					fmt.Fprintf(tw, "  managed:\t%v\n", st.Containerd.Managed)
+					if st.Containerd.Version != "" {
+						fmt.Fprintf(tw, "  version:\t%s\n", st.Containerd.Version)
+					}
+					if st.Containerd.Pid != 0 {
+						fmt.Fprintf(tw, "  pid:\t%d (up %s)\n", st.Containerd.Pid, st.Containerd.Uptime)
+					}
+					fmt.Fprintf(tw, "  namespace:\t%s\n", st.Containerd.Namespace)
+					fmt.Fprintf(tw, "prefix:\t%s\n", st.Prefix)
+					for _, r := range st.Runtimes {
+						fmt.Fprintf(tw, "runtime %s:\t%s (%s)\n", r.Name, r.Status, r.Shim)
+						for _, b := range r.Binaries {
+							fmt.Fprintf(tw, "  %s:\t%s\n", b.Name, b.Version)
+						}
+						if r.Flags != "" {
+							fmt.Fprintf(tw, "  runsc flags:\t%s\n", r.Flags)
+						}
+					}
+					return tw.Flush()
+				},
+			},
+		},
+	}
+}
+
+type binaryStatus struct {
+	Name    string `json:"name"`
+	Path    string `json:"path,omitempty"`
+	Version string `json:"version"`
+}
+
+type runtimeStatus struct {
+	Name     string         `json:"name"`
+	Shim     string         `json:"shim"`
+	Status   string         `json:"status"`
+	Binaries []binaryStatus `json:"binaries"`
+	Flags    string         `json:"runsc_flags,omitempty"`
+}
+
+type stackStatus struct {
+	Prefix     string `json:"prefix"`
+	Containerd struct {
+		State     string `json:"state"`
+		Address   string `json:"address"`
+		Managed   bool   `json:"managed"`
+		Version   string `json:"version,omitempty"`
+		Pid       int    `json:"pid,omitempty"`
+		Uptime    string `json:"uptime,omitempty"`
+		Namespace string `json:"namespace"`
+	} `json:"containerd"`
+	Runtimes []runtimeStatus `json:"runtimes"`
+}
+
+func systemStatus(ctx context.Context, e *env) stackStatus {
+	var st stackStatus
+	st.Prefix = e.prefix
+	cd := &st.Containerd
+	cd.Namespace = e.mgr.Conn.Namespace
+	cd.Managed = e.mgr.Conn.Address == ""
+	cd.Address = e.mgr.Conn.Address
+	if cd.Managed {
+		cd.Address = e.daemon.Address()
+		if pid, ok := e.daemon.Pid(); ok {
+			cd.Pid = pid
+			if t, ok := e.daemon.Started(); ok {
+				cd.Uptime = time.Since(t).Round(time.Second).String()
+			}
+		}
+	}
+	cd.State = "not running"
+	if cd.Managed && !e.daemon.Answering() {
+		cd.State = "not running (moatc starts it on demand)"
+	} else if cl, err := ctrd.Connect(ctx, e.mgr.Conn); err == nil {
+		cd.State = "running"
+		if v, err := cl.Version(ctx); err == nil {
+			cd.Version = v.Version
+		}
+		cl.Close()
+	} else {
+		cd.State = "not answering: " + err.Error()
+	}
+	for _, rt := range []ctrd.Runtime{ctrd.GVisor{Prefix: e.prefix, Dir: filepath.Join(e.home, "runsc")}, ctrd.Runc{Prefix: e.prefix}} {
+		rs := runtimeStatus{Name: rt.Name(), Shim: rt.Shim(), Status: "available"}
+		if err := rt.Check(); err != nil {
+			rs.Status = "missing: run `make setup`"
+		}
+		bins := []string{"runc", "containerd-shim-runc-v2"}
+		if g, ok := rt.(ctrd.GVisor); ok {
+			bins = []string{"runsc", "containerd-shim-runsc-v1"}
+			rs.Flags = g.Flags()
+		}
+		for _, b := range bins {
+			rs.Binaries = append(rs.Binaries, binaryVersion(e.prefix, b))
+		}
+		st.Runtimes = append(st.Runtimes, rs)
+	}
+	return st
+}
+
+func binaryVersion(prefix, name string) binaryStatus {
+	bs := binaryStatus{Name: name, Version: "not found"}
+	p := filepath.Join(prefix, "bin", name)
+	if _, err := os.Stat(p); err != nil {
+		if p, err = exec.LookPath(name); err != nil {
+			return bs
+		}
+	}
+	bs.Path = p
+	if b, err := os.ReadFile(filepath.Join(prefix, "versions", versionFile(name))); err == nil {
+		bs.Version = strings.TrimSpace(string(b))
+		return bs
+	}
+	out, err := exec.Command(p, "--version").CombinedOutput()
+	if err != nil {
+		bs.Version = "installed"
+		return bs
+	}
+	bs.Version = strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
+	return bs
+}
+
+// versionFile names the file in which `make setup` records what it built.
+func versionFile(bin string) string {
+	switch bin {
+	case "containerd-shim-runc-v2", "containerd", "ctr":
+		return "containerd"
+	case "containerd-shim-runsc-v1":
+		return "shim"
+	}
+	return bin
+}

@@ -1,0 +1,269 @@
+// Package config reads a workspace's moatc.yaml (agent.yaml and moat.yaml are accepted too, for
+// people coming from moat). Every error names the file, the line and the key.
+package config
+
+import (
+	"errors"
+	"io"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Names are the file names looked for in a workspace, in order.
+var Names = []string{"moatc.yaml", "agent.yaml", "moat.yaml"}
+
+// File is a parsed moatc.yaml. Zero values mean "not set".
+type File struct {
+	Path        string
+	Name        string
+	Image       string
+	Command     []string
+	Env         map[string]string
+	Mounts      []string
+	Interactive *bool
+	Sandbox     string // "", "gvisor" or "none"
+	Memory      int64  // bytes
+	CPUs        float64
+}
+
+// Error is a problem at a place in a config file.
+type Error struct {
+	Path string
+	Line int
+	Key  string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	if e.Key == "" {
+		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, e.Msg)
+	}
+	return fmt.Sprintf("%s:%d: %s: %s", e.Path, e.Line, e.Key, e.Msg)
+}
+
+// Find returns the config file of a workspace, or "" when it has none.
+func Find(workspace string) string {
+	for _, n := range Names {
+		p := filepath.Join(workspace, n)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// Load reads the workspace's config file; a workspace without one yields an empty File.
+func Load(workspace string) (*File, error) {
+	p := Find(workspace)
+	if p == "" {
+		return &File{}, nil
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(p, b)
+}
+
+// later lists keys moat users may have that moatc does not support yet: naming them beats a
+// confusing "unknown key".
+var later = map[string]bool{
+	"dependencies": true, "grants": true, "secrets": true, "ports": true, "network": true,
+	"services": true, "hooks": true, "base_image": true,
+}
+
+// Parse parses the bytes of a config file found at path.
+func Parse(path string, data []byte) (*File, error) {
+	f := &File{Path: path}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, syntaxError(path, err)
+	}
+	if len(doc.Content) == 0 {
+		return f, nil
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, &Error{Path: path, Line: root.Line, Msg: "the file must be a mapping of keys, e.g. `image: debian:bookworm-slim`"}
+	}
+	e := func(n *yaml.Node, key, format string, a ...any) error {
+		return &Error{Path: path, Line: n.Line, Key: key, Msg: fmt.Sprintf(format, a...)}
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		key := k.Value
+		if seen[key] {
+			return nil, e(k, key, "appears twice")
+		}
+		seen[key] = true
+		var err error
+		switch key {
+		case "name":
+			err = scalar(v, &f.Name, "a string")
+		case "image":
+			err = scalar(v, &f.Image, "an image reference such as debian:bookworm-slim")
+		case "command":
+			if v.Kind == yaml.ScalarNode {
+				f.Command = []string{"/bin/sh", "-c", v.Value}
+			} else {
+				err = strings_(v, &f.Command)
+			}
+		case "env":
+			if v.Kind != yaml.MappingNode {
+				return nil, e(v, key, "must be a mapping of NAME: value")
+			}
+			f.Env = map[string]string{}
+			for j := 0; j+1 < len(v.Content); j += 2 {
+				if v.Content[j+1].Kind != yaml.ScalarNode {
+					return nil, e(v.Content[j+1], "env."+v.Content[j].Value, "must be a string")
+				}
+				f.Env[v.Content[j].Value] = v.Content[j+1].Value
+			}
+		case "mounts":
+			err = strings_(v, &f.Mounts)
+		case "interactive":
+			var b bool
+			if err = v.Decode(&b); err == nil {
+				f.Interactive = &b
+			} else {
+				err = errors.New("must be true or false")
+			}
+		case "sandbox":
+			err = scalar(v, &f.Sandbox, "gvisor or none")
+			if err == nil && f.Sandbox != "gvisor" && f.Sandbox != "none" {
+				err = fmt.Errorf("%q is not a sandbox: write gvisor (the default) or none", f.Sandbox)
+			}
+		case "container":
+			err = f.parseContainer(v, e)
+		default:
+			if later[key] {
+				return nil, e(k, key, "is not supported by this version of moatc yet; remove it to run")
+			}
+			return nil, e(k, key, "unknown key (known: %s)", strings.Join(known(), ", "))
+		}
+		if err != nil {
+			var ce *Error
+			if errors.As(err, &ce) {
+				return nil, err
+			}
+			return nil, e(v, key, "%v", err)
+		}
+	}
+	return f, nil
+}
+
+func (f *File) parseContainer(v *yaml.Node, e func(*yaml.Node, string, string, ...any) error) error {
+	if v.Kind != yaml.MappingNode {
+		return e(v, "container", "must be a mapping with memory and cpus")
+	}
+	for j := 0; j+1 < len(v.Content); j += 2 {
+		k, val := v.Content[j], v.Content[j+1]
+		key := "container." + k.Value
+		switch k.Value {
+		case "memory":
+			m, err := ParseMemory(val.Value)
+			if err != nil || val.Kind != yaml.ScalarNode {
+				return e(val, key, "%q is not a size: write e.g. 512m or 2g", val.Value)
+			}
+			f.Memory = m
+		case "cpus":
+			c, err := strconv.ParseFloat(val.Value, 64)
+			if err != nil || c <= 0 || val.Kind != yaml.ScalarNode {
+				return e(val, key, "%q is not a number of CPUs: write e.g. 1.5", val.Value)
+			}
+			f.CPUs = c
+		default:
+			return e(k, key, "unknown key (known: container.memory, container.cpus)")
+		}
+	}
+	return nil
+}
+
+func known() []string {
+	k := []string{"name", "image", "command", "env", "mounts", "interactive", "sandbox", "container"}
+	sort.Strings(k)
+	return k
+}
+
+func scalar(v *yaml.Node, dst *string, what string) error {
+	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+		return fmt.Errorf("must be %s", what)
+	}
+	*dst = v.Value
+	return nil
+}
+
+func strings_(v *yaml.Node, dst *[]string) error {
+	if v.Kind != yaml.SequenceNode {
+		return errors.New("must be a list of strings")
+	}
+	for _, c := range v.Content {
+		if c.Kind != yaml.ScalarNode {
+			return &Error{Line: c.Line, Msg: "list items must be strings"}
+		}
+		*dst = append(*dst, c.Value)
+	}
+	return nil
+}
+
+// syntaxError turns yaml.v3's "yaml: line N: msg" into file:line form.
+func syntaxError(path string, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if strings.HasPrefix(msg, "line ") {
+		rest := msg[len("line "):]
+		if i := strings.IndexByte(rest, ':'); i > 0 {
+			if n, perr := strconv.Atoi(rest[:i]); perr == nil {
+				line, msg = n, strings.TrimSpace(rest[i+1:])
+			}
+		}
+	}
+	return &Error{Path: path, Line: line, Msg: "invalid YAML: " + msg}
+}
+
+// ParseMemory parses sizes such as 512m, 2g, 1024k or a plain number of bytes.
+func ParseMemory(s string) (int64, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	num := strings.TrimRight(s, "bkmg")
+	mult, ok := map[string]int64{"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}[s[len(num):]]
+	n, err := strconv.ParseFloat(num, 64)
+	if !ok || err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size: write e.g. 512m or 2g", s)
+	}
+	b := int64(n * float64(mult))
+	if b < 6<<20 {
+		return 0, fmt.Errorf("%s is below the 6m a container needs at least", s)
+	}
+	return b, nil
+}
+
+// Settings is moatc's own configuration ($MOATC_HOME/config.yaml): which containerd to use.
+type Settings struct {
+	Address   string `yaml:"address"`
+	Namespace string `yaml:"namespace"`
+}
+
+// LoadSettings reads path; a missing file yields empty settings.
+func LoadSettings(path string) (*Settings, error) {
+	s := &Settings{}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(s); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w (known keys: address, namespace)", path, err)
+	}
+	return s, nil
+}

@@ -1,0 +1,172 @@
+package ctrd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Container describes a container moatc creates.
+type Container struct {
+	ID          string
+	RunID       string
+	Role        string
+	Image       containerd.Image
+	Snapshotter string
+	Runtime     Runtime
+	Args        []string
+	Env         []string
+	Cwd         string
+	User        string // uid[:gid]
+	Mounts      []specs.Mount
+	TTY         bool
+	Hostname    string
+	Memory      int64   // bytes; 0 is unlimited
+	CPUs        float64 // 0 is unlimited
+}
+
+// CreateContainer creates the container and its rootfs snapshot, both labelled with the run.
+func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.Container, error) {
+	rtOpts, err := s.Runtime.ContainerOpts()
+	if err != nil {
+		return nil, err
+	}
+	spec := []oci.SpecOpts{
+		oci.WithImageConfig(s.Image),
+		oci.WithProcessArgs(s.Args...),
+		oci.WithEnv(s.Env),
+		oci.WithMounts(s.Mounts),
+		oci.WithHostname(s.Hostname),
+	}
+	if s.Cwd != "" {
+		spec = append(spec, oci.WithProcessCwd(s.Cwd))
+	}
+	if s.User != "" {
+		spec = append(spec, oci.WithUser(s.User))
+	}
+	if s.TTY {
+		spec = append(spec, oci.WithTTY)
+	}
+	if s.Memory > 0 {
+		spec = append(spec, oci.WithMemoryLimit(uint64(s.Memory)))
+	}
+	if s.CPUs > 0 {
+		const period = 100000
+		spec = append(spec, oci.WithCPUCFS(int64(s.CPUs*period), period))
+	}
+	spec = append(spec, s.Runtime.SpecOpts()...)
+	labels := map[string]string{LabelRunID: s.RunID, LabelRole: s.Role}
+	opts := append([]containerd.NewContainerOpts{
+		containerd.WithContainerLabels(labels),
+		containerd.WithImage(s.Image),
+		containerd.WithSnapshotter(s.Snapshotter),
+		containerd.WithNewSnapshot(s.ID, s.Image, snapshots.WithLabels(labels)),
+		containerd.WithNewSpec(spec...),
+	}, rtOpts...)
+	ctr, err := c.NewContainer(ctx, s.ID, opts...)
+	if err != nil {
+		// WithNewSnapshot may have made the snapshot before the container failed.
+		c.SnapshotService(s.Snapshotter).Remove(ctx, s.ID)
+		if errdefs.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("creating container %s: it already exists (a leftover? `moatc clean` removes it): %w", s.ID, err)
+		}
+		return nil, fmt.Errorf("creating container %s: %w", s.ID, err)
+	}
+	return ctr, nil
+}
+
+// Removal says what RemoveContainer found.
+type Removal struct {
+	Existed    bool    // there was a container
+	WasRunning bool    // its task was still running and had to be killed
+	Exit       *uint32 // the task's exit status, when it had ended by itself
+}
+
+// RemoveContainer kills and deletes the container's task, then the container and its
+// snapshot. A container or task that is already gone is not an error.
+func (c *Client) RemoveContainer(ctx context.Context, id string) (Removal, error) {
+	var rm Removal
+	ctr, err := c.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return rm, nil
+	}
+	if err != nil {
+		return rm, fmt.Errorf("removing container %s: %w", id, err)
+	}
+	rm.Existed = true
+	task, err := ctr.Task(ctx, nil)
+	switch {
+	case err == nil:
+		st, err := task.Status(ctx)
+		if err == nil && st.Status == containerd.Stopped {
+			code := st.ExitStatus
+			rm.Exit = &code
+		} else if err == nil {
+			rm.WasRunning = true
+			if wait, werr := task.Wait(ctx); werr == nil {
+				task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
+				select {
+				case <-wait:
+				case <-time.After(10 * time.Second):
+				}
+			}
+		}
+		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return rm, fmt.Errorf("deleting task of %s: %w", id, err)
+		}
+	case !errdefs.IsNotFound(err):
+		return rm, fmt.Errorf("loading task of %s: %w", id, err)
+	}
+	if err := ctr.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return rm, fmt.Errorf("deleting container %s: %w", id, err)
+	}
+	return rm, nil
+}
+
+// Owned lists moatc's containers (by label) and the run each belongs to.
+func (c *Client) Owned(ctx context.Context) (map[string]string, error) {
+	ctrs, err := c.Containers(ctx, "labels."+fmt.Sprintf("%q", LabelRunID))
+	if err != nil {
+		return nil, fmt.Errorf("listing containers: %w", err)
+	}
+	out := map[string]string{}
+	for _, ctr := range ctrs {
+		l, err := ctr.Labels(ctx)
+		if err != nil {
+			continue
+		}
+		out[ctr.ID()] = l[LabelRunID]
+	}
+	return out, nil
+}
+
+// OwnedSnapshots lists snapshots that carry a run label, by name, with their run.
+func (c *Client) OwnedSnapshots(ctx context.Context, snapshotter string) (map[string]string, error) {
+	out := map[string]string{}
+	err := c.SnapshotService(snapshotter).Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		if id, ok := info.Labels[LabelRunID]; ok {
+			out[info.Name] = id
+		}
+		return nil
+	}, "labels."+fmt.Sprintf("%q", LabelRunID))
+	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		return nil, fmt.Errorf("listing snapshots: %w", err)
+	}
+	return out, nil
+}
+
+// RemoveSnapshot removes a snapshot; a missing one is not an error.
+func (c *Client) RemoveSnapshot(ctx context.Context, snapshotter, name string) error {
+	if err := c.SnapshotService(snapshotter).Remove(ctx, name); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("removing snapshot %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,169 @@
+package ctrd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// ImageNotFoundError says an image is not in the store and how to get it there.
+type ImageNotFoundError struct{ Ref string }
+
+func (e *ImageNotFoundError) Error() string {
+	return fmt.Sprintf("image %s is not in moatc's image store: pull it with `moatc image pull %s`, import a tar with `moatc image import FILE`, or make the local base images with `make base-images`", e.Ref, e.Ref)
+}
+
+// Normalize turns a short name into a full reference as Docker does: busybox becomes
+// docker.io/library/busybox:latest.
+func Normalize(ref string) (string, error) {
+	n, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return "", fmt.Errorf("%q is not an image reference (e.g. debian:bookworm-slim or registry.example/team/img:tag): %w", ref, err)
+	}
+	return n.String(), nil
+}
+
+// Image returns an image from the store, unpacked for snapshotter.
+func (c *Client) Image(ctx context.Context, ref, snapshotter string) (containerd.Image, error) {
+	name, err := Normalize(ref)
+	if err != nil {
+		return nil, err
+	}
+	img, err := c.GetImage(ctx, name)
+	if errdefs.IsNotFound(err) {
+		return nil, &ImageNotFoundError{Ref: ref}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up image %s: %w", name, err)
+	}
+	ok, err := img.IsUnpacked(ctx, snapshotter)
+	if err != nil {
+		return nil, fmt.Errorf("checking image %s: %w", name, err)
+	}
+	if !ok {
+		if err := img.Unpack(ctx, snapshotter); err != nil {
+			return nil, fmt.Errorf("unpacking image %s: %w", name, err)
+		}
+	}
+	return img, nil
+}
+
+// Import reads an OCI image layout tar or a docker-archive tar, stores and unpacks its images,
+// and returns their names. extraName names an image whose archive carries no name.
+func (c *Client) Import(ctx context.Context, r io.Reader, snapshotter, extraName string) ([]string, error) {
+	var opts []containerd.ImportOpt
+	if extraName != "" {
+		n, err := Normalize(extraName)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, containerd.WithIndexName(n))
+	}
+	// Docker's `docker save` names images by tag; OCI layouts by annotation. Both are normalized.
+	opts = append(opts, containerd.WithImageRefTranslator(func(s string) string {
+		if n, err := Normalize(s); err == nil {
+			return n
+		}
+		return s
+	}), containerd.WithSkipDigestRef(func(string) bool { return true }))
+	imgs, err := c.Client.Import(ctx, r, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("importing image archive (an OCI layout or `docker save` tar is expected): %w", err)
+	}
+	if len(imgs) == 0 {
+		return nil, errors.New("importing image archive: it names no image; give one with --name")
+	}
+	var names []string
+	for _, i := range imgs {
+		img := containerd.NewImage(c.Client, i)
+		if err := img.Unpack(ctx, snapshotter); err != nil {
+			return names, fmt.Errorf("unpacking image %s: %w", i.Name, err)
+		}
+		names = append(names, i.Name)
+	}
+	return names, nil
+}
+
+// Pull fetches ref from its registry and unpacks it. Registries on localhost are spoken to
+// over plain HTTP, as Docker does. progress, if set, is told of each blob fetched.
+func (c *Client) Pull(ctx context.Context, ref, snapshotter string, progress func(ocispec.Descriptor)) (containerd.Image, error) {
+	name, err := Normalize(ref)
+	if err != nil {
+		return nil, err
+	}
+	resolver := docker.NewResolver(docker.ResolverOptions{
+		Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchLocalhost)),
+	})
+	opts := []containerd.RemoteOpt{
+		containerd.WithResolver(resolver), containerd.WithPullUnpack, containerd.WithPullSnapshotter(snapshotter),
+	}
+	if progress != nil {
+		opts = append(opts, containerd.WithImageHandler(images.HandlerFunc(
+			func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+				progress(d)
+				return nil, nil
+			})))
+	}
+	img, err := c.Client.Pull(ctx, name, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("pulling %s: %w", name, err)
+	}
+	return img, nil
+}
+
+// ImageInfo is one row of `moatc image ls`.
+type ImageInfo struct {
+	Name    string            `json:"name"`
+	Digest  string            `json:"digest"`
+	Size    int64             `json:"size"`
+	Created string            `json:"created"`
+	Labels  map[string]string `json:"labels,omitempty"`
+}
+
+// Images lists the store.
+func (c *Client) Images(ctx context.Context) ([]ImageInfo, error) {
+	imgs, err := c.ImageService().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing images: %w", err)
+	}
+	var out []ImageInfo
+	for _, i := range imgs {
+		size, _ := containerd.NewImage(c.Client, i).Size(ctx)
+		out = append(out, ImageInfo{Name: i.Name, Digest: i.Target.Digest.String(), Size: size,
+			Created: i.CreatedAt.UTC().Format("2006-01-02T15:04:05Z"), Labels: i.Labels})
+	}
+	return out, nil
+}
+
+// RemoveImage deletes an image by name.
+func (c *Client) RemoveImage(ctx context.Context, ref string) error {
+	name, err := Normalize(ref)
+	if err != nil {
+		return err
+	}
+	if err := c.ImageService().Delete(ctx, name, images.SynchronousDelete()); err != nil {
+		if errdefs.IsNotFound(err) {
+			return &ImageNotFoundError{Ref: ref}
+		}
+		return fmt.Errorf("removing image %s: %w", name, err)
+	}
+	return nil
+}
+
+// ShortName shows docker.io/library/x:tag as x:tag, as Docker does.
+func ShortName(name string) string {
+	n, err := reference.ParseNormalizedNamed(name)
+	if err != nil {
+		return name
+	}
+	return strings.TrimPrefix(reference.FamiliarString(n), "")
+}

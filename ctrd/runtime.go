@@ -1,0 +1,169 @@
+package ctrd
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/oci"
+
+	"github.com/moatc/moatc/state"
+)
+
+// Runtime is how a container's processes are isolated from the host. moatc has two: gVisor
+// (the default) and runc (--no-sandbox).
+type Runtime interface {
+	Name() string // "gvisor" or "runc", as recorded in a run
+	Shim() string // containerd's runtime name, e.g. io.containerd.runsc.v1
+	// Check says whether the binaries the runtime needs are present, with the fix if not.
+	Check() error
+	// ContainerOpts select the runtime for a container; SpecOpts are its edits to the spec.
+	ContainerOpts() ([]containerd.NewContainerOpts, error)
+	SpecOpts() []oci.SpecOpts
+}
+
+// Runc runs containers with runc: the host kernel, namespaces and cgroups.
+type Runc struct{ Prefix string }
+
+func (Runc) Name() string { return "runc" }
+func (Runc) Shim() string { return "io.containerd.runc.v2" }
+
+func (r Runc) Check() error {
+	if _, err := findBinary(r.Prefix, "runc"); err != nil {
+		return fmt.Errorf("runc is not installed: run `make setup` (or `apt-get install runc`)")
+	}
+	if _, err := findBinary(r.Prefix, "containerd-shim-runc-v2"); err != nil {
+		return fmt.Errorf("containerd-shim-runc-v2 is not installed: run `make setup`")
+	}
+	return nil
+}
+
+func (r Runc) ContainerOpts() ([]containerd.NewContainerOpts, error) {
+	bin, err := findBinary(r.Prefix, "runc")
+	if err != nil {
+		return nil, r.Check()
+	}
+	return []containerd.NewContainerOpts{containerd.WithRuntime(r.Shim(), &runcoptions.Options{BinaryName: bin})}, nil
+}
+
+func (Runc) SpecOpts() []oci.SpecOpts { return nil }
+
+// GVisor runs containers in gVisor's user-space kernel through the io.containerd.runsc.v1
+// shim. The runsc configuration is a TOML file moatc writes and passes per container.
+type GVisor struct {
+	Prefix   string
+	Dir      string // where the runsc config files go
+	Platform string // systrap (default), kvm or ptrace
+	Debug    bool   // runsc debug logs next to the config
+}
+
+func (GVisor) Name() string { return "gvisor" }
+func (GVisor) Shim() string { return "io.containerd.runsc.v1" }
+
+// SandboxMissingError says gVisor cannot be used, how to fix it, and how to bypass it.
+type SandboxMissingError struct{ Missing []string }
+
+func (e *SandboxMissingError) Error() string {
+	return fmt.Sprintf(`the gVisor sandbox is not available: %s not found in the moatc prefix or PATH.
+Install it with `+"`make setup`"+` (as root, in the moatc source tree), which builds runsc and moatc's
+containerd-shim-runsc-v1 into /opt/moatc/bin.
+To run without the sandbox (reduced isolation: the workload shares the host kernel):
+  moatc run --no-sandbox ...`, strings.Join(e.Missing, " and "))
+}
+
+func (g GVisor) Check() error {
+	var missing []string
+	for _, b := range []string{"containerd-shim-runsc-v1", "runsc"} {
+		if _, err := findBinary(g.Prefix, b); err != nil {
+			missing = append(missing, b)
+		}
+	}
+	if len(missing) > 0 {
+		return &SandboxMissingError{Missing: missing}
+	}
+	return nil
+}
+
+// Config returns the runsc TOML moatc passes to the shim.
+func (g GVisor) Config() (string, error) {
+	bin, err := findBinary(g.Prefix, "runsc")
+	if err != nil {
+		return "", g.Check()
+	}
+	platform := g.Platform
+	if platform == "" {
+		platform = "systrap"
+	}
+	flags := map[string]string{"platform": platform}
+	if g.Debug {
+		flags["debug"] = "true"
+		flags["debug-log"] = filepath.Join(g.Dir, "logs") + "/"
+	}
+	keys := make([]string, 0, len(flags))
+	for k := range flags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by moatc.\nbinary_name = %q\n\n[runsc_config]\n", bin)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "  %s = %q\n", k, flags[k])
+	}
+	return b.String(), nil
+}
+
+// Flags returns the runsc flags moatc sets, for `moatc system status`.
+func (g GVisor) Flags() string {
+	c, err := g.Config()
+	if err != nil {
+		return ""
+	}
+	_, after, _ := strings.Cut(c, "[runsc_config]\n")
+	return strings.Join(strings.Fields(strings.ReplaceAll(after, " = ", "=")), " ")
+}
+
+func (g GVisor) ContainerOpts() ([]containerd.NewContainerOpts, error) {
+	cfg, err := g.Config()
+	if err != nil {
+		return nil, err
+	}
+	// One file per distinct config, named by its content, so concurrent runs never rewrite a
+	// file another run's shim is reading.
+	sum := sha256.Sum256([]byte(cfg))
+	path := filepath.Join(g.Dir, "runsc-"+hex.EncodeToString(sum[:6])+".toml")
+	if _, err := os.Stat(path); err != nil {
+		if err := os.MkdirAll(g.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("writing runsc config: %w", err)
+		}
+		if err := state.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return []containerd.NewContainerOpts{containerd.WithRuntime(g.Shim(), &runtimeoptions.Options{
+		TypeUrl:    "io.containerd.runsc.v1.options",
+		ConfigPath: path,
+	})}, nil
+}
+
+func (GVisor) SpecOpts() []oci.SpecOpts {
+	// The shim wires the container's stdio to `runsc create` only for a sandbox container;
+	// without this annotation a non-CRI container's IO is never connected and it hangs.
+	return []oci.SpecOpts{oci.WithAnnotations(map[string]string{"io.kubernetes.cri.container-type": "sandbox"})}
+}
+
+// findBinary looks in the prefix's bin, then PATH.
+func findBinary(prefix, name string) (string, error) {
+	p := filepath.Join(prefix, "bin", name)
+	if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
+		return p, nil
+	}
+	return exec.LookPath(name)
+}

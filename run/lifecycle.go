@@ -1,0 +1,255 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+
+	"github.com/moatc/moatc/snapshot"
+	"github.com/moatc/moatc/state"
+)
+
+// Reconcile brings records up to date with reality; every moatc command calls it first. An
+// active run whose supervisor is gone (moatc killed with -9, a crash) is finalized: a task
+// that ended gets its exit code; one still running is stopped and the run marked failed, so
+// nothing is left half-alive. Runs with a live supervisor cost no containerd call.
+func (m *Manager) Reconcile(ctx context.Context) error {
+	runs, err := m.Store.List()
+	if err != nil {
+		return err
+	}
+	for _, r := range runs {
+		if r.Active() && !r.Supervisor.Alive() {
+			if err := m.finalizeAbandoned(ctx, r.ID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
+	_, err := m.Store.Update(id, func(r *state.Run) error {
+		// Re-check under the run's lock: another moatc may have finalized it meanwhile.
+		if !r.Active() || r.Supervisor.Alive() {
+			return nil
+		}
+		cl, err := m.Client(ctx)
+		if err != nil {
+			return err
+		}
+		rm, err := cl.RemoveContainer(ctx, r.ContainerID)
+		if err != nil {
+			return err
+		}
+		now := time.Now().UTC()
+		r.Finished = &now
+		who := "moatc"
+		if r.Supervisor != nil {
+			who = fmt.Sprintf("moatc (pid %d)", r.Supervisor.Pid)
+		}
+		switch {
+		case rm.Exit != nil && !rm.WasRunning:
+			code := int(*rm.Exit)
+			r.State, r.ExitCode = state.Stopped, &code
+			r.Error = who + " exited before recording the end of the run; the log may be incomplete"
+		case rm.WasRunning:
+			r.State = state.Failed
+			code := 137
+			r.ExitCode = &code
+			r.Error = who + " that supervised this run is gone; the workload was killed"
+		default:
+			r.State = state.Failed
+			r.Error = who + " exited before the container started"
+		}
+		return nil
+	})
+	return err
+}
+
+// Stop asks the workload to end with SIGTERM and kills it after grace. It returns once the
+// run's end is recorded.
+func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*state.Run, error) {
+	r, err := m.Store.Find(ref)
+	if err != nil {
+		return nil, err
+	}
+	if !r.Active() {
+		return r, nil
+	}
+	c, err := m.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.Store.Update(r.ID, func(r *state.Run) error {
+		if r.State == state.Running {
+			r.State = state.Stopping
+		}
+		return nil
+	})
+	ctr, err := c.LoadContainer(ctx, r.ContainerID)
+	if err == nil {
+		if task, terr := ctr.Task(ctx, nil); terr == nil {
+			if wait, werr := task.Wait(ctx); werr == nil {
+				task.Kill(ctx, syscall.SIGTERM)
+				select {
+				case <-wait:
+				case <-time.After(grace):
+					task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
+					<-wait
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+		}
+	} else if !errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("stopping run %s: %w", r.ID, err)
+	}
+	// The supervisor records the end; wait for it, and do it ourselves if it is gone.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		cur, err := m.Store.Get(r.ID)
+		if err != nil {
+			return nil, err
+		}
+		if !cur.Active() {
+			return cur, nil
+		}
+		if !cur.Supervisor.Alive() || time.Now().After(deadline) {
+			if err := m.finalizeAbandoned(ctx, r.ID); err != nil {
+				return nil, err
+			}
+			return m.Store.Get(r.ID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ActiveError refuses to destroy a run that still runs.
+type ActiveError struct{ Ref string }
+
+func (e *ActiveError) Error() string {
+	return fmt.Sprintf("run %s is still running: stop it first with `moatc stop %s`, or use `moatc destroy --force %s`", e.Ref, e.Ref, e.Ref)
+}
+
+// Destroy removes a run: its container and snapshot if any are left, and its record and log.
+func (m *Manager) Destroy(ctx context.Context, ref string, force bool) (*state.Run, error) {
+	r, err := m.Store.Find(ref)
+	if err != nil {
+		return nil, err
+	}
+	if r.Active() {
+		if !force {
+			return nil, &ActiveError{Ref: ref}
+		}
+		if _, err := m.Stop(ctx, r.ID, 0); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.removeLeftovers(ctx, r.ID, r.ContainerID); err != nil {
+		return nil, err
+	}
+	return r, m.Store.Remove(r.ID)
+}
+
+// removeLeftovers removes a finished run's container and snapshot if a crash left them.
+func (m *Manager) removeLeftovers(ctx context.Context, id, containerID string) error {
+	if !m.daemonReachable() {
+		return nil
+	}
+	c, err := m.Client(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := c.RemoveContainer(ctx, containerID); err != nil {
+		return err
+	}
+	return c.RemoveSnapshot(ctx, snapshot.Default(), containerID)
+}
+
+// daemonReachable avoids starting the managed containerd just to find nothing to clean.
+func (m *Manager) daemonReachable() bool {
+	if m.client != nil || m.Conn.Address != "" {
+		return true
+	}
+	return m.Conn.Daemon.Answering()
+}
+
+// CleanReport lists what Clean removed (or, dry, would remove).
+type CleanReport struct {
+	Runs       []string `json:"runs"`
+	Containers []string `json:"containers"`
+	Snapshots  []string `json:"snapshots"`
+}
+
+// Clean removes finished runs and whatever moatc created that no run record accounts for.
+func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
+	rep := &CleanReport{Runs: []string{}, Containers: []string{}, Snapshots: []string{}}
+	runs, err := m.Store.List()
+	if err != nil {
+		return nil, err
+	}
+	active := map[string]bool{}
+	for _, r := range runs {
+		if r.Active() {
+			active[r.ID] = true
+			continue
+		}
+		rep.Runs = append(rep.Runs, r.ID)
+		if !dry {
+			if err := m.removeLeftovers(ctx, r.ID, r.ContainerID); err != nil {
+				return rep, err
+			}
+			if err := m.Store.Remove(r.ID); err != nil {
+				return rep, err
+			}
+		}
+	}
+	if !m.daemonReachable() {
+		return rep, nil
+	}
+	c, err := m.Client(ctx)
+	if err != nil {
+		return rep, err
+	}
+	owned, err := c.Owned(ctx)
+	if err != nil {
+		return rep, err
+	}
+	for ctrID, runID := range owned {
+		if active[runID] {
+			continue
+		}
+		rep.Containers = append(rep.Containers, ctrID)
+		if !dry {
+			if _, err := c.RemoveContainer(ctx, ctrID); err != nil {
+				return rep, err
+			}
+		}
+	}
+	snaps, err := c.OwnedSnapshots(ctx, snapshot.Default())
+	if err != nil {
+		return rep, err
+	}
+	for name, runID := range snaps {
+		if active[runID] {
+			continue
+		}
+		if _, ok := owned[name]; ok {
+			continue // goes with its container
+		}
+		rep.Snapshots = append(rep.Snapshots, name)
+		if !dry {
+			if err := c.RemoveSnapshot(ctx, snapshot.Default(), name); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return rep, err
+			}
+		}
+	}
+	return rep, nil
+}

@@ -1,0 +1,353 @@
+// Package run is moatc's run manager: it turns a request into a container on containerd,
+// supervises it (IO, signals, the log, the final state) and reconciles runs whose supervisor
+// died. Runs are recorded with the state package.
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/console"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/snapshot"
+	"github.com/moatc/moatc/state"
+)
+
+// Manager starts, supervises and cleans up runs.
+type Manager struct {
+	Store  *state.Store
+	Conn   ctrd.Options
+	Prefix string // the installed stack, e.g. /opt/moatc
+	Dir    string // moatc's home; runsc configs go below it
+	// SuperviseCommand returns the argv that runs `moatc _supervise ID` with this manager's
+	// settings; detached runs are handed to that process.
+	SuperviseCommand func(id string) []string
+
+	mu     sync.Mutex
+	client *ctrd.Client
+}
+
+// Request is a run to start, already resolved from flags and moatc.yaml.
+type Request struct {
+	Name      string
+	Workspace string // absolute
+	Spec      state.Spec
+}
+
+// Stdio connects a foreground run to the caller's terminal or pipes. In nil means no stdin.
+type Stdio struct {
+	In       io.Reader
+	Out, Err io.Writer
+	Console  console.Console // set when the run has a TTY
+}
+
+// ExitError is a failure with its own exit code (126: the command cannot run; 127: not found).
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Client connects to containerd once per manager.
+func (m *Manager) Client(ctx context.Context) (*ctrd.Client, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.client != nil {
+		return m.client, nil
+	}
+	c, err := ctrd.Connect(ctx, m.Conn)
+	if err != nil {
+		return nil, err
+	}
+	m.client = c
+	return c, nil
+}
+
+// Close releases the containerd connection.
+func (m *Manager) Close() {
+	if m.client != nil {
+		m.client.Close()
+	}
+}
+
+// Runtime returns the runtime a spec asks for.
+func (m *Manager) Runtime(s state.Spec) ctrd.Runtime {
+	if s.Runtime == "runc" {
+		return ctrd.Runc{Prefix: m.Prefix}
+	}
+	return ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc"), Platform: s.Platform, Debug: s.Debug}
+}
+
+var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+// Start creates a run and, in the foreground, supervises it to its end and returns its exit
+// code. A detached run is handed to a supervisor process and Start returns once it runs.
+// Problems found before anything is created (bad input, a missing image or runtime, a name in
+// use) leave nothing behind.
+func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.Run, int, error) {
+	if req.Name != "" && !validName.MatchString(req.Name) {
+		return nil, 0, fmt.Errorf("%q is not a valid run name: use letters, digits, '_', '.' and '-', starting with a letter or digit", req.Name)
+	}
+	rt := m.Runtime(req.Spec)
+	if err := rt.Check(); err != nil {
+		return nil, 0, err
+	}
+	c, err := m.Client(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	img, err := c.Image(ctx, req.Spec.Image, snapshot.Default())
+	if err != nil {
+		return nil, 0, err
+	}
+	req.Spec.Image = img.Name()
+	id := state.NewID()
+	name := req.Name
+	if name == "" {
+		name = defaultName(req.Workspace, id)
+	}
+	r := &state.Run{
+		ID: id, Name: name, Workspace: req.Workspace, Spec: req.Spec, State: state.Created,
+		ContainerID: "moatc-" + id, Namespace: c.Namespace, Address: c.Address,
+		Created: time.Now().UTC(), Supervisor: state.Self(),
+	}
+	if err := m.Store.Create(r); err != nil {
+		return nil, 0, err
+	}
+	if req.Spec.Detach {
+		return r, 0, m.detach(r)
+	}
+	code, err := m.execute(ctx, r, img, stdio, nil)
+	r, _ = m.Store.Get(r.ID)
+	return r, code, err
+}
+
+func defaultName(workspace, id string) string {
+	base := strings.Trim(regexp.MustCompile(`[^a-zA-Z0-9_.-]+`).ReplaceAllString(filepath.Base(workspace), "-"), "-.")
+	if base == "" || !validName.MatchString(base) {
+		base = "run"
+	}
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	return base + "-" + id[:4]
+}
+
+// execute creates the container and task, supervises them to the end and records the result.
+// started, if set, is called once the task runs (or with the error that kept it from running).
+func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Image, stdio Stdio, started func(error)) (int, error) {
+	notify := func(err error) {
+		if started != nil {
+			started(err)
+			started = nil
+		}
+	}
+	// Cleanup must finish even when the caller's context is cancelled.
+	bg := context.WithoutCancel(ctx)
+	c, err := m.Client(ctx)
+	if err != nil {
+		notify(err)
+		m.fail(r.ID, err, nil)
+		return 0, err
+	}
+	spec := r.Spec
+	mounts := []specs.Mount{{Destination: "/workspace", Type: "bind", Source: r.Workspace, Options: []string{"rbind", "rw"}}}
+	for _, mt := range spec.Mounts {
+		mode := "rw"
+		if mt.ReadOnly {
+			mode = "ro"
+		}
+		mounts = append(mounts, specs.Mount{Destination: mt.Container, Type: "bind", Source: mt.Host, Options: []string{"rbind", mode}})
+	}
+	ctr, err := c.CreateContainer(ctx, ctrd.Container{
+		ID: r.ContainerID, RunID: r.ID, Role: ctrd.RoleWorkload, Image: img, Snapshotter: snapshot.Default(),
+		Runtime: m.Runtime(spec), Args: spec.Command, Env: spec.Env, Cwd: "/workspace", User: spec.User,
+		Mounts: mounts, TTY: spec.TTY, Hostname: r.Name, Memory: spec.Memory, CPUs: spec.CPUs,
+	})
+	if err != nil {
+		notify(err)
+		m.fail(r.ID, err, nil)
+		return 0, err
+	}
+	rec, err := newRecorder(m.Store.LogPath(r.ID))
+	if err != nil {
+		c.RemoveContainer(bg, r.ContainerID)
+		err = fmt.Errorf("opening the run's log: %w", err)
+		notify(err)
+		m.fail(r.ID, err, nil)
+		return 0, err
+	}
+	outLog, errLog := rec.stream("stdout"), rec.stream("stderr")
+	if spec.TTY {
+		outLog = rec.stream("tty")
+	}
+	var task containerd.Task
+	taskReady := make(chan struct{})
+	var stdin io.Reader
+	if stdio.In != nil {
+		// At EOF the shim must be told to close the workload's stdin, or it never sees EOF.
+		stdin = &stdinCloser{r: stdio.In, close: func() {
+			<-taskReady
+			if task != nil {
+				task.CloseIO(bg, containerd.WithStdinCloser)
+			}
+		}}
+	}
+	ioOpts := []cio.Opt{cio.WithStreams(stdin, tee(stdio.Out, outLog), tee(stdio.Err, errLog))}
+	if spec.TTY {
+		ioOpts = append(ioOpts, cio.WithTerminal)
+	}
+	task, err = ctr.NewTask(ctx, cio.NewCreator(ioOpts...))
+	close(taskReady)
+	if err != nil {
+		rec.Close()
+		c.RemoveContainer(bg, r.ContainerID)
+		err = startError(err)
+		notify(err)
+		m.fail(r.ID, err, exitCodeOf(err))
+		return 0, err
+	}
+	statusC, err := task.Wait(bg)
+	if err == nil {
+		err = task.Start(ctx)
+	}
+	if err != nil {
+		task.Delete(bg, containerd.WithProcessKill)
+		outLog.flush()
+		errLog.flush()
+		rec.Close()
+		c.RemoveContainer(bg, r.ContainerID)
+		err = startError(err)
+		notify(err)
+		m.fail(r.ID, err, exitCodeOf(err))
+		return 0, err
+	}
+	now := time.Now().UTC()
+	m.Store.Update(r.ID, func(r *state.Run) error {
+		if r.State == state.Created {
+			r.State = state.Running
+		}
+		r.Pid, r.Started = int(task.Pid()), &now
+		return nil
+	})
+	notify(nil)
+
+	stopSignals := m.forwardSignals(bg, task, stdio.Console)
+	status := <-statusC
+	stopSignals()
+	code := int(status.ExitCode())
+	// Delete waits for the IO copies to drain, so the log is complete after it.
+	task.Delete(bg)
+	outLog.flush()
+	errLog.flush()
+	rec.Close()
+	if _, err := c.RemoveContainer(bg, r.ContainerID); err != nil {
+		fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
+	}
+	fin := time.Now().UTC()
+	m.Store.Update(r.ID, func(r *state.Run) error {
+		r.State, r.ExitCode, r.Finished = state.Stopped, &code, &fin
+		return nil
+	})
+	return code, nil
+}
+
+// forwardSignals sends the signals moatc receives to the workload, and keeps a TTY's size in
+// step with the caller's terminal. The returned func stops it.
+func (m *Manager) forwardSignals(ctx context.Context, task containerd.Task, con console.Console) func() {
+	sigc := make(chan os.Signal, 16)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	resize := func() {
+		if con == nil {
+			return
+		}
+		if sz, err := con.Size(); err == nil {
+			task.Resize(ctx, uint32(sz.Width), uint32(sz.Height))
+		}
+	}
+	resize()
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigc:
+				if s == syscall.SIGWINCH {
+					resize()
+				} else {
+					task.Kill(ctx, s.(syscall.Signal))
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { signal.Stop(sigc); close(done) }
+}
+
+// fail records that a run could not start or was lost.
+func (m *Manager) fail(id string, cause error, code *int) {
+	now := time.Now().UTC()
+	m.Store.Update(id, func(r *state.Run) error {
+		r.State, r.Error, r.Finished = state.Failed, cause.Error(), &now
+		if code != nil {
+			r.ExitCode = code
+		}
+		return nil
+	})
+}
+
+// startError maps a runtime's refusal to start a command onto Docker's exit codes.
+func startError(err error) error {
+	msg := err.Error()
+	// Only the runtime's own exec of the command counts; a shim or mount failure that happens
+	// to say "permission denied" is moatc's problem (125).
+	if !strings.Contains(msg, "exec:") && !strings.Contains(msg, "unable to start container process") {
+		return fmt.Errorf("starting the container: %w", err)
+	}
+	switch {
+	case strings.Contains(msg, "executable file not found"), strings.Contains(msg, "no such file or directory"):
+		return &ExitError{Code: 127, Err: fmt.Errorf("starting the command: not found in the image: %w", err)}
+	case strings.Contains(msg, "permission denied"), strings.Contains(msg, "exec format error"):
+		return &ExitError{Code: 126, Err: fmt.Errorf("starting the command: it cannot be run: %w", err)}
+	}
+	return fmt.Errorf("starting the container: %w", err)
+}
+
+func exitCodeOf(err error) *int {
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return &ee.Code
+	}
+	return nil
+}
+
+type stdinCloser struct {
+	r     io.Reader
+	close func()
+	once  sync.Once
+}
+
+func (s *stdinCloser) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err == io.EOF {
+		s.once.Do(func() { go s.close() })
+	}
+	return n, err
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	task "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/containerd/v2/pkg/shutdown"
+	"github.com/containerd/containerd/v2/plugins"
+	errgrpc "github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/plugin"
+	"github.com/containerd/plugin/registry"
+	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	gvshim "gvisor.dev/gvisor/pkg/shim/v1"
+	"gvisor.dev/gvisor/pkg/shim/v1/extension"
+	"gvisor.dev/gvisor/runsc/specutils"
+)
+
+func init() {
+	registry.Register(&plugin.Registration{
+		Type:     plugins.TTRPCPlugin,
+		ID:       "task",
+		Requires: []plugin.Type{plugins.EventPlugin, plugins.InternalPlugin},
+		InitFn: func(ic *plugin.InitContext) (interface{}, error) {
+			pp, err := ic.GetByID(plugins.EventPlugin, "publisher")
+			if err != nil {
+				return nil, err
+			}
+			ss, err := ic.GetByID(plugins.InternalPlugin, "shutdown")
+			if err != nil {
+				return nil, err
+			}
+			return newService(ic.Context, pp.(shim.Publisher), ss.(shutdown.Service))
+		},
+	})
+}
+
+// service is gVisor's task service (its shim redirector over the runsc task
+// service) with Create and Delete wrapped. Every other call goes straight to
+// gVisor.
+type service struct {
+	extension.TaskServiceExt
+	exits *exitFixer
+}
+
+func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*service, error) {
+	inner, err := gvshim.NewShimRedirector(ctx, publisher, sd)
+	if err != nil {
+		return nil, err
+	}
+	// Must follow NewShimRedirector: the runsc task service has just taken
+	// the exit channel it consumes, and exits are now routed through the fixer
+	// before reaching it.
+	return &service{TaskServiceExt: inner, exits: startExitFixer()}, nil
+}
+
+// RegisterTTRPC serves this wrapper, not the inner service, as the task API.
+func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
+	task.RegisterTaskService(server, s)
+	return nil
+}
+
+// Create implements task.TaskService.
+func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.CreateTaskResponse, error) {
+	if err := markUntypedAsSandbox(r.Bundle); err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("runsc shim: %w", err))
+	}
+	created := time.Now()
+	resp, err := s.TaskServiceExt.Create(ctx, r)
+	if err == nil && resp.Pid > 0 {
+		s.exits.track(r.ID, int(resp.Pid), created)
+	}
+	return resp, err
+}
+
+// Delete implements task.TaskService.
+func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
+	resp, err := s.TaskServiceExt.Delete(ctx, r)
+	if err == nil && r.ExecID == "" {
+		s.exits.untrack(r.ID)
+	}
+	return resp, err
+}
+
+// markUntypedAsSandbox gives a spec with no container-type annotation the
+// annotation io.kubernetes.cri.container-type=sandbox.
+//
+// runsc treats a container whose type is unspecified as the root container of
+// a new sandbox, but gVisor's shim passes the container's stdio to
+// `runsc create` only when the type is explicitly "sandbox". Otherwise it runs
+// `runsc create` with its output captured into a buffer, the new sandbox
+// inherits the write end of that pipe, and the shim waits forever for EOF:
+// Create never returns. Saying explicitly what runsc assumes anyway makes the
+// two agree. CRI containers (which carry the annotation) are not touched.
+func markUntypedAsSandbox(bundle string) error {
+	path := filepath.Join(bundle, "config.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read spec: %w", err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return fmt.Errorf("decode spec: %w", err)
+	}
+	if specutils.SpecContainerType(&spec) != specutils.ContainerTypeUnspecified {
+		return nil
+	}
+	// Edit the document generically so that nothing the spec types do not know
+	// about is lost.
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("decode spec: %w", err)
+	}
+	annotations := spec.Annotations
+	if annotations == nil {
+		annotations = map[string]string{}
+	}
+	annotations[specutils.ContainerdContainerTypeAnnotation] = specutils.ContainerdContainerTypeSandbox
+	if doc["annotations"], err = json.Marshal(annotations); err != nil {
+		return err
+	}
+	if b, err = json.Marshal(doc); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("write spec: %w", err)
+	}
+	log.L.Debugf("runsc shim: spec in %s has no container type, marked as %s", bundle, specutils.ContainerdContainerTypeSandbox)
+	return nil
+}

@@ -1,0 +1,346 @@
+// Package state keeps moatc's run records on disk: one directory per run holding
+// metadata.json and the run's log. Writes are atomic (temp file, fsync, rename) and every
+// read-modify-write happens under an flock, so concurrent moatc processes never corrupt a record.
+package state
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Run states.
+const (
+	Created  = "created"  // record written, container not started yet
+	Running  = "running"  // task started
+	Stopping = "stopping" // stop requested
+	Stopped  = "stopped"  // task exited; ExitCode is set
+	Failed   = "failed"   // moatc could not start it, or lost it; Error says why
+)
+
+// Mount is a bind mount into the container.
+type Mount struct {
+	Host      string `json:"host"`
+	Container string `json:"container"`
+	ReadOnly  bool   `json:"read_only,omitempty"`
+}
+
+// Spec is what a run was asked to do, resolved from flags and moatc.yaml.
+type Spec struct {
+	Image       string   `json:"image"`
+	Command     []string `json:"command"`
+	Env         []string `json:"env,omitempty"`
+	Mounts      []Mount  `json:"mounts,omitempty"`
+	User        string   `json:"user"`
+	Interactive bool     `json:"interactive,omitempty"`
+	TTY         bool     `json:"tty,omitempty"`
+	Detach      bool     `json:"detach,omitempty"`
+	Runtime     string   `json:"runtime"`            // gvisor or runc
+	Platform    string   `json:"platform,omitempty"` // gVisor platform
+	Debug       bool     `json:"debug,omitempty"`
+	Memory      int64    `json:"memory,omitempty"`
+	CPUs        float64  `json:"cpus,omitempty"`
+}
+
+// Run is one run's metadata.json.
+type Run struct {
+	ID          string     `json:"id"`
+	Name        string     `json:"name"`
+	Workspace   string     `json:"workspace"`
+	Spec        Spec       `json:"spec"`
+	State       string     `json:"state"`
+	ContainerID string     `json:"container_id"`
+	Namespace   string     `json:"namespace"`
+	Address     string     `json:"address"`
+	Pid         int        `json:"pid,omitempty"`
+	ExitCode    *int       `json:"exit_code,omitempty"`
+	Error       string     `json:"error,omitempty"`
+	Created     time.Time  `json:"created"`
+	Started     *time.Time `json:"started,omitempty"`
+	Finished    *time.Time `json:"finished,omitempty"`
+	// Supervisor is the moatc process that owns the task's IO and records its end. When it is
+	// gone while the run is active, the run was abandoned (see run.Reconcile).
+	Supervisor *Process `json:"supervisor,omitempty"`
+}
+
+// Process names a process robustly against pid reuse.
+type Process struct {
+	Pid   int    `json:"pid"`
+	Start uint64 `json:"start"` // clock ticks since boot, /proc/PID/stat field 22
+}
+
+// Active reports whether the run may still have a task.
+func (r *Run) Active() bool {
+	return r.State == Created || r.State == Running || r.State == Stopping
+}
+
+// Store is the runs directory.
+type Store struct{ dir string }
+
+// Open returns the store rooted at dir, creating it.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating runs directory: %w", err)
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Dir returns the directory of run id.
+func (s *Store) Dir(id string) string { return filepath.Join(s.dir, id) }
+
+// LogPath returns the path of run id's log.
+func (s *Store) LogPath(id string) string { return filepath.Join(s.dir, id, "log.jsonl") }
+
+// ErrNotFound is returned when no run matches a reference.
+var ErrNotFound = errors.New("no such run")
+
+// NameInUseError is returned by Create when the name is taken.
+type NameInUseError struct{ Name, ID string }
+
+func (e *NameInUseError) Error() string {
+	return fmt.Sprintf("the name %q is in use by run %s: pick another with --name, or remove that run with `moatc destroy %s`", e.Name, e.ID, e.Name)
+}
+
+// AmbiguousError is returned when a reference matches more than one run.
+type AmbiguousError struct {
+	Ref string
+	IDs []string
+}
+
+func (e *AmbiguousError) Error() string {
+	return fmt.Sprintf("%q matches %d runs (%s): give more of the id", e.Ref, len(e.IDs), strings.Join(e.IDs, ", "))
+}
+
+// NewID returns a fresh 12-hex-digit run id.
+func NewID() string {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b)
+}
+
+// Create writes a new record. Under the store lock it checks that the name is free, so two
+// processes creating the same name concurrently cannot both succeed.
+func (s *Store) Create(r *Run) error {
+	unlock, err := Lock(filepath.Join(s.dir, ".lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	runs, err := s.List()
+	if err != nil {
+		return err
+	}
+	for _, o := range runs {
+		if o.Name == r.Name {
+			return &NameInUseError{Name: r.Name, ID: o.ID}
+		}
+		if o.ID == r.ID {
+			return fmt.Errorf("run id %s already exists", r.ID)
+		}
+	}
+	if err := os.Mkdir(s.Dir(r.ID), 0o700); err != nil {
+		return fmt.Errorf("creating run directory: %w", err)
+	}
+	return writeJSON(filepath.Join(s.Dir(r.ID), "metadata.json"), r)
+}
+
+// Get reads run id.
+func (s *Store) Get(id string) (*Run, error) {
+	b, err := os.ReadFile(filepath.Join(s.Dir(id), "metadata.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r Run
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("reading run %s: %w", id, err)
+	}
+	return &r, nil
+}
+
+// Update applies fn to run id's record under its lock and writes the result atomically.
+// fn sees the current record; returning an error leaves the record unchanged.
+func (s *Store) Update(id string, fn func(*Run) error) (*Run, error) {
+	unlock, err := Lock(filepath.Join(s.Dir(id), ".lock"))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	r, err := s.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := fn(r); err != nil {
+		return r, err
+	}
+	return r, writeJSON(filepath.Join(s.Dir(id), "metadata.json"), r)
+}
+
+// Remove deletes run id's directory.
+func (s *Store) Remove(id string) error {
+	if id == "" || strings.ContainsAny(id, "/.") {
+		return fmt.Errorf("invalid run id %q", id)
+	}
+	return os.RemoveAll(s.Dir(id))
+}
+
+// List returns every run, oldest first. Directories without a readable record (a run being
+// created, or removed, right now) are skipped.
+func (s *Store) List() ([]*Run, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("listing runs: %w", err)
+	}
+	var runs []*Run
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		r, err := s.Get(e.Name())
+		if err != nil {
+			continue
+		}
+		runs = append(runs, r)
+	}
+	sort.Slice(runs, func(i, j int) bool { return runs[i].Created.Before(runs[j].Created) })
+	return runs, nil
+}
+
+// Find resolves a reference: a full id, a unique id prefix, or a name.
+func (s *Store) Find(ref string) (*Run, error) {
+	runs, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	var byPrefix []*Run
+	for _, r := range runs {
+		if r.ID == ref || r.Name == ref {
+			return r, nil
+		}
+		if ref != "" && strings.HasPrefix(r.ID, ref) {
+			byPrefix = append(byPrefix, r)
+		}
+	}
+	switch len(byPrefix) {
+	case 0:
+		return nil, fmt.Errorf("%w: %q (see `moatc list`)", ErrNotFound, ref)
+	case 1:
+		return byPrefix[0], nil
+	}
+	ids := make([]string, len(byPrefix))
+	for i, r := range byPrefix {
+		ids[i] = r.ID
+	}
+	return nil, &AmbiguousError{Ref: ref, IDs: ids}
+}
+
+// writeJSON writes v to path atomically: a reader sees the old record or the new one, never
+// a torn one, even if moatc is killed half-way.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFile(path, append(b, '\n'), 0o600)
+}
+
+// WriteFile writes data to path atomically (temp file in the same directory, fsync, rename).
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// Lock takes an exclusive flock on path (creating it) and returns its release.
+func Lock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// Self describes the calling process.
+func Self() *Process {
+	p, _ := ProcessOf(os.Getpid())
+	return p
+}
+
+// ProcessOf reads pid's start time; an error means no such process.
+func ProcessOf(pid int) (*Process, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: fields after the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("parsing /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return nil, fmt.Errorf("parsing /proc/%d/stat", pid)
+	}
+	var start uint64
+	if _, err := fmt.Sscan(f[19], &start); err != nil {
+		return nil, fmt.Errorf("parsing /proc/%d/stat: %w", pid, err)
+	}
+	return &Process{Pid: pid, Start: start}, nil
+}
+
+// Alive reports whether p still runs (and is the same process, not a reused pid).
+func (p *Process) Alive() bool {
+	if p == nil {
+		return false
+	}
+	q, err := ProcessOf(p.Pid)
+	if err != nil {
+		return false
+	}
+	// A zombie has exited; its parent just has not reaped it yet.
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid)); err == nil {
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) && s[i+2] == 'Z' {
+			return false
+		}
+	}
+	return q.Start == p.Start
+}
