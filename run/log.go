@@ -45,6 +45,12 @@ func (r *recorder) line(stream string, b []byte, partial bool) {
 // stream returns a writer that splits what it is given into lines of one stream.
 func (r *recorder) stream(name string) *lineWriter { return &lineWriter{r: r, name: name} }
 
+func (r *recorder) flush() {
+	r.mu.Lock()
+	r.w.Flush()
+	r.mu.Unlock()
+}
+
 func (r *recorder) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -63,6 +69,8 @@ type lineWriter struct {
 
 func (l *lineWriter) Write(p []byte) (int, error) {
 	n := len(p)
+	// Whole chunks reach the file at once, so `moatc logs -f` sees output as it comes.
+	defer l.r.flush()
 	for {
 		i := bytes.IndexByte(p, '\n')
 		if i < 0 {

@@ -104,26 +104,19 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 	}
 }
 
-// readLine reads one complete JSON line; a line still being written is left for later.
+// readLine reads one complete JSON line. A line caught half-written is completed by waiting
+// briefly for the rest; the recorder always ends lines, so this is short.
 func readLine(rd *bufio.Reader) (Line, error) {
 	var l Line
 	b, err := rd.ReadBytes('\n')
+	for tries := 0; err == io.EOF && len(b) > 0 && tries < 500; tries++ {
+		time.Sleep(10 * time.Millisecond)
+		var more []byte
+		more, err = rd.ReadBytes('\n')
+		b = append(b, more...)
+	}
 	if err != nil {
-		if len(b) > 0 {
-			// Not complete yet: push it back by remembering it in the reader is not possible,
-			// so wait for the rest and join.
-			for err == io.EOF {
-				time.Sleep(10 * time.Millisecond)
-				var more []byte
-				more, err = rd.ReadBytes('\n')
-				b = append(b, more...)
-			}
-			if err != nil {
-				return l, err
-			}
-		} else {
-			return l, err
-		}
+		return l, err
 	}
 	return l, json.Unmarshal(b, &l)
 }

@@ -1,0 +1,49 @@
+# moatc. Everything here runs as root on a Debian 12 server without Docker Engine.
+PREFIX ?= /opt/moatc
+export MOATC_PREFIX := $(PREFIX)
+GO ?= go
+BIN := bin/moatc
+
+.PHONY: all build install setup base-images demo test unit e2e vet fmt bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/moatc
+
+# The moatc binary goes into the prefix too, so one PATH entry finds everything.
+install: build
+	install -m 0755 $(BIN) $(PREFIX)/bin/moatc
+
+# Installs what is missing into $(PREFIX): Debian packages; containerd, runsc, moatc's gVisor
+# shim and buildkitd built from the Go module proxy at pinned versions. Idempotent.
+setup:
+	bash scripts/setup.sh
+
+# busybox:latest and debian:bookworm-slim, made locally (no registry needed).
+base-images: build
+	MOATC=$(CURDIR)/$(BIN) bash scripts/base-images.sh
+
+# The README's first command: a command in gVisor on the managed containerd.
+demo: setup install base-images
+	$(PREFIX)/bin/moatc run -- sh -c 'echo "hello from $$(uname -sr) in $$(pwd)"; cat /proc/version'
+
+# The README's second command, and what CI runs: the whole suite on the real stack.
+test: setup vet
+	$(GO) test -count=1 -timeout 40m ./...
+
+unit:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+bench: setup install base-images
+	bash scripts/bench.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// counts is what bad input must not change.
+type counts struct{ runs, containers, snapshots int }
+
+func snapshotCount(t *testing.T) counts {
+	t.Helper()
+	return counts{
+		runs:       len(list(t)),
+		containers: len(ctrRows(t, "containers", "ls")),
+		snapshots:  len(ctrRows(t, "snapshots", "--snapshotter", "overlayfs", "ls")),
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	mustRun(t, "run", "--no-sandbox", "-n", "taken", "--image", "busybox", ws, "--", "true")
+	before := snapshotCount(t)
+	for _, c := range []struct {
+		name string
+		env  []string
+		args []string
+		code int
+		want string
+	}{
+		{"missing workspace", nil, []string{"run", "--no-sandbox", "/nonexistent/ws", "--", "true"}, 125, "does not exist"},
+		{"malformed mount", nil, []string{"run", "--no-sandbox", "-m", "onlyhost", ws}, 2, "HOST:CONTAINER"},
+		{"mount mode", nil, []string{"run", "--no-sandbox", "-m", ws + ":/x:rx", ws}, 2, "neither ro nor rw"},
+		{"relative container path", nil, []string{"run", "--no-sandbox", "-m", ws + ":x", ws}, 2, "absolute"},
+		{"missing mount source", nil, []string{"run", "--no-sandbox", "-m", "nothere:/x", ws}, 2, "does not exist"},
+		{"malformed env", nil, []string{"run", "--no-sandbox", "-e", "=v", ws}, 2, "NAME=value"},
+		{"unknown image", nil, []string{"run", "--no-sandbox", "--image", "nosuch/image:1", ws, "--", "true"}, 125, "moatc image pull nosuch/image:1"},
+		{"bad image reference", nil, []string{"run", "--no-sandbox", "--image", "UPPER/Case", ws, "--", "true"}, 125, "not an image reference"},
+		{"name in use", nil, []string{"run", "--no-sandbox", "-n", "taken", "--image", "busybox", ws, "--", "true"}, 125, "moatc destroy taken"},
+		{"invalid name", nil, []string{"run", "--no-sandbox", "-n", "bad name", "--image", "busybox", ws, "--", "true"}, 125, "not a valid run name"},
+		{"containerd not installed", []string{"MOATC_PREFIX=/nonexistent", "MOATC_HOME=" + filepath.Join(home, "other")}, []string{"run", "--no-sandbox", "--image", "busybox", ws, "--", "true"}, 125, "make setup"},
+		{"containerd not answering", []string{"MOATC_CONTAINERD_ADDRESS=" + filepath.Join(home, "none.sock")}, []string{"run", "--no-sandbox", "--image", "busybox", ws, "--", "true"}, 125, "not answering"},
+		{"unknown run", nil, []string{"status", "no-such-run"}, 125, "no such run"},
+		{"command not found", nil, []string{"run", "--no-sandbox", "-n", "notfound", "--image", "busybox", ws, "--", "no-such-cmd"}, 127, "not found"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := moatcRun(t, opts{env: c.env}, c.args...)
+			if r.code != c.code || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("exit %d (want %d), stderr %q (want it to contain %q)", r.code, c.code, r.stderr, c.want)
+			}
+		})
+	}
+	after := snapshotCount(t)
+	// The not-found command is the one that got a record (failed, exit 127); nothing else did.
+	before.runs++
+	if after != before {
+		t.Errorf("bad input left state behind: before %+v, after %+v", before, after)
+	}
+	if st := status(t, "notfound"); st.State != "failed" || st.ExitCode == nil || *st.ExitCode != 127 {
+		t.Errorf("not-found run: %+v", st)
+	}
+}
+
+func TestConfigErrorsNameFileLineKey(t *testing.T) {
+	requireStack(t)
+	for _, c := range []struct{ yaml, want string }{
+		{"image: busybox\nimgae: typo\n", "moatc.yaml:2: imgae: unknown key"},
+		{"image: busybox\ncontainer:\n  memory: lots\n", "moatc.yaml:3: container.memory"},
+		{"interactive: maybe\n", "moatc.yaml:1: interactive: must be true or false"},
+		{"mounts: /a:/b\n", "moatc.yaml:1: mounts: must be a list"},
+		{"image: [\n", "moatc.yaml:"},
+	} {
+		ws := workspace(t)
+		os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte(c.yaml), 0o644)
+		r := moatcRun(t, opts{}, "run", "--no-sandbox", ws, "--", "true")
+		if r.code != 125 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%q: exit %d stderr %q, want %q", c.yaml, r.code, r.stderr, c.want)
+		}
+	}
+}
+
+func TestAmbiguousRunID(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	// 17 ids of 16 possible first digits: two must share one.
+	byFirst := map[byte][]string{}
+	for i := 0; i < 17; i++ {
+		mustRun(t, "run", "--no-sandbox", "-n", fmt.Sprintf("amb-%d", i), "--image", "busybox", ws, "--", "true")
+	}
+	for _, r := range list(t) {
+		byFirst[r.ID[0]] = append(byFirst[r.ID[0]], r.ID)
+	}
+	for first, ids := range byFirst {
+		if len(ids) < 2 {
+			continue
+		}
+		r := moatcRun(t, opts{}, "status", string(first))
+		if r.code != 125 || !strings.Contains(r.stderr, "matches") || !strings.Contains(r.stderr, ids[0]) {
+			t.Errorf("ambiguous prefix %c: exit %d %q", first, r.code, r.stderr)
+		}
+		return
+	}
+	t.Fatal("no two runs share a first digit")
+}
+
+func TestPullFromLocalRegistry(t *testing.T) {
+	requireStack(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: registry.New()}
+	go srv.Serve(l)
+	defer srv.Close()
+	host := l.Addr().String()
+
+	// Push the busybox base image's layer to the registry as a new image.
+	layer, err := tarball.LayerFromFile(busyboxLayer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := img.ConfigFile()
+	cfg.Config.Env = []string{"PATH=/bin"}
+	img, _ = mutate.ConfigFile(img, cfg)
+	ref, _ := name.ParseReference(host+"/test/pulled:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+
+	p := mustRun(t, "image", "pull", host+"/test/pulled:v1")
+	if !strings.Contains(p.stdout, host+"/test/pulled:v1") || !strings.Contains(p.stderr, "fetching") {
+		t.Errorf("pull: stdout %q stderr %q", p.stdout, p.stderr)
+	}
+	if ls := mustRun(t, "image", "ls"); !strings.Contains(ls.stdout, host+"/test/pulled:v1") {
+		t.Errorf("image ls lacks the pulled image: %s", ls.stdout)
+	}
+	ws := workspace(t)
+	r := mustRun(t, "run", "--no-sandbox", "--image", host+"/test/pulled:v1", ws, "--", "echo", "from-registry")
+	if r.stdout != "from-registry\n" {
+		t.Errorf("run of pulled image: %q", r.stdout)
+	}
+	mustRun(t, "image", "rm", host+"/test/pulled:v1")
+	if ls := mustRun(t, "image", "ls"); strings.Contains(ls.stdout, "pulled") {
+		t.Errorf("image rm left it: %s", ls.stdout)
+	}
+}
+
+// busyboxLayer extracts the layer of the cached busybox OCI tar into a file.
+func busyboxLayer(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	tarPath := filepath.Join(prefix, "images", "busybox.oci.tar")
+	out, err := execOutput("tar", "-xf", tarPath, "-C", dir)
+	if err != nil {
+		t.Fatalf("extracting %s: %v %s", tarPath, err, out)
+	}
+	// The layer is the largest blob.
+	var best string
+	var size int64
+	filepath.Walk(filepath.Join(dir, "blobs"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && fi.Size() > size {
+			best, size = p, fi.Size()
+		}
+		return nil
+	})
+	return best
+}

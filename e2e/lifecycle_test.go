@@ -1,0 +1,283 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestDetachLogsFollow(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			name := "det-" + rt
+			args := append(append([]string{"run", "-d", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
+				"sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done; echo warn >&2; exit 4")
+			r := mustRun(t, args...)
+			id := strings.TrimSpace(r.stdout)
+			if len(id) != 12 {
+				t.Fatalf("run -d printed %q, want a 12-digit id", r.stdout)
+			}
+			l := mustRun(t, "logs", "-f", id[:6])
+			if l.stdout != "line 1\nline 2\nline 3\nline 4\nline 5\n" || l.stderr != "warn\n" {
+				t.Errorf("logs -f: stdout %q stderr %q", l.stdout, l.stderr)
+			}
+			st := status(t, name)
+			if st.State != "stopped" || st.ExitCode == nil || *st.ExitCode != 4 {
+				t.Errorf("after the end: %+v", st)
+			}
+			tail := mustRun(t, "logs", "-n", "2", name)
+			if tail.stdout != "line 5\n" || tail.stderr != "warn\n" {
+				t.Errorf("logs -n 2: stdout %q stderr %q", tail.stdout, tail.stderr)
+			}
+		})
+	}
+}
+
+func TestStopDeliversSIGTERM(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			name := "trap-" + rt
+			args := append(append([]string{"run", "-d", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
+				"sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done")
+			mustRun(t, args...)
+			waitLog(t, name, "ready")
+			mustRun(t, "stop", "-t", "20", name)
+			st := status(t, name)
+			if st.State != "stopped" || st.ExitCode == nil || *st.ExitCode != 42 {
+				t.Errorf("after stop: %+v", st)
+			}
+			if l := mustRun(t, "logs", name); !strings.Contains(l.stdout, "got-term") {
+				t.Errorf("the trap did not run: %q", l.stdout)
+			}
+		})
+	}
+}
+
+// TestStopKills: a workload that ignores SIGTERM is killed after the grace period (exit 137),
+// and the foreground moatc exits with that code.
+func TestStopKills(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			name := "kill-" + rt
+			args := append(append([]string{"run", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
+				"sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done")
+			fg := exec.Command(moatc, args...)
+			if err := fg.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waitLog(t, name, "ready")
+			mustRun(t, "stop", "-t", "1", name)
+			err := fg.Wait()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 137 {
+				t.Errorf("foreground moatc: %v, want exit 137", err)
+			}
+			if st := status(t, name); st.ExitCode == nil || *st.ExitCode != 137 {
+				t.Errorf("after stop: %+v", st)
+			}
+		})
+	}
+}
+
+func TestKill9OfForegroundMoatc(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			name := "k9-" + rt
+			args := append(append([]string{"run", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
+				"sh", "-c", "echo ready; sleep 300")
+			fg := exec.Command(moatc, args...)
+			if err := fg.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waitLog(t, name, "ready")
+			st := status(t, name)
+			if st.State != "running" {
+				t.Fatalf("state %q, want running", st.State)
+			}
+			fg.Process.Signal(syscall.SIGKILL)
+			fg.Wait()
+			// The next command reconciles: the run is failed and its task gone.
+			var found bool
+			for _, r := range list(t) {
+				if r.Name == name {
+					found = true
+					if r.State != "failed" || !strings.Contains(r.Error, "gone") {
+						t.Errorf("after kill -9: %+v", r)
+					}
+				}
+			}
+			if !found {
+				t.Fatalf("run %s not listed", name)
+			}
+			for _, row := range ctrRows(t, "tasks", "ls") {
+				if strings.Contains(row, st.ContainerID) {
+					t.Errorf("task left running: %s", row)
+				}
+			}
+			for _, row := range ctrRows(t, "containers", "ls") {
+				if strings.Contains(row, st.ContainerID) {
+					t.Errorf("container left: %s", row)
+				}
+			}
+		})
+	}
+}
+
+func TestParallelRuns(t *testing.T) {
+	requireStack(t)
+	for _, c := range []struct {
+		rt string
+		n  int
+	}{{"runc", 10}, {"gvisor", 5}} {
+		t.Run(c.rt, func(t *testing.T) {
+			ws := workspace(t)
+			var wg sync.WaitGroup
+			ids := make([]string, c.n)
+			errs := make([]string, c.n)
+			for i := 0; i < c.n; i++ {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					args := append(append([]string{"run", "-d", "--json"}, sandboxArgs(c.rt)...), "--image", "busybox", ws, "--",
+						"sh", "-c", fmt.Sprintf("echo run-%d > /workspace/out-%d", i, i))
+					r := moatcRun(t, opts{}, args...)
+					if r.code != 0 {
+						errs[i] = fmt.Sprintf("run %d: exit %d: %s", i, r.code, r.stderr)
+						return
+					}
+					if j := strings.Index(r.stdout, `"id": "`); j >= 0 {
+						ids[i] = r.stdout[j+7 : j+19]
+					}
+				}(i)
+			}
+			wg.Wait()
+			for _, e := range errs {
+				if e != "" {
+					t.Error(e)
+				}
+			}
+			seen := map[string]bool{}
+			for i, id := range ids {
+				if id == "" || seen[id] {
+					t.Errorf("run %d: id %q missing or repeated", i, id)
+				}
+				seen[id] = true
+				mustRun(t, "logs", "-f", id) // returns when the run has ended
+				st := status(t, id)
+				if st.State != "stopped" || st.ExitCode == nil || *st.ExitCode != 0 {
+					t.Errorf("run %d: %+v", i, st)
+				}
+				if b, err := os.ReadFile(fmt.Sprintf("%s/out-%d", ws, i)); err != nil || string(b) != fmt.Sprintf("run-%d\n", i) {
+					t.Errorf("run %d wrote %q, %v", i, b, err)
+				}
+			}
+		})
+	}
+}
+
+func TestDestroyAndClean(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	mustRun(t, "run", "--no-sandbox", "-d", "-n", "dc-running", "--image", "busybox", ws, "--", "sleep", "300")
+	mustRun(t, "run", "--no-sandbox", "-n", "dc-done", "--image", "busybox", ws, "--", "true")
+
+	r := moatcRun(t, opts{}, "destroy", "dc-running")
+	if r.code != 125 || !strings.Contains(r.stderr, "moatc stop dc-running") {
+		t.Errorf("destroy of a running run: exit %d %q", r.code, r.stderr)
+	}
+	mustRun(t, "destroy", "dc-done")
+	if r := moatcRun(t, opts{}, "status", "dc-done"); r.code == 0 {
+		t.Errorf("destroyed run still has a status")
+	}
+	running := status(t, "dc-running")
+
+	// A container moatc made whose record is gone (as after a crash): clean finds it by label.
+	mustRun(t, "run", "--no-sandbox", "-d", "-n", "dc-orphan", "--image", "busybox", ws, "--", "sleep", "300")
+	orphan := status(t, "dc-orphan")
+	// Kill its supervisor and delete its record by hand: only labels are left to find it by.
+	sup, _ := os.ReadFile(home + "/runs/" + orphan.ID + "/metadata.json")
+	if i := strings.Index(string(sup), `"pid": `); i < 0 {
+		t.Fatalf("no supervisor in %s", sup)
+	}
+	killSupervisor(t, orphan.ID)
+	os.RemoveAll(home + "/runs/" + orphan.ID)
+
+	dry := mustRun(t, "clean", "--dry-run")
+	if !strings.Contains(dry.stdout, "would remove container "+orphan.ContainerID) {
+		t.Errorf("clean --dry-run: %q", dry.stdout)
+	}
+	if !strings.Contains(strings.Join(ctrRows(t, "containers", "ls"), "\n"), orphan.ContainerID) {
+		t.Errorf("--dry-run removed the container")
+	}
+	c := mustRun(t, "clean")
+	if !strings.Contains(c.stdout, "removed container "+orphan.ContainerID) {
+		t.Errorf("clean: %q", c.stdout)
+	}
+	left := strings.Join(ctrRows(t, "containers", "ls"), "\n")
+	if strings.Contains(left, orphan.ContainerID) {
+		t.Errorf("orphan container left: %s", left)
+	}
+	if !strings.Contains(left, running.ContainerID) {
+		t.Errorf("clean removed an active run's container")
+	}
+	if strings.Contains(strings.Join(ctrRows(t, "snapshots", "--snapshotter", "overlayfs", "ls"), "\n"), orphan.ContainerID) {
+		t.Errorf("orphan snapshot left")
+	}
+	mustRun(t, "destroy", "--force", "dc-running")
+	if strings.Contains(strings.Join(ctrRows(t, "containers", "ls"), "\n"), running.ContainerID) {
+		t.Errorf("destroy --force left the container")
+	}
+}
+
+func killSupervisor(t *testing.T, id string) {
+	t.Helper()
+	b, err := os.ReadFile(home + "/runs/" + id + "/metadata.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	s := string(b)
+	i := strings.Index(s, `"supervisor": {`)
+	if i < 0 {
+		t.Fatalf("no supervisor: %s", s)
+	}
+	fmt.Sscanf(s[strings.Index(s[i:], `"pid": `)+i+7:], "%d", &pid)
+	if pid <= 1 {
+		t.Fatalf("bad supervisor pid in %s", s)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	for j := 0; j < 100 && syscall.Kill(pid, 0) == nil; j++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitLog waits until a run's log has a line containing want.
+func waitLog(t *testing.T, ref, want string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		r := moatcRun(t, opts{}, "logs", ref)
+		if strings.Contains(r.stdout, want) {
+			return
+		}
+		if r.code == 0 {
+			if st := status(t, ref); st.State != "running" && st.State != "created" {
+				t.Fatalf("run %s ended (%s, %s) before printing %q", ref, st.State, st.Error, want)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("run %s never printed %q", ref, want)
+}

@@ -1,0 +1,230 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+)
+
+func TestExitCodes(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		for _, c := range []struct {
+			script string
+			want   int
+		}{{"exit 0", 0}, {"exit 1", 1}, {"exit 3", 3}, {"exit 255", 255}, {"sleep 1; exit 3", 3}, {"sleep 1; exit 255", 255}} {
+			t.Run(fmt.Sprintf("%s/%s", rt, c.script), func(t *testing.T) {
+				ws := workspace(t)
+				args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh", "-c", c.script)
+				r := moatcRun(t, opts{}, args...)
+				if r.code != c.want {
+					t.Fatalf("exit %d, want %d; stderr: %s", r.code, c.want, r.stderr)
+				}
+			})
+		}
+	}
+}
+
+func TestStdoutStderrSeparateAndRecorded(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			name := "sep-" + rt
+			args := append(append([]string{"run", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
+				"sh", "-c", "echo to-out; echo to-err >&2; printf no-newline")
+			r := moatcRun(t, opts{}, args...)
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			if r.stdout != "to-out\nno-newline" {
+				t.Errorf("stdout %q", r.stdout)
+			}
+			if !strings.Contains(r.stderr, "to-err\n") || strings.Contains(r.stderr, "to-out") {
+				t.Errorf("stderr %q", r.stderr)
+			}
+			l := mustRun(t, "logs", name)
+			if l.stdout != "to-out\nno-newline" || strings.TrimSpace(l.stderr) != "to-err" {
+				t.Errorf("logs: stdout %q stderr %q", l.stdout, l.stderr)
+			}
+			if st := status(t, name); st.Spec.Runtime != rt {
+				t.Errorf("status says runtime %q, want %q", st.Spec.Runtime, rt)
+			}
+		})
+	}
+}
+
+func TestStdinPiped(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh", "-c", "tr a-z A-Z; echo done")
+			r := moatcRun(t, opts{stdin: "hello\nworld\n"}, args...)
+			if r.code != 0 || r.stdout != "HELLO\nWORLD\ndone\n" {
+				t.Fatalf("exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+}
+
+func TestLargeOutputComplete(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			// 10 MB: 1,000,000 numbered lines of 10 bytes, in order.
+			args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
+				"sh", "-c", "seq -w 0 999999 | sed 's/$/ab/'")
+			r := moatcRun(t, opts{}, args...)
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			if len(r.stdout) != 10_000_000 {
+				t.Fatalf("got %d bytes, want 10000000", len(r.stdout))
+			}
+			sc := bufio.NewScanner(strings.NewReader(r.stdout))
+			for i := 0; sc.Scan(); i++ {
+				if want := fmt.Sprintf("%06dab", i); sc.Text() != want {
+					t.Fatalf("line %d is %q, want %q", i, sc.Text(), want)
+				}
+			}
+		})
+	}
+}
+
+func TestTTY(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			args := append(append([]string{"run", "-i"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh")
+			cmd := exec.Command(moatc, args...)
+			f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 33, Cols: 101})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var mu sync.Mutex
+			var out strings.Builder
+			go func() {
+				buf := make([]byte, 4096)
+				for {
+					n, err := f.Read(buf)
+					mu.Lock()
+					out.Write(buf[:n])
+					mu.Unlock()
+					if err != nil {
+						return
+					}
+				}
+			}()
+			io.WriteString(f, "tty; stty size; echo sum=$((6*7)); exit 7\n")
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err = <-done:
+			case <-time.After(60 * time.Second):
+				cmd.Process.Kill()
+				t.Fatalf("TTY run did not end; output so far: %q", out.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+			mu.Lock()
+			got := out.String()
+			mu.Unlock()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
+				t.Errorf("exit: %v, want 7; output %q", err, got)
+			}
+			for _, want := range []string{"/dev/pts/", "33 101", "sum=42"} {
+				if !strings.Contains(got, want) {
+					t.Errorf("TTY output lacks %q: %q", want, got)
+				}
+			}
+		})
+	}
+}
+
+func TestEnvAndConfigFile(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	cfg := "name: cfg-run\nimage: busybox\nenv:\n  FROM_FILE: file\n  OVERRIDDEN: file\ncommand: [sh, -c, 'echo $FROM_FILE $OVERRIDDEN $FROM_FLAG $HOSTVAL']\nsandbox: none\n"
+	if err := os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := moatcRun(t, opts{env: []string{"HOSTVAL=fromhost"}}, "run", "-e", "OVERRIDDEN=flag", "-e", "FROM_FLAG=flag", "-e", "HOSTVAL", ws)
+	if r.code != 0 || r.stdout != "file flag flag fromhost\n" {
+		t.Fatalf("exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if st := status(t, "cfg-run"); st.Spec.Runtime != "runc" || !strings.HasSuffix(st.Spec.Image, "busybox:latest") {
+		t.Errorf("config not applied: %+v", st)
+	}
+	// Flags override the file.
+	r = moatcRun(t, opts{}, "run", "-n", "cfg-run-2", "--image", "debian:bookworm-slim", ws, "--", "cat", "/etc/debian_version")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "12") {
+		t.Fatalf("exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestWorkspaceOwnerAndMounts(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			if err := os.Chown(ws, 4321, 4322); err != nil {
+				t.Fatal(err)
+			}
+			ro := workspace(t)
+			os.WriteFile(filepath.Join(ro, "data"), []byte("ro-data"), 0o644)
+			args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", "-m", ro+":/ro:ro", ws, "--", "sh", "-c",
+				"id -u; id -g; pwd; echo written > /workspace/out; cat /ro/data; echo; if echo x > /ro/new 2>/dev/null; then echo RO-WRITABLE; else echo ro-refused; fi")
+			r := moatcRun(t, opts{}, args...)
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			if r.stdout != "4321\n4322\n/workspace\nro-data\nro-refused\n" {
+				t.Errorf("stdout %q", r.stdout)
+			}
+			fi, err := os.Stat(filepath.Join(ws, "out"))
+			if err != nil {
+				t.Fatalf("workspace write not visible on the host: %v", err)
+			}
+			st := fi.Sys().(*syscall.Stat_t)
+			if st.Uid != 4321 || st.Gid != 4322 {
+				t.Errorf("file owned by %d:%d, want 4321:4322", st.Uid, st.Gid)
+			}
+			if _, err := os.Stat(filepath.Join(ro, "new")); err == nil {
+				t.Errorf("a read-only mount was written to")
+			}
+		})
+	}
+}
+
+func TestKernelIsGVisorUnlessNoSandbox(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	host, _ := os.ReadFile("/proc/version")
+	g := moatcRun(t, opts{}, "run", "--image", "busybox", ws, "--", "sh", "-c", "cat /proc/version; dmesg | head -3")
+	if g.code != 0 || !strings.Contains(g.stdout, "gVisor") && !strings.Contains(strings.ToLower(g.stdout), "starting gvisor") {
+		t.Errorf("default run does not show gVisor's kernel: exit %d %q %s", g.code, g.stdout, g.stderr)
+	}
+	if strings.Contains(g.stdout, strings.TrimSpace(string(host))) {
+		t.Errorf("default run shows the host kernel: %q", g.stdout)
+	}
+	r := moatcRun(t, opts{}, "run", "--no-sandbox", "--image", "busybox", ws, "--", "cat", "/proc/version")
+	if r.code != 0 || r.stdout != string(host) {
+		t.Errorf("--no-sandbox does not show the host kernel: %q vs %q", r.stdout, host)
+	}
+	if !strings.Contains(r.stderr, "reduced isolation") {
+		t.Errorf("--no-sandbox printed no warning: %q", r.stderr)
+	}
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# make bench: start latency of moatc against what a user would otherwise type, measured in the
+# same run, on the same machine, same busybox image, warm. Prints medians and ratios.
+# Not part of CI: these machines are shared and noisy, so targets live here, not in tests.
+#
+# Rows are added with `row NAME CMD...` and compared with `ratio A B`; later features add rows.
+set -euo pipefail
+PREFIX=${PREFIX:-${MOATC_PREFIX:-/opt/moatc}}
+RUNS=${RUNS:-25}
+here=$(cd "$(dirname "$0")/.." && pwd)
+export PATH="$PREFIX/bin:$PATH"
+export MOATC_HOME=${BENCH_HOME:-/tmp/moatc-bench}
+MOATC="$PREFIX/bin/moatc"
+mkdir -p "$MOATC_HOME"
+ws=$(mktemp -d)
+trap 'cleanup' EXIT
+declare -A median
+
+cleanup() {
+  [ -n "${dockerd_pid:-}" ] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
+  "$MOATC" clean >/dev/null 2>&1 || true
+  "$MOATC" system stop --force >/dev/null 2>&1 || true
+  rm -rf "$ws"
+}
+
+# row NAME CMD...: run CMD 3 times to warm up, then RUNS times; record the median in seconds.
+row() {
+  local name=$1; shift
+  local times=()
+  for _ in 1 2 3; do "$@" >/dev/null 2>&1 || { echo "bench: '$*' failed:" >&2; "$@" >&2 || true; exit 1; }; done
+  for _ in $(seq "$RUNS"); do
+    local t0 t1
+    t0=$(date +%s%N); "$@" >/dev/null 2>&1; t1=$(date +%s%N)
+    times+=($(( t1 - t0 )))
+  done
+  median[$name]=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.4f", a[int((NR+1)/2)]/1e9}')
+  printf '%-46s %8ss\n' "$name" "${median[$name]}"
+}
+
+# ratio A B: how A compares with B (A's median / B's).
+ratio() {
+  awk -v a="${median[$1]}" -v b="${median[$2]}" -v n1="$1" -v n2="$2" \
+    'BEGIN {printf "  ratio %-36s %5.2fx  (%s / %s)\n", "", a/b, n1, n2}'
+}
+
+echo "moatc bench: $RUNS runs each, medians, $(nproc) cores, $(date -u +%FT%TZ)"
+"$MOATC" system start >/dev/null
+MOATC="$MOATC" bash "$here/scripts/base-images.sh" >/dev/null 2>&1
+sock="$MOATC_HOME/containerd/containerd.sock"
+img=docker.io/library/busybox:latest
+cfg=$(mktemp -p "$MOATC_HOME" runsc-XXXX.toml)
+printf 'binary_name = "%s"\n[runsc_config]\n  platform = "systrap"\n' "$PREFIX/bin/runsc" > "$cfg"
+
+echo
+echo "== runc, no network"
+row "moatc run --no-sandbox -- true" "$MOATC" run --no-sandbox --image busybox "$ws" -- true
+row "ctr run --rm (runc)" ctr -a "$sock" -n moatc run --rm "$img" bench-ctr true
+ratio "moatc run --no-sandbox -- true" "ctr run --rm (runc)"
+
+echo
+echo "== gVisor (systrap), no network"
+row "moatc run -- true (gvisor)" "$MOATC" run --image busybox "$ws" -- true
+row "ctr run --rm (runsc shim, same config)" ctr -a "$sock" -n moatc run --rm --runtime io.containerd.runsc.v1 \
+  --runtime-config-path "$cfg" --annotation io.kubernetes.cri.container-type=sandbox "$img" bench-ctr-runsc true
+ratio "moatc run -- true (gvisor)" "ctr run --rm (runsc shim, same config)"
+
+# Docker Engine (Debian's docker.io), started by hand with its own data root and socket, for
+# this comparison only; gVisor through runsc as Docker users configure it.
+if [ "${BENCH_DOCKER:-1}" = 1 ]; then
+  if ! command -v dockerd >/dev/null; then
+    echo "bench: installing Debian's docker.io for the comparison" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  fi
+  droot="$MOATC_HOME/docker"
+  mkdir -p "$droot"
+  printf '{"runtimes":{"runsc":{"path":"%s","runtimeArgs":["--platform=systrap"]}}}\n' "$PREFIX/bin/runsc" > "$droot/daemon.json"
+  dockerd --data-root "$droot/data" --exec-root "$droot/exec" --pidfile "$droot/docker.pid" \
+    -H "unix://$droot/docker.sock" --config-file "$droot/daemon.json" --bridge none --iptables=false \
+    --containerd-namespace moatc-bench-docker >"$droot/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  export DOCKER_HOST="unix://$droot/docker.sock"
+  for _ in $(seq 100); do docker version >/dev/null 2>&1 && break; sleep 0.2; done
+  # The same busybox rootfs: the layer of the cached OCI tar.
+  layer=$(tar -tvf "$PREFIX/images/busybox.oci.tar" | sort -k3 -n | tail -1 | awk '{print $6}')
+  tar -xOf "$PREFIX/images/busybox.oci.tar" "$layer" | docker import - moatc-bench/busybox >/dev/null
+  echo
+  echo "== Docker Engine $(docker version -f '{{.Server.Version}}'), --network none"
+  row "docker run --rm --network none (runc)" docker run --rm --network none moatc-bench/busybox true
+  ratio "moatc run --no-sandbox -- true" "docker run --rm --network none (runc)"
+  row "docker run --rm --runtime=runsc --network none" docker run --rm --runtime=runsc --network none moatc-bench/busybox true
+  ratio "moatc run -- true (gvisor)" "docker run --rm --runtime=runsc --network none"
+fi
