@@ -25,6 +25,8 @@ type Runtime interface {
 	Shim() string // containerd's runtime name, e.g. io.containerd.runsc.v1
 	// Check says whether the binaries the runtime needs are present, with the fix if not.
 	Check() error
+	// Binaries names the executables the runtime uses, for probe caching and status.
+	Binaries() []string
 	// ContainerOpts select the runtime for a container; SpecOpts are its edits to the spec.
 	ContainerOpts() ([]containerd.NewContainerOpts, error)
 	SpecOpts() []oci.SpecOpts
@@ -35,6 +37,8 @@ type Runc struct{ Prefix string }
 
 func (Runc) Name() string { return "runc" }
 func (Runc) Shim() string { return "io.containerd.runc.v2" }
+
+func (Runc) Binaries() []string { return []string{"containerd-shim-runc-v2", "runc"} }
 
 func (r Runc) Check() error {
 	if _, err := findBinary(r.Prefix, "runc"); err != nil {
@@ -79,9 +83,11 @@ To run without the sandbox (reduced isolation: the workload shares the host kern
   moatc run --no-sandbox ...`, strings.Join(e.Missing, " and "))
 }
 
+func (GVisor) Binaries() []string { return []string{"containerd-shim-runsc-v1", "runsc"} }
+
 func (g GVisor) Check() error {
 	var missing []string
-	for _, b := range []string{"containerd-shim-runsc-v1", "runsc"} {
+	for _, b := range g.Binaries() {
 		if _, err := findBinary(g.Prefix, b); err != nil {
 			missing = append(missing, b)
 		}
@@ -166,4 +172,25 @@ func findBinary(prefix, name string) (string, error) {
 		return p, nil
 	}
 	return exec.LookPath(name)
+}
+
+// BinaryVersion finds an executable (prefix first, then PATH) and says which version it is:
+// what `make setup` recorded for it in PREFIX/versions, else the first line of --version.
+func BinaryVersion(prefix, name string) (path, version string, err error) {
+	path, err = findBinary(prefix, name)
+	if err != nil {
+		return "", "", err
+	}
+	rec := map[string]string{"containerd": "containerd", "ctr": "containerd", "containerd-shim-runc-v2": "containerd",
+		"containerd-shim-runsc-v1": "shim", "runsc": "runsc", "buildkitd": "buildkit", "buildctl": "buildkit"}[name]
+	if rec != "" && strings.HasPrefix(path, filepath.Join(prefix, "bin")+"/") {
+		if b, err := os.ReadFile(filepath.Join(prefix, "versions", rec)); err == nil {
+			return path, strings.TrimSpace(string(b)), nil
+		}
+	}
+	out, err := exec.Command(path, "--version").CombinedOutput()
+	if err != nil {
+		return path, "unknown", nil
+	}
+	return path, strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0], nil
 }

@@ -18,10 +18,10 @@ import (
 )
 
 var (
-	moatc  string // the binary under test
-	home   string // MOATC_HOME of this test run
-	prefix string // the installed stack
-	repo   string // the source tree
+	moatc    string // the binary under test
+	home     string // MOATC_HOME of this test run
+	prefix   string // the installed stack
+	repo     string // the source tree
 	setupErr error
 )
 

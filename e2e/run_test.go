@@ -85,7 +85,7 @@ func TestLargeOutputComplete(t *testing.T) {
 			ws := workspace(t)
 			// 10 MB: 1,000,000 numbered lines of 10 bytes, in order.
 			args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-				"sh", "-c", "seq -w 0 999999 | sed 's/$/ab/'")
+				"sh", "-c", "seq -w 0 999999 | sed 's/$/abc/'")
 			r := moatcRun(t, opts{}, args...)
 			if r.code != 0 {
 				t.Fatalf("exit %d: %s", r.code, r.stderr)
@@ -95,7 +95,7 @@ func TestLargeOutputComplete(t *testing.T) {
 			}
 			sc := bufio.NewScanner(strings.NewReader(r.stdout))
 			for i := 0; sc.Scan(); i++ {
-				if want := fmt.Sprintf("%06dab", i); sc.Text() != want {
+				if want := fmt.Sprintf("%06dabc", i); sc.Text() != want {
 					t.Fatalf("line %d is %q, want %q", i, sc.Text(), want)
 				}
 			}
@@ -184,6 +184,7 @@ func TestWorkspaceOwnerAndMounts(t *testing.T) {
 				t.Fatal(err)
 			}
 			ro := workspace(t)
+			os.Chmod(ro, 0o755)
 			os.WriteFile(filepath.Join(ro, "data"), []byte("ro-data"), 0o644)
 			args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", "-m", ro+":/ro:ro", ws, "--", "sh", "-c",
 				"id -u; id -g; pwd; echo written > /workspace/out; cat /ro/data; echo; if echo x > /ro/new 2>/dev/null; then echo RO-WRITABLE; else echo ro-refused; fi")

@@ -94,6 +94,25 @@ func (m *Manager) Runtime(s state.Spec) ctrd.Runtime {
 	return ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc"), Platform: s.Platform, Debug: s.Debug}
 }
 
+// probe runs a probe container under rt once per set of runtime binaries, so a runtime that
+// is installed but cannot run here is reported before any run is created. The result is
+// cached under Dir/probes, keyed by the binaries.
+func (m *Manager) probe(ctx context.Context, c *ctrd.Client, rt ctrd.Runtime, img containerd.Image) error {
+	mark := filepath.Join(m.Dir, "probes", rt.Name()+"-"+ctrd.BinariesKey(m.Prefix, rt.Binaries()...))
+	if _, err := os.Stat(mark); err == nil {
+		return nil
+	}
+	// busybox is the smallest image with a shell; the run's own image otherwise.
+	if bb, err := c.Image(ctx, "busybox", snapshot.Default()); err == nil {
+		img = bb
+	}
+	if err := c.Probe(ctx, rt, img, snapshot.Default()); err != nil {
+		return err
+	}
+	os.MkdirAll(filepath.Dir(mark), 0o700)
+	return state.WriteFile(mark, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
+}
+
 var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 // Start creates a run and, in the foreground, supervises it to its end and returns its exit
@@ -114,6 +133,9 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 	}
 	img, err := c.Image(ctx, req.Spec.Image, snapshot.Default())
 	if err != nil {
+		return nil, 0, err
+	}
+	if err := m.probe(ctx, c, rt, img); err != nil {
 		return nil, 0, err
 	}
 	req.Spec.Image = img.Name()
@@ -223,6 +245,12 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		m.fail(r.ID, err, exitCodeOf(err))
 		return 0, err
 	}
+	if stdio.Console != nil {
+		// Size the TTY before the command starts, so its first look at the size is right.
+		if sz, err := stdio.Console.Size(); err == nil {
+			task.Resize(ctx, uint32(sz.Width), uint32(sz.Height))
+		}
+	}
 	statusC, err := task.Wait(bg)
 	if err == nil {
 		err = task.Start(ctx)
@@ -252,7 +280,15 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	status := <-statusC
 	stopSignals()
 	code := int(status.ExitCode())
-	// Delete waits for the IO copies to drain, so the log is complete after it.
+	// Drain the output before Delete: containerd v2.4's client closes the FIFOs in Delete
+	// (cio's Cancel), cutting off whatever a slow reader had not copied yet. The shim closes
+	// its ends once the container's processes are gone; the timeout covers a stuck shim.
+	drained := make(chan struct{})
+	go func() { task.IO().Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(30 * time.Second):
+	}
 	task.Delete(bg)
 	outLog.flush()
 	errLog.flush()

@@ -89,7 +89,7 @@ Examples:
 		},
 		Commands: []*cli.Command{
 			runCommand(), listCommand(), statusCommand(), logsCommand(), stopCommand(),
-			destroyCommand(), cleanCommand(), imageCommand(), systemCommand(), superviseCommand(),
+			destroyCommand(), cleanCommand(), imageCommand(), systemCommand(), doctorCommand(), superviseCommand(),
 		},
 	}
 }

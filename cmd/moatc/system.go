@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -179,34 +177,9 @@ func systemStatus(ctx context.Context, e *env) stackStatus {
 }
 
 func binaryVersion(prefix, name string) binaryStatus {
-	bs := binaryStatus{Name: name, Version: "not found"}
-	p := filepath.Join(prefix, "bin", name)
-	if _, err := os.Stat(p); err != nil {
-		if p, err = exec.LookPath(name); err != nil {
-			return bs
-		}
-	}
-	bs.Path = p
-	if b, err := os.ReadFile(filepath.Join(prefix, "versions", versionFile(name))); err == nil {
-		bs.Version = strings.TrimSpace(string(b))
-		return bs
-	}
-	out, err := exec.Command(p, "--version").CombinedOutput()
+	path, version, err := ctrd.BinaryVersion(prefix, name)
 	if err != nil {
-		bs.Version = "installed"
-		return bs
+		return binaryStatus{Name: name, Version: "not found"}
 	}
-	bs.Version = strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
-	return bs
-}
-
-// versionFile names the file in which `make setup` records what it built.
-func versionFile(bin string) string {
-	switch bin {
-	case "containerd-shim-runc-v2", "containerd", "ctr":
-		return "containerd"
-	case "containerd-shim-runsc-v1":
-		return "shim"
-	}
-	return bin
+	return binaryStatus{Name: name, Path: path, Version: version}
 }

@@ -1,0 +1,83 @@
+package ctrd
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+)
+
+// ProbeError says a runtime's binaries exist but a container could not run with them.
+type ProbeError struct {
+	Runtime string
+	Err     error
+}
+
+func (e *ProbeError) Error() string {
+	fix := "reinstall with `make setup`; `moatc doctor` checks each part of the stack"
+	if e.Runtime == "gvisor" {
+		fix += "; to run without the sandbox (reduced isolation): moatc run --no-sandbox"
+	}
+	return fmt.Sprintf("a probe container under %s failed on this host: %v\n%s", e.Runtime, e.Err, fix)
+}
+
+func (e *ProbeError) Unwrap() error { return e.Err }
+
+// Probe runs `/bin/sh -c 'exit 0'` from img under rt, with no IO, and checks it exits 0.
+func (c *Client) Probe(ctx context.Context, rt Runtime, img containerd.Image, snapshotter string) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	id := "moatc-probe-" + rt.Name() + "-" + fmt.Sprint(time.Now().UnixNano())
+	ctr, err := c.CreateContainer(ctx, Container{
+		ID: id, RunID: "probe", Role: "probe", Image: img, Snapshotter: snapshotter, Runtime: rt,
+		Args: []string{"/bin/sh", "-c", "exit 0"}, Hostname: "probe",
+	})
+	if err != nil {
+		return &ProbeError{Runtime: rt.Name(), Err: err}
+	}
+	defer c.RemoveContainer(context.WithoutCancel(ctx), id)
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		return &ProbeError{Runtime: rt.Name(), Err: err}
+	}
+	wait, err := task.Wait(ctx)
+	if err == nil {
+		err = task.Start(ctx)
+	}
+	if err != nil {
+		return &ProbeError{Runtime: rt.Name(), Err: err}
+	}
+	select {
+	case st := <-wait:
+		if code, _, err := st.Result(); err != nil || code != 0 {
+			return &ProbeError{Runtime: rt.Name(), Err: fmt.Errorf("it exited %d (%v), want 0", code, err)}
+		}
+	case <-ctx.Done():
+		return &ProbeError{Runtime: rt.Name(), Err: fmt.Errorf("it did not finish within 60s")}
+	}
+	return nil
+}
+
+// BinariesKey identifies the exact binaries a runtime uses (path, size, modification time),
+// so a probe result can be cached until they change.
+func BinariesKey(prefix string, names ...string) string {
+	h := sha256.New()
+	for _, n := range names {
+		p, err := findBinary(prefix, n)
+		if err != nil {
+			fmt.Fprintf(h, "%s missing\n", n)
+			continue
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(h, "%s %d %d\n", p, fi.Size(), fi.ModTime().UnixNano())
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}

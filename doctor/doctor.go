@@ -1,0 +1,147 @@
+// Package doctor checks each part of the stack moatc needs and says how to fix what fails.
+package doctor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/snapshot"
+)
+
+// Check is one line of the report.
+type Check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+	// Optional checks (such as /dev/kvm) inform but never fail the report.
+	Optional bool `json:"optional,omitempty"`
+}
+
+// Options say where the stack is.
+type Options struct {
+	Prefix string
+	Conn   ctrd.Options
+	// Runtimes to probe with a container, e.g. gVisor and runc.
+	Runtimes []ctrd.Runtime
+}
+
+// Run performs every check, in order.
+func Run(ctx context.Context, o Options) []Check {
+	var out []Check
+	add := func(c Check) { out = append(out, c) }
+	setupFix := "run `make setup` as root in the moatc source tree"
+
+	add(binary(o.Prefix, "containerd", setupFix))
+	cl, err := ctrd.Connect(ctx, o.Conn)
+	if err != nil {
+		add(Check{Name: "containerd reachable", Detail: err.Error(), Fix: "see the error; `moatc system status` shows the daemon"})
+	} else {
+		defer cl.Close()
+		v, err := cl.Version(ctx)
+		if err != nil {
+			add(Check{Name: "containerd reachable", Detail: err.Error(), Fix: "restart it: moatc system stop && moatc system start"})
+		} else {
+			add(Check{Name: "containerd reachable", OK: true, Detail: fmt.Sprintf("%s at %s", v.Version, cl.Address)})
+		}
+	}
+	for _, rt := range o.Runtimes {
+		for _, b := range rt.Binaries() {
+			add(binary(o.Prefix, b, setupFix))
+		}
+		c := Check{Name: "probe run under " + rt.Name()}
+		switch {
+		case rt.Check() != nil:
+			c.Detail, c.Fix = "binaries missing", setupFix
+		case cl == nil:
+			c.Detail, c.Fix = "containerd is not reachable", "fix containerd first"
+		default:
+			img, err := cl.Image(ctx, "busybox", snapshot.Default())
+			if err != nil {
+				c.Detail, c.Fix = err.Error(), "make base-images"
+				break
+			}
+			if err := cl.Probe(ctx, rt, img, snapshot.Default()); err != nil {
+				c.Detail, c.Fix = errors.Unwrap(err).Error(), setupFix
+				break
+			}
+			c.OK, c.Detail = true, "a busybox container ran and exited 0"
+		}
+		add(c)
+	}
+	cni := filepath.Join(o.Prefix, "lib", "cni")
+	var missing []string
+	for _, p := range []string{"bridge", "host-local", "loopback", "portmap", "firewall"} {
+		if _, err := os.Stat(filepath.Join(cni, p)); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		add(Check{Name: "CNI plugins", Detail: fmt.Sprintf("missing in %s: %s", cni, strings.Join(missing, ", ")), Fix: setupFix + " (Debian package containernetworking-plugins)"})
+	} else {
+		add(Check{Name: "CNI plugins", OK: true, Detail: cni})
+	}
+	add(binary(o.Prefix, "buildkitd", setupFix))
+	add(kernel("overlayfs", func() (bool, string) {
+		b, _ := os.ReadFile("/proc/filesystems")
+		return strings.Contains(string(b), "overlay"), "overlay in /proc/filesystems"
+	}, "load the overlay module: modprobe overlay (or set MOATC_SNAPSHOTTER=native)"))
+	add(kernel("cgroups", func() (bool, string) {
+		if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+			return true, "cgroup v2"
+		}
+		if _, err := os.Stat("/sys/fs/cgroup/memory"); err == nil {
+			return true, "cgroup v1 (deprecated by containerd; works)"
+		}
+		return false, "no cgroup hierarchy at /sys/fs/cgroup"
+	}, "mount cgroups at /sys/fs/cgroup"))
+	add(kernel("user namespaces", func() (bool, string) {
+		b, err := os.ReadFile("/proc/sys/user/max_user_namespaces")
+		n := strings.TrimSpace(string(b))
+		return err == nil && n != "0", "max_user_namespaces=" + n
+	}, "sysctl user.max_user_namespaces=15000"))
+	kvm := Check{Name: "/dev/kvm", Optional: true}
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		kvm.OK, kvm.Detail = true, "usable: --sandbox-platform kvm is available"
+	} else {
+		kvm.Detail = fmt.Sprintf("not usable (%v): gVisor uses systrap", err)
+	}
+	add(kvm)
+	return out
+}
+
+func binary(prefix, name, fix string) Check {
+	c := Check{Name: name}
+	path, version, err := ctrd.BinaryVersion(prefix, name)
+	if err != nil {
+		c.Detail, c.Fix = "not found in "+filepath.Join(prefix, "bin")+" or PATH", fix
+		return c
+	}
+	c.OK, c.Detail = true, version+" ("+path+")"
+	return c
+}
+
+func kernel(name string, test func() (bool, string), fix string) Check {
+	ok, detail := test()
+	c := Check{Name: "kernel: " + name, OK: ok, Detail: detail}
+	if !ok {
+		c.Fix = fix
+	}
+	return c
+}
+
+// Failed reports whether any required check failed.
+func Failed(cs []Check) bool {
+	for _, c := range cs {
+		if !c.OK && !c.Optional {
+			return true
+		}
+	}
+	return false
+}
