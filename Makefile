@@ -30,7 +30,7 @@ demo: setup install base-images
 
 # The README's second command, and what CI runs: the whole suite on the real stack.
 test: setup vet
-	$(GO) test -count=1 -timeout 40m ./...
+	$(GO) test -count=1 -p 1 -timeout 40m ./...
 
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)

@@ -151,7 +151,10 @@ func Parse(path string, data []byte) (*File, error) {
 		if err != nil {
 			var ce *Error
 			if errors.As(err, &ce) {
-				return nil, err
+				if ce.Path == "" {
+					ce.Path, ce.Key = path, key
+				}
+				return nil, ce
 			}
 			return nil, e(v, key, "%v", err)
 		}

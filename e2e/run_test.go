@@ -229,3 +229,31 @@ func TestKernelIsGVisorUnlessNoSandbox(t *testing.T) {
 		t.Errorf("--no-sandbox printed no warning: %q", r.stderr)
 	}
 }
+
+// TestSandboxMissingIsAnActionableError: with the shim and runsc nowhere to be found, a
+// default run fails before anything is created, says how to install them and how to bypass,
+// and never falls back to runc silently.
+func TestSandboxMissingIsAnActionableError(t *testing.T) {
+	requireStack(t)
+	fake := t.TempDir()
+	os.MkdirAll(filepath.Join(fake, "bin"), 0o755)
+	for _, b := range []string{"containerd", "ctr", "containerd-shim-runc-v2", "runc"} {
+		if err := os.Symlink(filepath.Join(prefix, "bin", b), filepath.Join(fake, "bin", b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := len(list(t))
+	ws := workspace(t)
+	r := moatcRun(t, opts{env: []string{"MOATC_PREFIX=" + fake, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}}, "run", "--image", "busybox", ws, "--", "true")
+	if r.code != 125 {
+		t.Errorf("exit %d, want 125", r.code)
+	}
+	for _, want := range []string{"gVisor sandbox is not available", "containerd-shim-runsc-v1", "make setup", "--no-sandbox"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("error lacks %q: %s", want, r.stderr)
+		}
+	}
+	if after := len(list(t)); after != before {
+		t.Errorf("a run record was created: %d -> %d", before, after)
+	}
+}

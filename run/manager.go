@@ -153,7 +153,11 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 		return nil, 0, err
 	}
 	if req.Spec.Detach {
-		return r, 0, m.detach(r)
+		if err := m.detach(r); err != nil {
+			return nil, 0, err
+		}
+		r, err = m.Store.Get(r.ID)
+		return r, 0, err
 	}
 	code, err := m.execute(ctx, r, img, stdio, nil)
 	r, _ = m.Store.Get(r.ID)
