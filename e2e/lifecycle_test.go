@@ -281,3 +281,32 @@ func waitLog(t *testing.T, ref, want string) {
 	}
 	t.Fatalf("run %s never printed %q", ref, want)
 }
+
+// TestSignalsForwarded: SIGINT and SIGTERM sent to a foreground moatc reach the workload.
+func TestSignalsForwarded(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+			t.Run(fmt.Sprintf("%s/%s", rt, sig), func(t *testing.T) {
+				ws := workspace(t)
+				name := fmt.Sprintf("sig-%s-%d", rt, sig)
+				args := append(append([]string{"run", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
+					"sh", "-c", "trap 'echo got-int; exit 41' INT; trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done")
+				fg := exec.Command(moatc, args...)
+				if err := fg.Start(); err != nil {
+					t.Fatal(err)
+				}
+				waitLog(t, name, "ready")
+				fg.Process.Signal(sig)
+				err := fg.Wait()
+				want := 41
+				if sig == syscall.SIGTERM {
+					want = 42
+				}
+				if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != want {
+					t.Errorf("moatc exited %v, want %d", err, want)
+				}
+			})
+		}
+	}
+}

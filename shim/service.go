@@ -69,12 +69,16 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 
 // Create implements task.TaskService.
 func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.CreateTaskResponse, error) {
-	if err := markUntypedAsSandbox(r.Bundle); err != nil {
+	root, err := markUntypedAsSandbox(r.Bundle)
+	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("runsc shim: %w", err))
 	}
 	created := time.Now()
 	resp, err := s.TaskServiceExt.Create(ctx, r)
-	if err == nil && resp.Pid > 0 {
+	// The pid of a root container is its sandbox's pid, whose exit status is
+	// the container's. (A subcontainer reports the same pid, but the sandbox's
+	// status is not its own.)
+	if err == nil && root && resp.Pid > 0 {
 		s.exits.track(r.ID, int(resp.Pid), created)
 	}
 	return resp, err
@@ -90,7 +94,8 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 }
 
 // markUntypedAsSandbox gives a spec with no container-type annotation the
-// annotation io.kubernetes.cri.container-type=sandbox.
+// annotation io.kubernetes.cri.container-type=sandbox. It reports whether
+// the container is the root container of its sandbox.
 //
 // runsc treats a container whose type is unspecified as the root container of
 // a new sandbox, but gVisor's shim passes the container's stdio to
@@ -99,24 +104,24 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 // inherits the write end of that pipe, and the shim waits forever for EOF:
 // Create never returns. Saying explicitly what runsc assumes anyway makes the
 // two agree. CRI containers (which carry the annotation) are not touched.
-func markUntypedAsSandbox(bundle string) error {
+func markUntypedAsSandbox(bundle string) (root bool, _ error) {
 	path := filepath.Join(bundle, "config.json")
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("read spec: %w", err)
+		return false, fmt.Errorf("read spec: %w", err)
 	}
 	var spec specs.Spec
 	if err := json.Unmarshal(b, &spec); err != nil {
-		return fmt.Errorf("decode spec: %w", err)
+		return false, fmt.Errorf("decode spec: %w", err)
 	}
 	if specutils.SpecContainerType(&spec) != specutils.ContainerTypeUnspecified {
-		return nil
+		return specutils.IsRootContainer(&spec), nil
 	}
 	// Edit the document generically so that nothing the spec types do not know
 	// about is lost.
 	var doc map[string]json.RawMessage
 	if err := json.Unmarshal(b, &doc); err != nil {
-		return fmt.Errorf("decode spec: %w", err)
+		return false, fmt.Errorf("decode spec: %w", err)
 	}
 	annotations := spec.Annotations
 	if annotations == nil {
@@ -124,14 +129,14 @@ func markUntypedAsSandbox(bundle string) error {
 	}
 	annotations[specutils.ContainerdContainerTypeAnnotation] = specutils.ContainerdContainerTypeSandbox
 	if doc["annotations"], err = json.Marshal(annotations); err != nil {
-		return err
+		return false, err
 	}
 	if b, err = json.Marshal(doc); err != nil {
-		return err
+		return false, err
 	}
 	if err := os.WriteFile(path, b, 0o644); err != nil {
-		return fmt.Errorf("write spec: %w", err)
+		return false, fmt.Errorf("write spec: %w", err)
 	}
 	log.L.Debugf("runsc shim: spec in %s has no container type, marked as %s", bundle, specutils.ContainerdContainerTypeSandbox)
-	return nil
+	return true, nil
 }
