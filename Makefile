@@ -30,6 +30,7 @@ demo: setup install base-images
 
 # The README's second command, and what CI runs: the whole suite on the real stack.
 test: setup vet
+	cd shim && $(GO) vet ./... && $(GO) test -count=1 ./...
 	$(GO) test -count=1 -p 1 -timeout 40m ./...
 
 unit:
