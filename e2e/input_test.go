@@ -182,3 +182,37 @@ func busyboxLayer(t *testing.T) string {
 	})
 	return best
 }
+
+// TestImportDockerArchive: a `docker save` tar (docker-archive) imports and runs, as the OCI
+// layouts of the base images do.
+func TestImportDockerArchive(t *testing.T) {
+	requireStack(t)
+	layer, err := tarball.LayerFromFile(busyboxLayer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := img.ConfigFile()
+	cfg.Config.Env = []string{"PATH=/bin"}
+	img, _ = mutate.ConfigFile(img, cfg)
+	tag, _ := name.NewTag("saved/busybox:archive")
+	path := filepath.Join(t.TempDir(), "saved.tar")
+	if err := tarball.WriteToFile(path, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	imp := mustRun(t, "image", "import", path)
+	if !strings.Contains(imp.stdout, "docker.io/saved/busybox:archive") {
+		t.Errorf("import printed %q", imp.stdout)
+	}
+	ws := workspace(t)
+	if r := mustRun(t, "run", "--no-sandbox", "--image", "saved/busybox:archive", ws, "--", "echo", "from-archive"); r.stdout != "from-archive\n" {
+		t.Errorf("run: %q", r.stdout)
+	}
+	mustRun(t, "image", "rm", "saved/busybox:archive")
+	if r := moatcRun(t, opts{}, "image", "import", filepath.Join(t.TempDir(), "missing.tar")); r.code != 125 || !strings.Contains(r.stderr, "no such file") {
+		t.Errorf("import of a missing file: %d %q", r.code, r.stderr)
+	}
+}

@@ -63,6 +63,10 @@ row "moatc run -- true (gvisor)" "$MOATC" run --image busybox "$ws" -- true
 row "ctr run --rm (runsc shim, same config)" ctr -a "$sock" -n moatc run --rm --runtime io.containerd.runsc.v1 \
   --runtime-config-path "$cfg" --annotation io.kubernetes.cri.container-type=sandbox "$img" bench-ctr-runsc true
 ratio "moatc run -- true (gvisor)" "ctr run --rm (runsc shim, same config)"
+# The other known-good integration, Docker's: runc's shim with runsc as its binary.
+row "ctr run --rm (runc shim, runsc binary)" ctr -a "$sock" -n moatc run --rm --runc-binary "$PREFIX/bin/runsc" \
+  "$img" bench-ctr-runcshim true
+ratio "moatc run -- true (gvisor)" "ctr run --rm (runc shim, runsc binary)"
 
 # Docker Engine (Debian's docker.io), started by hand with its own data root and socket, for
 # this comparison only; gVisor through runsc as Docker users configure it.
