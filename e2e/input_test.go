@@ -138,6 +138,7 @@ func TestPullFromLocalRegistry(t *testing.T) {
 	}
 	cfg, _ := img.ConfigFile()
 	cfg.Config.Env = []string{"PATH=/bin"}
+	cfg.Architecture, cfg.OS = "amd64", "linux"
 	img, _ = mutate.ConfigFile(img, cfg)
 	ref, _ := name.ParseReference(host+"/test/pulled:v1", name.Insecure)
 	if err := remote.Write(ref, img); err != nil {
@@ -197,6 +198,7 @@ func TestImportDockerArchive(t *testing.T) {
 	}
 	cfg, _ := img.ConfigFile()
 	cfg.Config.Env = []string{"PATH=/bin"}
+	cfg.Architecture, cfg.OS = "amd64", "linux"
 	img, _ = mutate.ConfigFile(img, cfg)
 	tag, _ := name.NewTag("saved/busybox:archive")
 	path := filepath.Join(t.TempDir(), "saved.tar")
