@@ -30,6 +30,17 @@ type File struct {
 	Sandbox     string // "", "gvisor" or "none"
 	Memory      int64  // bytes
 	CPUs        float64
+	Ports       []Item // publish specs, [IP:]HOST:CONTAINER[/proto]
+	Network     string // "", "default" or "none"
+	// Dependencies are the entries of `dependencies:`, each with its line for error messages.
+	Dependencies []Item
+	BaseImage    string
+}
+
+// Item is a list entry with the line it was written on.
+type Item struct {
+	Text string
+	Line int
 }
 
 // Error is a problem at a place in a config file.
@@ -74,8 +85,7 @@ func Load(workspace string) (*File, error) {
 // later lists keys moat users may have that moatc does not support yet: naming them beats a
 // confusing "unknown key".
 var later = map[string]bool{
-	"dependencies": true, "grants": true, "secrets": true, "ports": true, "network": true,
-	"services": true, "hooks": true, "base_image": true,
+	"grants": true, "secrets": true, "services": true, "hooks": true,
 }
 
 // Parse parses the bytes of a config file found at path.
@@ -142,6 +152,17 @@ func Parse(path string, data []byte) (*File, error) {
 			}
 		case "container":
 			err = f.parseContainer(v, e)
+		case "ports":
+			f.Ports, err = items(v)
+		case "dependencies":
+			f.Dependencies, err = items(v)
+		case "base_image":
+			err = scalar(v, &f.BaseImage, "an image reference such as debian:bookworm-slim")
+		case "network":
+			err = scalar(v, &f.Network, "default or none")
+			if err == nil && f.Network != "default" && f.Network != "none" {
+				err = fmt.Errorf("%q is not a network mode: write default (a private network with egress) or none (loopback only)", f.Network)
+			}
 		default:
 			if later[key] {
 				return nil, e(k, key, "is not supported by this version of moatc yet; remove it to run")
@@ -190,7 +211,7 @@ func (f *File) parseContainer(v *yaml.Node, e func(*yaml.Node, string, string, .
 }
 
 func known() []string {
-	k := []string{"name", "image", "command", "env", "mounts", "interactive", "sandbox", "container"}
+	k := []string{"name", "image", "command", "env", "mounts", "interactive", "sandbox", "container", "ports", "network", "dependencies", "base_image"}
 	sort.Strings(k)
 	return k
 }
@@ -201,6 +222,21 @@ func scalar(v *yaml.Node, dst *string, what string) error {
 	}
 	*dst = v.Value
 	return nil
+}
+
+// items reads a list of strings (numbers allowed, as in `ports: [8080:80]`) with their lines.
+func items(v *yaml.Node) ([]Item, error) {
+	if v.Kind != yaml.SequenceNode {
+		return nil, errors.New("must be a list, e.g. [a, b] or one `- a` per line")
+	}
+	out := []Item{}
+	for _, c := range v.Content {
+		if c.Kind != yaml.ScalarNode {
+			return nil, &Error{Line: c.Line, Msg: "list items must be strings"}
+		}
+		out = append(out, Item{Text: c.Value, Line: c.Line})
+	}
+	return out, nil
 }
 
 func strings_(v *yaml.Node, dst *[]string) error {

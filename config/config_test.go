@@ -32,6 +32,10 @@ container:
 	if !reflect.DeepEqual(f, want) {
 		t.Errorf("got %+v\nwant %+v", f, want)
 	}
+	d, err := Parse("moatc.yaml", []byte("dependencies:\n  - node@20\n  - npm:typescript\nports: [8080:80]\n"))
+	if err != nil || !reflect.DeepEqual(d.Dependencies, []Item{{"node@20", 2}, {"npm:typescript", 3}}) || d.Ports[0].Text != "8080:80" {
+		t.Errorf("dependencies %+v ports %+v %v", d.Dependencies, d.Ports, err)
+	}
 	s, err := Parse("moatc.yaml", []byte("command: make test\n"))
 	if err != nil || !reflect.DeepEqual(s.Command, []string{"/bin/sh", "-c", "make test"}) {
 		t.Errorf("string command: %v %v", s.Command, err)
@@ -46,7 +50,9 @@ func TestParseErrorsNameLineAndKey(t *testing.T) {
 		{"container:\n  cpus: -1\n", "f.yaml:2: container.cpus"},
 		{"container:\n  disk: 1g\n", "f.yaml:2: container.disk: unknown key"},
 		{"name: a\nname: b\n", "f.yaml:2: name: appears twice"},
-		{"dependencies: [node]\n", "f.yaml:1: dependencies: is not supported by this version of moatc yet"},
+		{"grants: [github]\n", "f.yaml:1: grants: is not supported by this version of moatc yet"},
+		{"dependencies: node\n", "f.yaml:1: dependencies: must be a list"},
+		{"network: bridge\n", "f.yaml:1: network: \"bridge\" is not a network mode"},
 		{"- a\n", "f.yaml:1: the file must be a mapping"},
 		{"name: [\n", "f.yaml:"},
 		{"mounts:\n  - [a]\n", "f.yaml:2"},
