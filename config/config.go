@@ -287,6 +287,7 @@ func ParseMemory(s string) (int64, error) {
 type Settings struct {
 	Address   string `yaml:"address"`
 	Namespace string `yaml:"namespace"`
+	Pool      string `yaml:"pool"` // runs' address pool, e.g. 10.213.0.0/16
 }
 
 // LoadSettings reads path; a missing file yields empty settings.
@@ -302,7 +303,7 @@ func LoadSettings(path string) (*Settings, error) {
 	dec := yaml.NewDecoder(strings.NewReader(string(b)))
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: %w (known keys: address, namespace)", path, err)
+		return nil, fmt.Errorf("%s: %w (known keys: address, namespace, pool)", path, err)
 	}
 	return s, nil
 }

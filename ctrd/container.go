@@ -31,6 +31,7 @@ type Container struct {
 	Hostname    string
 	Memory      int64   // bytes; 0 is unlimited
 	CPUs        float64 // 0 is unlimited
+	NetNS       string  // an existing network namespace; empty means a new, empty one
 }
 
 // CreateContainer creates the container and its rootfs snapshot, both labelled with the run.
@@ -54,6 +55,9 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 	}
 	if s.TTY {
 		spec = append(spec, oci.WithTTY)
+	}
+	if s.NetNS != "" {
+		spec = append(spec, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: s.NetNS}))
 	}
 	if s.Memory > 0 {
 		spec = append(spec, oci.WithMemoryLimit(uint64(s.Memory)))

@@ -14,12 +14,16 @@ import (
 
 // ProbeError says a runtime's binaries exist but a container could not run with them.
 type ProbeError struct {
-	Runtime string
-	Err     error
+	Runtime  string
+	Platform string
+	Err      error
 }
 
 func (e *ProbeError) Error() string {
 	fix := "reinstall with `make setup`; `moatc doctor` checks each part of the stack"
+	if e.Platform != "" && e.Platform != "systrap" {
+		fix = "the gVisor platform " + e.Platform + " does not work on this host: use the default (systrap) by dropping --sandbox-platform"
+	}
 	if e.Runtime == "gvisor" {
 		fix += "; to run without the sandbox (reduced isolation): moatc run --no-sandbox"
 	}
@@ -29,8 +33,15 @@ func (e *ProbeError) Error() string {
 func (e *ProbeError) Unwrap() error { return e.Err }
 
 // Probe runs `/bin/sh -c 'exit 0'` from img under rt, with no IO, and checks it exits 0.
-func (c *Client) Probe(ctx context.Context, rt Runtime, img containerd.Image, snapshotter string) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+func (c *Client) Probe(ctx context.Context, rt Runtime, img containerd.Image, snapshotter string) (err error) {
+	defer func() {
+		if pe, ok := err.(*ProbeError); ok {
+			if g, ok := rt.(GVisor); ok {
+				pe.Platform = g.Platform
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	id := "moatc-probe-" + rt.Name() + "-" + fmt.Sprint(time.Now().UnixNano())
 	ctr, err := c.CreateContainer(ctx, Container{
@@ -58,7 +69,7 @@ func (c *Client) Probe(ctx context.Context, rt Runtime, img containerd.Image, sn
 			return &ProbeError{Runtime: rt.Name(), Err: fmt.Errorf("it exited %d (%v), want 0", code, err)}
 		}
 	case <-ctx.Done():
-		return &ProbeError{Runtime: rt.Name(), Err: fmt.Errorf("it did not finish within 60s")}
+		return &ProbeError{Runtime: rt.Name(), Err: fmt.Errorf("it did not finish within 20s")}
 	}
 	return nil
 }

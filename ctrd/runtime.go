@@ -108,7 +108,11 @@ func (g GVisor) Config() (string, error) {
 	if platform == "" {
 		platform = "systrap"
 	}
-	flags := map[string]string{"platform": platform}
+	// network=sandbox: gVisor's own netstack serves the container's network namespace, so
+	// the workload never touches the host's TCP/IP stack. overlay2=root:self: the rootfs gets a
+	// writable overlay inside the sandbox, backed by a file next to the rootfs, so writes to
+	// the image's files never reach the snapshot on the host.
+	flags := map[string]string{"platform": platform, "network": "sandbox", "overlay2": "root:self"}
 	if g.Debug {
 		flags["debug"] = "true"
 		flags["debug-log"] = filepath.Join(g.Dir, "logs") + "/"

@@ -26,8 +26,10 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	}
 	for _, r := range runs {
 		if r.Active() && !r.Supervisor.Alive() {
+			// One run that cannot be finalized now (a hung shim) must not block every command:
+			// say so, and try again next time.
 			if err := m.finalizeAbandoned(ctx, r.ID); err != nil {
-				return err
+				fmt.Fprintf(os.Stderr, "moatc: warning: run %s lost its supervisor and could not be cleaned up yet: %v\n", r.ID, err)
 			}
 		}
 	}
@@ -46,6 +48,9 @@ func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
 		}
 		rm, err := cl.RemoveContainer(ctx, r.ContainerID)
 		if err != nil {
+			return err
+		}
+		if err := m.Net.Teardown(ctx, r.ID); err != nil {
 			return err
 		}
 		now := time.Now().UTC()
@@ -160,6 +165,9 @@ func (m *Manager) Destroy(ctx context.Context, ref string, force bool) (*state.R
 
 // removeLeftovers removes a finished run's container and snapshot if a crash left them.
 func (m *Manager) removeLeftovers(ctx context.Context, id, containerID string) error {
+	if err := m.Net.Teardown(ctx, id); err != nil {
+		return err
+	}
 	if !m.daemonReachable() {
 		return nil
 	}
@@ -184,13 +192,14 @@ func (m *Manager) daemonReachable() bool {
 // CleanReport lists what Clean removed (or, dry, would remove).
 type CleanReport struct {
 	Runs       []string `json:"runs"`
+	Networks   []string `json:"networks"`
 	Containers []string `json:"containers"`
 	Snapshots  []string `json:"snapshots"`
 }
 
 // Clean removes finished runs and whatever moatc created that no run record accounts for.
 func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
-	rep := &CleanReport{Runs: []string{}, Containers: []string{}, Snapshots: []string{}}
+	rep := &CleanReport{Runs: []string{}, Networks: []string{}, Containers: []string{}, Snapshots: []string{}}
 	runs, err := m.Store.List()
 	if err != nil {
 		return nil, err
@@ -207,6 +216,21 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 				return rep, err
 			}
 			if err := m.Store.Remove(r.ID); err != nil {
+				return rep, err
+			}
+		}
+	}
+	nets, err := m.Net.Leftovers()
+	if err != nil {
+		return rep, err
+	}
+	for _, id := range nets {
+		if active[id] {
+			continue
+		}
+		rep.Networks = append(rep.Networks, id)
+		if !dry {
+			if err := m.Net.Teardown(ctx, id); err != nil {
 				return rep, err
 			}
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"
@@ -31,7 +32,8 @@ import (
 type Manager struct {
 	Store  *state.Store
 	Conn   ctrd.Options
-	Prefix string // the installed stack, e.g. /opt/moatc
+	Net    *cni.Manager // runs' networks; used unless a run says network none
+	Prefix string       // the installed stack, e.g. /opt/moatc
 	Dir    string // moatc's home; runsc configs go below it
 	// SuperviseCommand returns the argv that runs `moatc _supervise ID` with this manager's
 	// settings; detached runs are handed to that process.
@@ -98,7 +100,11 @@ func (m *Manager) Runtime(s state.Spec) ctrd.Runtime {
 // is installed but cannot run here is reported before any run is created. The result is
 // cached under Dir/probes, keyed by the binaries.
 func (m *Manager) probe(ctx context.Context, c *ctrd.Client, rt ctrd.Runtime, img containerd.Image) error {
-	mark := filepath.Join(m.Dir, "probes", rt.Name()+"-"+ctrd.BinariesKey(m.Prefix, rt.Binaries()...))
+	kind := rt.Name()
+	if g, ok := rt.(ctrd.GVisor); ok && g.Platform != "" {
+		kind += "-" + g.Platform // a platform can fail where another works (kvm in a VM)
+	}
+	mark := filepath.Join(m.Dir, "probes", kind+"-"+ctrd.BinariesKey(m.Prefix, rt.Binaries()...))
 	if _, err := os.Stat(mark); err == nil {
 		return nil
 	}
@@ -122,6 +128,14 @@ var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.Run, int, error) {
 	if req.Name != "" && !validName.MatchString(req.Name) {
 		return nil, 0, fmt.Errorf("%q is not a valid run name: use letters, digits, '_', '.' and '-', starting with a letter or digit", req.Name)
+	}
+	ports, err := parsePorts(req.Spec)
+	if err != nil {
+		return nil, 0, err
+	}
+	// A taken host port is refused before anything exists (Setup binds them for real later).
+	if err := cni.CheckPorts(ports); err != nil {
+		return nil, 0, err
 	}
 	rt := m.Runtime(req.Spec)
 	if err := rt.Check(); err != nil {
@@ -194,6 +208,24 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	}
 	spec := r.Spec
 	mounts := []specs.Mount{{Destination: "/workspace", Type: "bind", Source: r.Workspace, Options: []string{"rbind", "rw"}}}
+	// The network exists before the container: gVisor needs the netns ready at create.
+	var netns string
+	if spec.Network != "none" {
+		nw, err := m.setupNetwork(ctx, r)
+		if err != nil {
+			notify(err)
+			m.fail(r.ID, err, nil)
+			return 0, err
+		}
+		defer m.Net.Teardown(bg, r.ID) // every path out of here, after the container is gone
+		if nw.Proxy != nil {
+			go nw.Proxy.Serve(bg)
+		}
+		netns = nw.NetNSPath
+		mounts = append(mounts,
+			specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: nw.HostsPath, Options: []string{"rbind", "ro"}},
+			specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: nw.ResolvPath, Options: []string{"rbind", "ro"}})
+	}
 	for _, mt := range spec.Mounts {
 		mode := "rw"
 		if mt.ReadOnly {
@@ -204,7 +236,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	ctr, err := c.CreateContainer(ctx, ctrd.Container{
 		ID: r.ContainerID, RunID: r.ID, Role: ctrd.RoleWorkload, Image: img, Snapshotter: snapshot.Default(),
 		Runtime: m.Runtime(spec), Args: spec.Command, Env: spec.Env, Cwd: "/workspace", User: spec.User,
-		Mounts: mounts, TTY: spec.TTY, Hostname: r.Name, Memory: spec.Memory, CPUs: spec.CPUs,
+		Mounts: mounts, TTY: spec.TTY, Hostname: r.Name, Memory: spec.Memory, CPUs: spec.CPUs, NetNS: netns,
 	})
 	if err != nil {
 		notify(err)
@@ -306,6 +338,42 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		return nil
 	})
 	return code, nil
+}
+
+// setupNetwork gives run r its network and records its address and ports.
+func (m *Manager) setupNetwork(ctx context.Context, r *state.Run) (*cni.Network, error) {
+	ports, err := parsePorts(r.Spec)
+	if err != nil {
+		return nil, err
+	}
+	nw, err := m.Net.Setup(ctx, r.ID, r.Name, ports)
+	if err != nil {
+		return nil, err
+	}
+	var published []string
+	for _, p := range nw.Ports {
+		published = append(published, fmt.Sprintf("%s:%d->%d/%s", p.HostIP, p.HostPort, p.ContainerPort, p.Proto))
+	}
+	m.Store.Update(r.ID, func(r *state.Run) error {
+		r.IP, r.Gateway, r.Ports = nw.IP.String(), nw.Gateway.String(), published
+		return nil
+	})
+	return nw, nil
+}
+
+func parsePorts(s state.Spec) ([]cni.Port, error) {
+	if len(s.Publish) > 0 && s.Network == "none" {
+		return nil, fmt.Errorf("ports cannot be published with network none: drop -p/ports or the network setting")
+	}
+	var ports []cni.Port
+	for _, p := range s.Publish {
+		port, err := cni.ParsePublish(p)
+		if err != nil {
+			return nil, err
+		}
+		ports = append(ports, port)
+	}
+	return ports, nil
 }
 
 // forwardSignals sends the signals moatc receives to the workload, and keeps a TTY's size in

@@ -47,6 +47,8 @@ type Spec struct {
 	Runtime     string   `json:"runtime"`            // gvisor or runc
 	Platform    string   `json:"platform,omitempty"` // gVisor platform
 	Debug       bool     `json:"debug,omitempty"`
+	Network     string   `json:"network"`         // default or none
+	Publish     []string `json:"publish,omitempty"` // -p specs, [IP:]HOST:CONTAINER[/proto]
 	Memory      int64    `json:"memory,omitempty"`
 	CPUs        float64  `json:"cpus,omitempty"`
 }
@@ -62,6 +64,9 @@ type Run struct {
 	Namespace   string     `json:"namespace"`
 	Address     string     `json:"address"`
 	Pid         int        `json:"pid,omitempty"`
+	IP          string     `json:"ip,omitempty"`      // the run's address on its network
+	Gateway     string     `json:"gateway,omitempty"` // the host's address, moatc-host inside
+	Ports       []string   `json:"ports,omitempty"`   // published, e.g. 127.0.0.1:8080->80/tcp
 	ExitCode    *int       `json:"exit_code,omitempty"`
 	Error       string     `json:"error,omitempty"`
 	Created     time.Time  `json:"created"`

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/run"
@@ -121,9 +123,19 @@ func setup(c *cli.Context) (*env, error) {
 		return nil, err
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
+	netCfg := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state")}
+	if cfg.Pool != "" {
+		if netCfg.Pool, err = netip.ParsePrefix(cfg.Pool); err != nil {
+			return nil, fmt.Errorf("%s: pool %q is not an IPv4 prefix such as 10.213.0.0/16", filepath.Join(home, "config.yaml"), cfg.Pool)
+		}
+	}
+	nets, err := cni.New(netCfg)
+	if err != nil {
+		return nil, err
+	}
 	e := &env{home: home, prefix: prefix, daemon: d}
 	e.mgr = &run.Manager{
-		Store: store, Prefix: prefix, Dir: home,
+		Store: store, Prefix: prefix, Dir: home, Net: nets,
 		Conn: ctrd.Options{Address: addr, Namespace: ns, Daemon: d},
 		SuperviseCommand: func(id string) []string {
 			exe, err := os.Executable()

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/console"
 	"github.com/urfave/cli/v2"
 
+	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/run"
 	"github.com/moatc/moatc/state"
@@ -46,6 +47,8 @@ Flags come before PATH. Examples:
 			&cli.BoolFlag{Name: "no-sandbox", Usage: "run under runc instead of gVisor (reduced isolation: the host kernel is shared)"},
 			&cli.StringFlag{Name: "sandbox-platform", Usage: "gVisor platform: systrap (default), kvm or ptrace"},
 			&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "run as `UID[:GID]` instead of the workspace owner"},
+			&cli.StringSliceFlag{Name: "publish", Aliases: []string{"p"}, Usage: "publish a port: `[IP:]HOST:CONTAINER[/tcp|udp]`, on 127.0.0.1 unless IP is given; repeatable"},
+			&cli.StringFlag{Name: "network", Usage: "default (a private network with egress) or none (loopback only)"},
 			&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512m or 2g"},
 			&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 1.5"},
 			&cli.BoolFlag{Name: "json", Usage: "print the run's record as JSON (with -d: instead of the id; otherwise after the command ends)"},
@@ -205,6 +208,22 @@ func buildRequest(c *cli.Context) (run.Request, error) {
 			return req, err
 		}
 		s.Mounts = append(s.Mounts, mt)
+	}
+	s.Network = pick(c.String("network"), file.Network, "default")
+	if s.Network != "default" && s.Network != "none" {
+		return req, usageError{fmt.Errorf("--network %q: write default (a private network with egress) or none (loopback only)", s.Network)}
+	}
+	for _, p := range file.Ports {
+		if _, err := cni.ParsePublish(p.Text); err != nil {
+			return req, &config.Error{Path: file.Path, Line: p.Line, Key: "ports", Msg: err.Error()}
+		}
+		s.Publish = append(s.Publish, p.Text)
+	}
+	for _, p := range c.StringSlice("publish") {
+		if _, err := cni.ParsePublish(p); err != nil {
+			return req, usageError{fmt.Errorf("-p %s: %w", p, err)}
+		}
+		s.Publish = append(s.Publish, p)
 	}
 	s.Memory, s.CPUs = file.Memory, file.CPUs
 	if m := c.String("memory"); m != "" {

@@ -110,6 +110,12 @@ func statusCommand() *cli.Command {
 				}
 				row("Mount", m.Host+" -> "+m.Container+" ("+mode+")")
 			}
+			row("Network", r.Spec.Network)
+			row("Address", r.IP)
+			row("moatc-host", r.Gateway)
+			for _, p := range r.Ports {
+				row("Port", p)
+			}
 			row("Container", r.ContainerID)
 			row("Created", r.Created.Local().Format(time.RFC3339))
 			if r.Started != nil {

@@ -1,0 +1,133 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// record is what Teardown needs to undo a run's network, written before anything is created.
+type record struct {
+	RunID    string       `json:"run_id"`
+	Hostname string       `json:"hostname"`
+	Pool     netip.Prefix `json:"pool"` // the pool at creation; the isolation rule names it
+	Subnet   netip.Prefix `json:"subnet"`
+	Gateway  netip.Addr   `json:"gateway"`
+	IP       netip.Addr   `json:"ip"`
+	Ports    []Port       `json:"ports,omitempty"`
+	MTU      int          `json:"mtu,omitempty"` // the uplink's; 0: the plugin's default
+	Created  time.Time    `json:"created"`
+	PID      int          `json:"pid"`
+}
+
+func (m *Manager) runsDir() string             { return filepath.Join(m.cfg.StateDir, "runs") }
+func (m *Manager) runDir(id string) string     { return filepath.Join(m.runsDir(), id) }
+func (m *Manager) ipamDir() string             { return filepath.Join(m.cfg.StateDir, "ipam") }
+func (m *Manager) cacheDir() string            { return filepath.Join(m.cfg.StateDir, "cache") }
+func (m *Manager) recordPath(id string) string { return filepath.Join(m.runDir(id), "network.json") }
+func (m *Manager) confPath(id string) string {
+	return filepath.Join(m.cfg.ConfDir, netName(id)+".conflist")
+}
+
+// lock takes the StateDir-wide lock that serialises subnet allocation across processes.
+func (m *Manager) lock() (func(), error) {
+	if err := os.MkdirAll(m.cfg.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(m.cfg.StateDir, "lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil // closing the fd releases the flock
+}
+
+func (m *Manager) readRecord(id string) (*record, error) {
+	b, err := os.ReadFile(m.recordPath(id))
+	if err != nil {
+		return nil, err
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", m.recordPath(id), err)
+	}
+	return &r, nil
+}
+
+// records returns every run's record; unreadable ones still count by id so their subnet is
+// never handed out twice (their subnet is then unknown, which is reported by allocate).
+func (m *Manager) records() ([]*record, []string, error) {
+	ents, err := os.ReadDir(m.runsDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var recs []*record
+	var ids []string
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		ids = append(ids, e.Name())
+		if r, err := m.readRecord(e.Name()); err == nil {
+			recs = append(recs, r)
+		}
+	}
+	sort.Strings(ids)
+	return recs, ids, nil
+}
+
+// writeAtomic writes a file so that readers and crashes see either the old or the new
+// content: temp file in the same directory, fsync when sync is set, rename.
+func writeAtomic(path string, data []byte, perm os.FileMode, sync bool) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		return err
+	}
+	if sync {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}
