@@ -198,6 +198,8 @@ type runRecord struct {
 	ExitCode    *int   `json:"exit_code"`
 	Error       string `json:"error"`
 	ContainerID string `json:"container_id"`
+	IP          string `json:"ip"`
+	Gateway     string `json:"gateway"`
 	Spec        struct {
 		Runtime string `json:"runtime"`
 		Image   string `json:"image"`
