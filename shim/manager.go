@@ -7,9 +7,12 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/containerd/v2/pkg/sys"
@@ -29,10 +32,51 @@ const (
 	groupAnnotation = "io.kubernetes.cri.sandbox-id"
 )
 
-// manager is gVisor's shim manager with Start replaced. Name, Stop and Info
-// are gVisor's.
+// manager is gVisor's shim manager with Start replaced and Stop wrapped. Name
+// and Info are gVisor's.
 type manager struct {
 	shim.Manager
+}
+
+// deletedMarker is the file, in a container's bundle, by which the long-lived
+// shim tells the `delete` command that the container's task was deleted: its
+// `runsc delete` has succeeded and its rootfs was unmounted.
+const deletedMarker = "runsc-deleted"
+
+// markDeleted leaves deletedMarker in bundle (best effort: without it, Stop
+// does the whole clean-up again).
+func markDeleted(bundle string) {
+	if err := os.WriteFile(filepath.Join(bundle, deletedMarker), nil, 0o644); err != nil {
+		log.L.WithError(err).Debug("runsc shim: cannot mark task deleted")
+	}
+}
+
+// Stop implements shim.Manager. It runs in the short-lived `delete` command
+// that containerd execs in the bundle after every shim exits, also after a
+// clean task Delete; that command sits between the task's Delete and the
+// container's removal. gVisor's Stop runs `runsc delete --force` and unmounts
+// the rootfs. When the shim has already deleted the task (deletedMarker), the
+// runsc container no longer exists and `runsc delete --force` would only fail
+// to find it, so just the (cheap, idempotent) unmount is done. Otherwise (the
+// shim died, the task was never deleted) gVisor's Stop runs unchanged.
+func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	if _, err := os.Stat(deletedMarker); err != nil {
+		return m.Manager.Stop(ctx, id)
+	}
+	log.L.Debugf("StopShim, id: %v: task already deleted", id)
+	cwd, err := os.Getwd()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	var st runsc.State
+	if err := st.Load(cwd); err != nil {
+		return shim.StopStatus{}, err
+	}
+	if err := mount.UnmountAll(st.Rootfs, 0); err != nil {
+		log.L.Infof("failed to cleanup rootfs mount: %v", err)
+	}
+	// What gVisor's Stop returns; containerd ignores it after a clean delete.
+	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL)}, nil
 }
 
 // Start implements shim.Manager. It runs in the short-lived `start` command

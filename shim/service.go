@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	task "github.com/containerd/containerd/api/runtime/task/v2"
+	types "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/containerd/v2/pkg/shutdown"
 	"github.com/containerd/containerd/v2/plugins"
@@ -20,6 +22,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	gvshim "gvisor.dev/gvisor/pkg/shim/v1"
 	"gvisor.dev/gvisor/pkg/shim/v1/extension"
+	"gvisor.dev/gvisor/pkg/shim/v1/runsccmd"
 	"gvisor.dev/gvisor/runsc/specutils"
 )
 
@@ -43,11 +46,14 @@ func init() {
 }
 
 // service is gVisor's task service (its shim redirector over the runsc task
-// service) with Create and Delete wrapped. Every other call goes straight to
-// gVisor.
+// service) with Create, Start, Pause, Resume and Delete wrapped. Every other
+// call goes straight to gVisor.
 type service struct {
 	extension.TaskServiceExt
-	exits *exitFixer
+	sandboxes *sandboxes
+
+	mu      sync.Mutex
+	bundles map[string]string // container id -> bundle, until deleted
 }
 
 func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*service, error) {
@@ -56,9 +62,12 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 		return nil, err
 	}
 	// Must follow NewShimRedirector: the runsc task service has just taken
-	// the exit channel it consumes, and exits are now routed through the fixer
-	// before reaching it.
-	return &service{TaskServiceExt: inner, exits: startExitFixer()}, nil
+	// the exit channel it consumes (exits are now routed through sandboxes
+	// before reaching it) and installed its process monitor for runsc
+	// commands (now wrapped by runscMonitor).
+	sb := startSandboxes()
+	runsccmd.Monitor = newRunscMonitor(runsccmd.Monitor, sb)
+	return &service{TaskServiceExt: inner, sandboxes: sb, bundles: map[string]string{}}, nil
 }
 
 // RegisterTTRPC serves this wrapper, not the inner service, as the task API.
@@ -73,13 +82,50 @@ func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("runsc shim: %w", err))
 	}
+	// A marker left in a reused bundle must not make Stop skip its clean-up.
+	_ = os.Remove(filepath.Join(r.Bundle, deletedMarker))
 	created := time.Now()
 	resp, err := s.TaskServiceExt.Create(ctx, r)
+	if err != nil {
+		return resp, err
+	}
+	s.mu.Lock()
+	s.bundles[r.ID] = r.Bundle
+	s.mu.Unlock()
 	// The pid of a root container is its sandbox's pid, whose exit status is
 	// the container's. (A subcontainer reports the same pid, but the sandbox's
 	// status is not its own.)
-	if err == nil && root && resp.Pid > 0 {
-		s.exits.track(r.ID, int(resp.Pid), created)
+	if root && resp.Pid > 0 {
+		s.sandboxes.track(r.ID, int(resp.Pid), created)
+	}
+	return resp, nil
+}
+
+// Start implements task.TaskService.
+func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
+	resp, err := s.TaskServiceExt.Start(ctx, r)
+	if err == nil && r.ExecID == "" {
+		s.sandboxes.update(r.ID, func(sb *sandbox) { sb.started = true })
+		// Settle now, not in the `runsc wait` gVisor starts in the
+		// background, whether the sandbox's state can be answered from the
+		// reaper: containerd asks for the state as soon as Start returns.
+		s.sandboxes.watch(r.ID)
+	}
+	return resp, err
+}
+
+// Pause implements task.TaskService. While a container is paused, or may be,
+// its state is asked of runsc.
+func (s *service) Pause(ctx context.Context, r *task.PauseRequest) (*types.Empty, error) {
+	s.sandboxes.update(r.ID, func(sb *sandbox) { sb.paused = true })
+	return s.TaskServiceExt.Pause(ctx, r)
+}
+
+// Resume implements task.TaskService.
+func (s *service) Resume(ctx context.Context, r *task.ResumeRequest) (*types.Empty, error) {
+	resp, err := s.TaskServiceExt.Resume(ctx, r)
+	if err == nil {
+		s.sandboxes.update(r.ID, func(sb *sandbox) { sb.paused = false })
 	}
 	return resp, err
 }
@@ -88,7 +134,14 @@ func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
 	resp, err := s.TaskServiceExt.Delete(ctx, r)
 	if err == nil && r.ExecID == "" {
-		s.exits.untrack(r.ID)
+		s.sandboxes.untrack(r.ID)
+		s.mu.Lock()
+		bundle, ok := s.bundles[r.ID]
+		delete(s.bundles, r.ID)
+		s.mu.Unlock()
+		if ok {
+			markDeleted(bundle)
+		}
 	}
 	return resp, err
 }
