@@ -29,7 +29,8 @@ demo: setup install base-images
 	$(PREFIX)/bin/moatc run -- sh -c 'echo "hello from $$(uname -sr) in $$(pwd)"; cat /proc/version'
 
 # The README's second command, and what CI runs: the whole suite on the real stack.
-test: setup vet
+test: setup vet build
+	MOATC=$(CURDIR)/$(BIN) bash scripts/base-images.sh --tars-only
 	cd shim && $(GO) vet ./... && $(GO) test -count=1 ./...
 	$(GO) test -count=1 -p 1 -timeout 40m ./...
 

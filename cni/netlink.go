@@ -92,6 +92,7 @@ func routes() ([]route, error) {
 			continue
 		}
 		r := route{table: int(rt.Table), dst: netip.PrefixFrom(netip.IPv4Unspecified(), int(rt.Dst_len))}
+		vanished := false
 		for _, a := range attrs {
 			switch a.Attr.Type {
 			case syscall.RTA_DST:
@@ -100,7 +101,11 @@ func routes() ([]route, error) {
 				}
 			case syscall.RTA_OIF:
 				if len(a.Value) >= 4 {
-					r.dev = names[int(binary.NativeEndian.Uint32(a.Value))]
+					var ok bool
+					// A device missing from the link dump appeared or went away in between:
+					// another run's bridge being made or removed right now, not a host route.
+					r.dev, ok = names[int(binary.NativeEndian.Uint32(a.Value))]
+					vanished = !ok
 				}
 			case syscall.RTA_TABLE:
 				if len(a.Value) >= 4 {
@@ -108,7 +113,7 @@ func routes() ([]route, error) {
 				}
 			}
 		}
-		if r.table == syscall.RT_TABLE_LOCAL {
+		if r.table == syscall.RT_TABLE_LOCAL || vanished {
 			continue
 		}
 		out = append(out, r)

@@ -48,6 +48,9 @@ type Request struct {
 	Name      string
 	Workspace string // absolute
 	Spec      state.Spec
+	// Deps, when set, makes the image from declared dependencies (built once per distinct
+	// list); Spec.Image is then ignored.
+	Deps *Deps
 }
 
 // Stdio connects a foreground run to the caller's terminal or pipes. In nil means no stdin.
@@ -144,6 +147,11 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 	c, err := m.Client(ctx)
 	if err != nil {
 		return nil, 0, err
+	}
+	if req.Deps != nil {
+		if req.Spec.Image, err = m.BuildImage(ctx, *req.Deps); err != nil {
+			return nil, 0, err
+		}
 	}
 	img, err := c.Image(ctx, req.Spec.Image, snapshot.Default())
 	if err != nil {

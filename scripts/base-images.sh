@@ -5,8 +5,13 @@
 # The OCI tars are cached in $PREFIX/images, so only the first run on a machine pays for
 # debootstrap (about a minute). Both images carry the label moatc.built-locally=true.
 #
-#   MOATC=path/to/moatc PREFIX=/opt/moatc bash scripts/base-images.sh
+#   MOATC=path/to/moatc PREFIX=/opt/moatc bash scripts/base-images.sh [--tars-only]
+#
+# --tars-only makes the cached tars and imports nothing (no containerd is started); the test
+# suite uses it and imports them into daemons of its own.
 set -euo pipefail
+tars_only=0
+[ "${1:-}" = "--tars-only" ] && tars_only=1
 PREFIX=${PREFIX:-${MOATC_PREFIX:-/opt/moatc}}
 MOATC=${MOATC:-moatc}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -38,6 +43,7 @@ if [ ! -s "$cache/debian-bookworm-slim.oci.tar" ]; then
   "$MOATC" image pack --name docker.io/library/debian:bookworm-slim -o "$cache/debian-bookworm-slim.oci.tar" "$r"
 fi
 
+[ "$tars_only" = 1 ] && { log "tars ready in $cache"; exit 0; }
 have=$("$MOATC" image ls --json)
 for f in busybox debian-bookworm-slim; do
   case $f in busybox) n=docker.io/library/busybox:latest ;; *) n=docker.io/library/debian:bookworm-slim ;; esac

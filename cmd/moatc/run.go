@@ -12,8 +12,10 @@ import (
 	"github.com/containerd/console"
 	"github.com/urfave/cli/v2"
 
+	"github.com/moatc/moatc/builder"
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
+	"github.com/moatc/moatc/deps"
 	"github.com/moatc/moatc/run"
 	"github.com/moatc/moatc/state"
 )
@@ -51,6 +53,8 @@ Flags come before PATH. Examples:
 			&cli.StringFlag{Name: "network", Usage: "default (a private network with egress) or none (loopback only)"},
 			&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512m or 2g"},
 			&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 1.5"},
+			&cli.BoolFlag{Name: "rebuild", Usage: "rebuild the dependency image even if the list is unchanged"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no build progress"},
 			&cli.BoolFlag{Name: "json", Usage: "print the run's record as JSON (with -d: instead of the id; otherwise after the command ends)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -225,6 +229,12 @@ func buildRequest(c *cli.Context) (run.Request, error) {
 		}
 		s.Publish = append(s.Publish, p)
 	}
+	if len(file.Dependencies) > 0 {
+		req.Deps = depsRequest(c, file)
+		if _, _, _, err := run.Plan(*req.Deps); err != nil {
+			return req, err
+		}
+	}
 	s.Memory, s.CPUs = file.Memory, file.CPUs
 	if m := c.String("memory"); m != "" {
 		if s.Memory, err = config.ParseMemory(m); err != nil {
@@ -237,6 +247,19 @@ func buildRequest(c *cli.Context) (run.Request, error) {
 		}
 	}
 	return req, nil
+}
+
+// depsRequest turns moatc.yaml's dependencies into a build request. The base is base_image,
+// else the run's image (flag or file), else run.DefaultBase.
+func depsRequest(c *cli.Context, file *config.File) *run.Deps {
+	d := &run.Deps{Base: pick(file.BaseImage, c.String("image"), file.Image), Rebuild: c.Bool("rebuild"), Progress: os.Stderr}
+	if c.Bool("quiet") {
+		d.Mode = builder.ModeQuiet
+	}
+	for _, it := range file.Dependencies {
+		d.Entries = append(d.Entries, deps.Entry{Text: it.Text, File: file.Path, Line: it.Line})
+	}
+	return d
 }
 
 // parseMount parses HOST:CONTAINER[:ro|rw].

@@ -54,6 +54,10 @@ socket under --home) on first use and leaves it running for the next command.`,
 							return fmt.Errorf("run %s is active: stop it first (`moatc stop %s`), or use `moatc system stop --force`", r.Name, r.Name)
 						}
 					}
+					// buildkitd first: it works on containerd's store.
+					if err := e.mgr.BuildDaemon().Stop(c.Context, 10*time.Second); err != nil {
+						return err
+					}
 					if err := e.daemon.Stop(c.Context, 10*time.Second); err != nil {
 						return err
 					}
@@ -95,6 +99,12 @@ socket under --home) on first use and leaves it running for the next command.`,
 							fmt.Fprintf(tw, "  runsc flags:\t%s\n", r.Flags)
 						}
 					}
+					fmt.Fprintf(tw, "buildkitd:\t%s\n", st.Buildkitd.State)
+					fmt.Fprintf(tw, "  address:\t%s\n", st.Buildkitd.Address)
+					if st.Buildkitd.Pid != 0 {
+						fmt.Fprintf(tw, "  pid:\t%d\n", st.Buildkitd.Pid)
+					}
+					fmt.Fprintf(tw, "  version:\t%s\n", st.Buildkitd.Version)
 					return tw.Flush()
 				},
 			},
@@ -127,7 +137,13 @@ type stackStatus struct {
 		Uptime    string `json:"uptime,omitempty"`
 		Namespace string `json:"namespace"`
 	} `json:"containerd"`
-	Runtimes []runtimeStatus `json:"runtimes"`
+	Runtimes  []runtimeStatus `json:"runtimes"`
+	Buildkitd struct {
+		State   string `json:"state"`
+		Address string `json:"address"`
+		Pid     int    `json:"pid,omitempty"`
+		Version string `json:"version"`
+	} `json:"buildkitd"`
 }
 
 func systemStatus(ctx context.Context, e *env) stackStatus {
@@ -173,6 +189,13 @@ func systemStatus(ctx context.Context, e *env) stackStatus {
 		}
 		st.Runtimes = append(st.Runtimes, rs)
 	}
+	bd := e.mgr.BuildDaemon()
+	bk := &st.Buildkitd
+	bk.Address, bk.State = bd.Address(), "not running (moatc starts it for the first build)"
+	if pid, ok := bd.Pid(); ok && bd.Answering() {
+		bk.State, bk.Pid = "running", pid
+	}
+	bk.Version = binaryVersion(e.prefix, "buildkitd").Version
 	return st
 }
 

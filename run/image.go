@@ -1,0 +1,121 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/moatc/moatc/builder"
+	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/deps"
+	"github.com/moatc/moatc/snapshot"
+)
+
+// DefaultBase is the base image of dependency images when moatc.yaml names none.
+const DefaultBase = "debian:bookworm-slim"
+
+// Deps asks for an image made from declared dependencies.
+type Deps struct {
+	Entries  []deps.Entry // `dependencies:` with their file and line
+	Base     string       // base image; DefaultBase when empty
+	Rebuild  bool         // build even if the image exists
+	Progress io.Writer    // build progress; nil for none
+	Mode     string       // builder.ModeAuto, ModeTTY, ModePlain or ModeQuiet
+}
+
+// Plan resolves the dependency list: what would be built, as what, and from which recipe.
+// It touches nothing.
+func Plan(d Deps) (plan *deps.Plan, base, tag string, err error) {
+	parsed, err := deps.Parse(d.Entries)
+	if err != nil {
+		return nil, "", "", err
+	}
+	plan, err = deps.Resolve(parsed)
+	if err != nil {
+		return nil, "", "", err
+	}
+	if plan.Docker != "" {
+		e := d.Entries[0]
+		for _, it := range plan.Items {
+			if strings.HasPrefix(it.Key, "docker") && len(it.Entries) > 0 {
+				e = it.Entries[0]
+			}
+		}
+		return nil, "", "", fmt.Errorf("%s: docker:%s is not supported yet: moatc does not give runs a Docker API socket so far; remove the entry to run", e.Position(), plan.Docker)
+	}
+	base = d.Base
+	if base == "" {
+		base = DefaultBase
+	}
+	if base, err = ctrd.Normalize(base); err != nil {
+		return nil, "", "", err
+	}
+	return plan, base, plan.Tag(base), nil
+}
+
+// BuildImage makes sure the image of a dependency list exists, building it with BuildKit on
+// containerd's own store when the list (or the base, or moatc's generator) changed, and
+// returns its name. An unchanged list costs one image lookup: no BuildKit call at all.
+func (m *Manager) BuildImage(ctx context.Context, d Deps) (string, error) {
+	plan, base, tag, err := Plan(d)
+	if err != nil {
+		return "", err
+	}
+	c, err := m.Client(ctx)
+	if err != nil {
+		return "", err
+	}
+	name, err := builder.ImageName(tag)
+	if err != nil {
+		return "", err
+	}
+	if !d.Rebuild {
+		if _, err := c.GetImage(ctx, name); err == nil {
+			return name, nil
+		}
+	}
+	if err := m.ensureBase(ctx, c, base, d.Progress); err != nil {
+		return "", err
+	}
+	bd := m.BuildDaemon()
+	logPath := filepath.Join(m.Dir, "builds", strings.TrimPrefix(tag, "moatc/run:")+".log")
+	os.MkdirAll(filepath.Dir(logPath), 0o700)
+	return builder.Build(ctx, bd, builder.Request{
+		Dockerfile: plan.Dockerfile(base), Tag: tag, Progress: d.Progress, Mode: d.Mode,
+		LogPath: logPath, Rebuild: d.Rebuild,
+	})
+}
+
+// BuildDaemon is the managed buildkitd, on the same containerd and namespace as runs.
+func (m *Manager) BuildDaemon() *builder.Daemon {
+	addr := m.Conn.Address
+	if addr == "" {
+		addr = m.Conn.Daemon.Address()
+	}
+	ns := m.Conn.Namespace
+	if ns == "" {
+		ns = ctrd.DefaultNamespace
+	}
+	return &builder.Daemon{Dir: filepath.Join(m.Dir, "buildkit"), Prefix: m.Prefix, ContainerdAddress: addr, Namespace: ns}
+}
+
+// ensureBase finds the base image in the store, or pulls it; an offline host gets an error
+// that says how to import it.
+func (m *Manager) ensureBase(ctx context.Context, c *ctrd.Client, base string, progress io.Writer) error {
+	if _, err := c.Image(ctx, base, snapshot.Default()); err == nil {
+		return nil
+	} else if !errors.As(err, new(*ctrd.ImageNotFoundError)) {
+		return err
+	}
+	if progress != nil {
+		fmt.Fprintf(progress, "base image %s is not in the store: pulling it\n", base)
+	}
+	if _, err := c.Pull(ctx, base, snapshot.Default(), nil); err != nil {
+		return fmt.Errorf("the base image %s is not in moatc's image store and could not be pulled (%v): import it with `moatc image import FILE` (or `make base-images` for debian:bookworm-slim), or set base_image in moatc.yaml to an image you have", base, err)
+	}
+	return nil
+}
