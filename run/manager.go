@@ -34,7 +34,7 @@ type Manager struct {
 	Conn   ctrd.Options
 	Net    *cni.Manager // runs' networks; used unless a run says network none
 	Prefix string       // the installed stack, e.g. /opt/moatc
-	Dir    string // moatc's home; runsc configs go below it
+	Dir    string       // moatc's home; runsc configs go below it
 	// SuperviseCommand returns the argv that runs `moatc _supervise ID` with this manager's
 	// settings; detached runs are handed to that process.
 	SuperviseCommand func(id string) []string

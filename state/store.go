@@ -47,7 +47,7 @@ type Spec struct {
 	Runtime     string   `json:"runtime"`            // gvisor or runc
 	Platform    string   `json:"platform,omitempty"` // gVisor platform
 	Debug       bool     `json:"debug,omitempty"`
-	Network     string   `json:"network"`         // default or none
+	Network     string   `json:"network"`           // default or none
 	Publish     []string `json:"publish,omitempty"` // -p specs, [IP:]HOST:CONTAINER[/proto]
 	Memory      int64    `json:"memory,omitempty"`
 	CPUs        float64  `json:"cpus,omitempty"`
