@@ -288,6 +288,10 @@ type Settings struct {
 	Address   string `yaml:"address"`
 	Namespace string `yaml:"namespace"`
 	Pool      string `yaml:"pool"` // runs' address pool, e.g. 10.213.0.0/16
+	// CNIPluginDir and CNIConfDir override where CNI plugins are found (default: the prefix's
+	// lib/cni, /usr/lib/cni, /opt/cni/bin) and where per-run network configs go.
+	CNIPluginDir string `yaml:"cni_plugin_dir"`
+	CNIConfDir   string `yaml:"cni_conf_dir"`
 }
 
 // LoadSettings reads path; a missing file yields empty settings.
@@ -303,7 +307,7 @@ func LoadSettings(path string) (*Settings, error) {
 	dec := yaml.NewDecoder(strings.NewReader(string(b)))
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: %w (known keys: address, namespace, pool)", path, err)
+		return nil, fmt.Errorf("%s: %w (known keys: address, namespace, pool, cni_plugin_dir, cni_conf_dir)", path, err)
 	}
 	return s, nil
 }

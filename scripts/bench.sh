@@ -18,6 +18,7 @@ declare -A median
 
 cleanup() {
   [ -n "${dockerd_pid:-}" ] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
+  ip link del moatcbench0 2>/dev/null
   "$MOATC" clean >/dev/null 2>&1 || true
   "$MOATC" system stop --force >/dev/null 2>&1 || true
   rm -rf "$ws"
@@ -53,13 +54,13 @@ printf 'binary_name = "%s"\n[runsc_config]\n  platform = "systrap"\n' "$PREFIX/b
 
 echo
 echo "== runc, no network"
-row "moatc run --no-sandbox -- true" "$MOATC" run --no-sandbox --image busybox "$ws" -- true
+row "moatc run --no-sandbox -- true" "$MOATC" run --no-sandbox --network none --image busybox "$ws" -- true
 row "ctr run --rm (runc)" ctr -a "$sock" -n moatc run --rm "$img" bench-ctr true
 ratio "moatc run --no-sandbox -- true" "ctr run --rm (runc)"
 
 echo
 echo "== gVisor (systrap), no network"
-row "moatc run -- true (gvisor)" "$MOATC" run --image busybox "$ws" -- true
+row "moatc run -- true (gvisor)" "$MOATC" run --network none --image busybox "$ws" -- true
 row "ctr run --rm (runsc shim, same config)" ctr -a "$sock" -n moatc run --rm --runtime io.containerd.runsc.v1 \
   --runtime-config-path "$cfg" --annotation io.kubernetes.cri.container-type=sandbox "$img" bench-ctr-runsc true
 ratio "moatc run -- true (gvisor)" "ctr run --rm (runsc shim, same config)"
@@ -67,6 +68,45 @@ ratio "moatc run -- true (gvisor)" "ctr run --rm (runsc shim, same config)"
 row "ctr run --rm (runc shim, runsc binary)" ctr -a "$sock" -n moatc run --rm --runc-binary "$PREFIX/bin/runsc" \
   "$img" bench-ctr-runcshim true
 ratio "moatc run -- true (gvisor)" "ctr run --rm (runc shim, runsc binary)"
+
+# What the run's own network costs (goal: at most 40 ms on a warm start).
+netcost() {
+  awk -v a="${median[$1]}" -v b="${median[$2]}" -v n="$3" 'BEGIN {printf "  network adds %6.1f ms  (%s)\n", (a-b)*1000, n}'
+}
+echo
+echo "== the run's network (CNI bridge, NAT, rules) against --network none"
+row "moatc run --no-sandbox -- true, networked" "$MOATC" run --no-sandbox --image busybox "$ws" -- true
+netcost "moatc run --no-sandbox -- true, networked" "moatc run --no-sandbox -- true" runc
+row "moatc run -- true (gvisor), networked" "$MOATC" run --image busybox "$ws" -- true
+netcost "moatc run -- true (gvisor), networked" "moatc run -- true (gvisor)" gvisor
+
+# The dependency path when nothing changed: plan, hash and one image lookup (goal: <= 20 ms).
+echo
+echo "== dependency image, already built, against the same image named directly"
+dws=$(mktemp -d)
+printf 'dependencies: [jq]\nnetwork: none\nsandbox: none\n' > "$dws/moatc.yaml"
+dimg=$("$MOATC" build -q "$dws")
+pws=$(mktemp -d)
+row "moatc run (dependencies: [jq], built)" "$MOATC" run "$dws" -- true
+row "moatc run --image <that image>" "$MOATC" run --no-sandbox --network none --image "$dimg" "$pws" -- true
+awk -v a="${median["moatc run (dependencies: [jq], built)"]}" -v b="${median["moatc run --image <that image>"]}" \
+  'BEGIN {printf "  dependency path adds %6.1f ms\n", (a-b)*1000}'
+rm -rf "$dws" "$pws"
+
+# A cold build of the test dependency set: a fresh home (its own containerd and buildkitd,
+# empty caches), so every download and layer is made anew.
+if [ "${BENCH_COLD:-1}" = 1 ]; then
+  cold=$(mktemp -d /tmp/moatc-cold-XXXX)
+  cws=$(mktemp -d)
+  printf 'dependencies: [jq, node, npm:typescript, go]\n' > "$cws/moatc.yaml"
+  MOATC_HOME=$cold "$MOATC" image import "$PREFIX/images/debian-bookworm-slim.oci.tar" >/dev/null
+  t0=$(date +%s%N)
+  MOATC_HOME=$cold "$MOATC" build -q "$cws" >/dev/null
+  t1=$(date +%s%N)
+  printf '%-46s %8.1fs\n' "cold build: jq, node, npm:typescript, go" "$(awk -v d=$((t1 - t0)) 'BEGIN {print d/1e9}')"
+  MOATC_HOME=$cold "$MOATC" system stop --force >/dev/null 2>&1 || true
+  rm -rf "$cold" "$cws"
+fi
 
 # Docker Engine (Debian's docker.io), started by hand with its own data root and socket, for
 # this comparison only; gVisor through runsc as Docker users configure it.
@@ -78,8 +118,12 @@ if [ "${BENCH_DOCKER:-1}" = 1 ]; then
   droot="$MOATC_HOME/docker"
   mkdir -p "$droot"
   printf '{"runtimes":{"runsc":{"path":"%s","runtimeArgs":["--platform=systrap"]}}}\n' "$PREFIX/bin/runsc" > "$droot/daemon.json"
+  # A bridge of its own, so networked runs need no change to the host's docker0 or iptables.
+  ip link add moatcbench0 type bridge 2>/dev/null || true
+  ip addr add 10.254.77.1/24 dev moatcbench0 2>/dev/null || true
+  ip link set moatcbench0 up
   dockerd --data-root "$droot/data" --exec-root "$droot/exec" --pidfile "$droot/docker.pid" \
-    -H "unix://$droot/docker.sock" --config-file "$droot/daemon.json" --bridge none --iptables=false \
+    -H "unix://$droot/docker.sock" --config-file "$droot/daemon.json" --bridge moatcbench0 --iptables=false \
     --containerd-namespace moatc-bench-docker >"$droot/dockerd.log" 2>&1 &
   dockerd_pid=$!
   export DOCKER_HOST="unix://$droot/docker.sock"
@@ -93,4 +137,10 @@ if [ "${BENCH_DOCKER:-1}" = 1 ]; then
   ratio "moatc run --no-sandbox -- true" "docker run --rm --network none (runc)"
   row "docker run --rm --runtime=runsc --network none" docker run --rm --runtime=runsc --network none moatc-bench/busybox true
   ratio "moatc run -- true (gvisor)" "docker run --rm --runtime=runsc --network none"
+  echo
+  echo "== Docker Engine, networked (its bridge) against moatc networked"
+  row "docker run --rm (runc, bridge)" docker run --rm moatc-bench/busybox true
+  ratio "moatc run --no-sandbox -- true, networked" "docker run --rm (runc, bridge)"
+  row "docker run --rm --runtime=runsc (bridge)" docker run --rm --runtime=runsc moatc-bench/busybox true
+  ratio "moatc run -- true (gvisor), networked" "docker run --rm --runtime=runsc (bridge)"
 fi

@@ -124,6 +124,12 @@ func setup(c *cli.Context) (*env, error) {
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
 	netCfg := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state")}
+	if cfg.CNIPluginDir != "" {
+		netCfg.PluginDirs = []string{cfg.CNIPluginDir}
+	}
+	if cfg.CNIConfDir != "" {
+		netCfg.ConfDir = cfg.CNIConfDir
+	}
 	if cfg.Pool != "" {
 		if netCfg.Pool, err = netip.ParsePrefix(cfg.Pool); err != nil {
 			return nil, fmt.Errorf("%s: pool %q is not an IPv4 prefix such as 10.213.0.0/16", filepath.Join(home, "config.yaml"), cfg.Pool)

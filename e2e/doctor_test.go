@@ -1,0 +1,57 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestDoctor(t *testing.T) {
+	requireStack(t)
+	r := moatcRun(t, opts{}, "doctor", "--json")
+	var checks []struct {
+		Name     string
+		OK       bool
+		Detail   string
+		Optional bool
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &checks); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, r.stdout)
+	}
+	seen := map[string]bool{}
+	for _, c := range checks {
+		seen[c.Name] = true
+		if !c.OK && !c.Optional {
+			t.Errorf("check %s failed on the CI machine: %s", c.Name, c.Detail)
+		}
+	}
+	for _, want := range []string{"containerd reachable", "probe run under gvisor", "probe run under runc", "runsc", "containerd-shim-runsc-v1", "CNI plugins", "buildkitd", "kernel: overlayfs", "/dev/kvm"} {
+		if !seen[want] {
+			t.Errorf("doctor has no %q check", want)
+		}
+	}
+	if r.code != 0 {
+		t.Errorf("doctor exit %d on a working stack", r.code)
+	}
+	// A prefix without the stack: every missing part fails with its fix, and the exit is 1.
+	fake := t.TempDir()
+	os.MkdirAll(filepath.Join(fake, "bin"), 0o755)
+	bad := moatcRun(t, opts{env: []string{"MOATC_PREFIX=" + fake, "MOATC_HOME=" + filepath.Join(fake, "home"), "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}}, "doctor")
+	if bad.code != 1 || !strings.Contains(bad.stdout, "FAIL") || !strings.Contains(bad.stdout, "make setup") {
+		t.Errorf("doctor on an empty prefix: exit %d\n%s%s", bad.code, bad.stdout, bad.stderr)
+	}
+}
+
+func TestNetworkPoolClash(t *testing.T) {
+	requireStack(t)
+	before := hostNetState(t)
+	r := moatcRun(t, opts{env: []string{"MOATC_NETWORK_POOL=192.0.0.0/16"}}, "run", "--no-sandbox", "--image", "busybox", workspace(t), "--", "true")
+	if r.code != 125 || !strings.Contains(r.stderr, "overlaps the host route") || !strings.Contains(r.stderr, "MOATC_NETWORK_POOL") {
+		t.Errorf("pool clash: exit %d %q", r.code, r.stderr)
+	}
+	if after := hostNetState(t); after != before {
+		t.Errorf("a refused network left state: %s, before %s", after, before)
+	}
+}
