@@ -127,7 +127,7 @@ func mainImage(t *testing.T) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 		defer cancel()
 		start := time.Now()
-		shared.name, shared.err = Build(ctx, daemon, shared.req)
+		shared.name, shared.err = Build(ctx, testDaemon, shared.req)
 		shared.took = time.Since(start)
 		shared.out = out.String()
 		t.Logf("cold build of %v: %.1fs", testList, shared.took.Seconds())
@@ -211,14 +211,14 @@ func TestBuildToolchainImage(t *testing.T) {
 func TestBuildSkipsExistingImage(t *testing.T) {
 	name := mainImage(t)
 	before := imageRecord(t, name)
-	ok, err := Exists(context.Background(), daemon, shared.tag)
+	ok, err := Exists(context.Background(), testDaemon, shared.tag)
 	if err != nil || !ok {
 		t.Fatalf("Exists(%s) = %v, %v", shared.tag, ok, err)
 	}
 	var out bytes.Buffer
 	req := shared.req
 	req.Progress, req.LogPath = &out, filepath.Join(testDir, "logs", "again.log")
-	got, err := Build(context.Background(), daemon, req)
+	got, err := Build(context.Background(), testDaemon, req)
 	if err != nil || got != name {
 		t.Fatalf("second Build = %q, %v", got, err)
 	}
@@ -259,7 +259,7 @@ func TestBuildChecksumMismatch(t *testing.T) {
 	p := planFor(t, shared.fs.registry(t), "jq", "hello-bad")
 	logPath := filepath.Join(testDir, "logs", "bad.log")
 	req := Request{Dockerfile: p.Dockerfile("debian:bookworm-slim"), Tag: p.Tag("debian:bookworm-slim"), Mode: ModeQuiet, LogPath: logPath}
-	_, err := Build(context.Background(), daemon, req)
+	_, err := Build(context.Background(), testDaemon, req)
 	var se *StepError
 	if !errors.As(err, &se) {
 		t.Fatalf("Build with a wrong checksum: %v; want a *StepError", err)
@@ -274,7 +274,7 @@ func TestBuildChecksumMismatch(t *testing.T) {
 	if !strings.Contains(se.Step, "RUN") || se.Line == 0 || se.Comment == "" || len(se.Output) == 0 {
 		t.Errorf("step %q line %d comment %q output %q", se.Step, se.Line, se.Comment, se.Output)
 	}
-	if ok, _ := Exists(context.Background(), daemon, req.Tag); ok {
+	if ok, _ := Exists(context.Background(), testDaemon, req.Tag); ok {
 		t.Error("a failed build left an image")
 	}
 	if log, _ := os.ReadFile(logPath); !bytes.Contains(log, []byte("checksum mismatch")) {
@@ -294,7 +294,7 @@ func TestBuildTTYProgress(t *testing.T) {
 	go func() { io.Copy(&out, ptmx); close(done) }()
 	req := shared.req
 	req.Progress, req.Mode, req.Rebuild, req.LogPath = tty, ModeAuto, true, filepath.Join(testDir, "logs", "tty.log")
-	_, err = Build(context.Background(), daemon, req) // every layer cached: only the export runs
+	_, err = Build(context.Background(), testDaemon, req) // every layer cached: only the export runs
 	tty.Close()
 	<-done
 	if err != nil {
@@ -417,7 +417,7 @@ func TestBuildMissingBaseImage(t *testing.T) {
 	requireStack(t)
 	df := []byte("FROM docker.io/library/debian:no-such-tag\nRUN true\n")
 	start := time.Now()
-	_, err := Build(context.Background(), daemon, Request{Dockerfile: df, Tag: "moatc/run:missingbase", Mode: ModeQuiet})
+	_, err := Build(context.Background(), testDaemon, Request{Dockerfile: df, Tag: "moatc/run:missingbase", Mode: ModeQuiet})
 	t.Logf("after %.1fs: %v", time.Since(start).Seconds(), err)
 	if err == nil || !strings.Contains(err.Error(), "debian:no-such-tag") || !strings.Contains(err.Error(), "moatc image import") {
 		t.Fatalf("Build from a missing base: %v", err)

@@ -8,15 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/moatc/moatc/daemon"
 	"github.com/moatc/moatc/state"
 )
 
@@ -47,42 +45,28 @@ func (e *ContainerdDownError) Error() string {
 // Address is the daemon's gRPC address, for BuildKit's client.
 func (d *Daemon) Address() string { return "unix://" + d.socket() }
 
-func (d *Daemon) socket() string { return filepath.Join(d.Dir, "buildkitd.sock") }
-
-// LogPath is where the daemon's own output goes.
-func (d *Daemon) LogPath() string { return filepath.Join(d.Dir, "buildkitd.log") }
-
-func (d *Daemon) pidPath() string    { return filepath.Join(d.Dir, "buildkitd.pid") }
+func (d *Daemon) socket() string     { return filepath.Join(d.Dir, "buildkitd.sock") }
 func (d *Daemon) configPath() string { return filepath.Join(d.Dir, "buildkitd.toml") }
 func (d *Daemon) argsPath() string   { return filepath.Join(d.Dir, "buildkitd.args") }
 
 // Binary is the buildkitd executable used.
 func (d *Daemon) Binary() string { return filepath.Join(d.Prefix, "bin", "buildkitd") }
 
-// Answering reports whether something accepts connections on the daemon's socket.
-func (d *Daemon) Answering() bool { return answering(d.socket()) }
-
-func answering(path string) bool {
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err != nil {
-		return false
+func (d *Daemon) process() *daemon.Process {
+	return &daemon.Process{
+		Name: "buildkitd", Dir: d.Dir, Binary: d.Binary(), Args: d.args(), Socket: d.socket(),
+		BinDir: filepath.Join(d.Prefix, "bin"), Timeout: 60 * time.Second,
 	}
-	c.Close()
-	return true
 }
+
+// LogPath is where the daemon's own output goes.
+func (d *Daemon) LogPath() string { return d.process().LogPath() }
+
+// Answering reports whether something accepts connections on the daemon's socket.
+func (d *Daemon) Answering() bool { return daemon.Answering(d.socket()) }
 
 // Pid returns the daemon's pid when it runs.
-func (d *Daemon) Pid() (int, bool) {
-	b, err := os.ReadFile(d.pidPath())
-	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || syscall.Kill(pid, 0) != nil {
-		return 0, false
-	}
-	return pid, true
-}
+func (d *Daemon) Pid() (int, bool) { return d.process().Pid() }
 
 func (d *Daemon) args() []string {
 	return []string{
@@ -113,63 +97,18 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if _, err := os.Stat(d.Binary()); err != nil {
 		return &NotInstalledError{Path: d.Binary()}
 	}
-	if !answering(strings.TrimPrefix(d.ContainerdAddress, "unix://")) {
+	if !daemon.Answering(strings.TrimPrefix(d.ContainerdAddress, "unix://")) {
 		return &ContainerdDownError{Address: d.ContainerdAddress}
 	}
-	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
-		return fmt.Errorf("starting buildkitd: %w", err)
-	}
-	unlock, err := state.Lock(filepath.Join(d.Dir, "start.lock"))
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if d.Answering() {
-		return d.checkArgs()
-	}
-	if err := state.WriteFile(d.configPath(), []byte(d.config()), 0o600); err != nil {
-		return err
-	}
-	args := d.args()
-	if err := state.WriteFile(d.argsPath(), []byte(strings.Join(args, "\n")+"\n"), 0o600); err != nil {
-		return err
-	}
-	os.Remove(d.socket())
-	logf, err := os.OpenFile(d.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("starting buildkitd: %w", err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(d.Binary(), args...)
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(d.Prefix, "bin")+":"+os.Getenv("PATH"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = d.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives the moatc command that started it
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting buildkitd: %w", err)
-	}
-	pid := cmd.Process.Pid
-	if err := state.WriteFile(d.pidPath(), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
-		return err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	deadline := time.NewTimer(60 * time.Second)
-	defer deadline.Stop()
-	for {
-		if d.Answering() {
-			return nil
+	if err := d.process().Start(ctx, func() error {
+		if err := state.WriteFile(d.configPath(), []byte(d.config()), 0o600); err != nil {
+			return err
 		}
-		select {
-		case err := <-exited:
-			return fmt.Errorf("buildkitd exited at start (%v); its log is %s:\n%s", err, d.LogPath(), tail(d.LogPath(), 10))
-		case <-deadline.C:
-			return fmt.Errorf("buildkitd did not answer on %s within 60s; its log is %s", d.Address(), d.LogPath())
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
+		return state.WriteFile(d.argsPath(), []byte(strings.Join(d.args(), "\n")+"\n"), 0o600)
+	}); err != nil {
+		return err
 	}
+	return d.checkArgs()
 }
 
 // checkArgs compares the running daemon's settings with d's.
@@ -180,34 +119,14 @@ func (d *Daemon) checkArgs() error {
 	}
 	if want := strings.Join(d.args(), "\n") + "\n"; string(b) != want {
 		return fmt.Errorf("the buildkitd on %s runs with other settings (%s); stop it first (its pid is in %s)",
-			d.Address(), strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", " "), d.pidPath())
+			d.Address(), strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", " "), d.process().PidPath())
 	}
 	return nil
 }
 
 // Stop stops the daemon: SIGTERM, then SIGKILL after the grace period. Builds in flight fail.
 func (d *Daemon) Stop(ctx context.Context, grace time.Duration) error {
-	pid, ok := d.Pid()
-	if !ok {
-		return nil
-	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("stopping buildkitd (pid %d): %w", pid, err)
-	}
-	deadline := time.Now().Add(grace)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	os.Remove(d.pidPath())
-	os.Remove(d.socket())
-	return nil
+	return d.process().Stop(ctx, grace)
 }
 
 // config keeps buildkitd from reading /etc/buildkit/buildkitd.toml; the flags carry the rest.
@@ -226,13 +145,4 @@ root = ` + q(filepath.Join(d.Dir, "root")) + `
   snapshotter = "overlayfs"
   networkMode = "host"
 `
-}
-
-func tail(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

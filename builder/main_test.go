@@ -14,17 +14,19 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moatc/moatc/ctrd"
 )
 
 // The real-stack tests share one private containerd and one buildkitd, started here and
 // stopped (with every mount under the test directory) at the end, failed or not.
 var (
-	prefix   string
-	testDir  string // short: socket paths are limited to 108 bytes
-	ctrdSock string
-	daemon   *Daemon
-	setupErr error
-	ctrdCmd  *exec.Cmd
+	prefix     string
+	testDir    string // short: socket paths are limited to 108 bytes
+	ctrdSock   string
+	testDaemon *Daemon
+	setupErr   error
+	ctrdDaemon *ctrd.Daemon
 )
 
 const testNamespace = "moatc-test"
@@ -64,48 +66,17 @@ func setUp() error {
 	if _, err := os.Stat(baseImageTar()); err != nil {
 		return fmt.Errorf("%s is missing: run `make base-images`", baseImageTar())
 	}
-	ctrdSock = filepath.Join(testDir, "c.sock")
-	cfg := filepath.Join(testDir, "containerd.toml")
-	q := func(s string) string { return fmt.Sprintf("%q", s) }
-	config := `version = 3
-root = ` + q(filepath.Join(testDir, "root")) + `
-state = ` + q(filepath.Join(testDir, "state")) + `
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox"]
-[grpc]
-  address = ` + q(ctrdSock) + `
-[ttrpc]
-  address = ` + q(ctrdSock+".ttrpc") + `
-[plugins."io.containerd.internal.v1.opt"]
-  path = ` + q(filepath.Join(testDir, "opt")) + `
-`
-	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
+	ctrdDaemon = &ctrd.Daemon{Dir: filepath.Join(testDir, "c"), Prefix: prefix}
+	ctrdSock = ctrdDaemon.Address()
+	if err := ctrdDaemon.Start(context.Background()); err != nil {
 		return err
-	}
-	logf, err := os.Create(filepath.Join(testDir, "containerd.log"))
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	ctrdCmd = exec.Command(filepath.Join(prefix, "bin", "containerd"), "--config", cfg)
-	ctrdCmd.Env = append(os.Environ(), "PATH="+filepath.Join(prefix, "bin")+":"+os.Getenv("PATH"))
-	ctrdCmd.Stdout, ctrdCmd.Stderr = logf, logf
-	ctrdCmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := ctrdCmd.Start(); err != nil {
-		return fmt.Errorf("starting containerd: %w", err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !answering(ctrdSock) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("containerd did not answer; log:\n%s", tail(filepath.Join(testDir, "containerd.log"), 20))
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	start := time.Now()
 	if out, err := ctr("images", "import", baseImageTar()); err != nil {
 		return fmt.Errorf("importing %s: %v\n%s", baseImageTar(), err, out)
 	}
 	fmt.Fprintf(os.Stderr, "builder tests: containerd up, debian:bookworm-slim imported in %.1fs\n", time.Since(start).Seconds())
-	daemon = &Daemon{Dir: filepath.Join(testDir, "bk"), Prefix: prefix, ContainerdAddress: ctrdSock, Namespace: testNamespace}
+	testDaemon = &Daemon{Dir: filepath.Join(testDir, "bk"), Prefix: prefix, ContainerdAddress: ctrdSock, Namespace: testNamespace}
 	return nil
 }
 
@@ -129,23 +100,17 @@ func ctr(args ...string) (string, error) {
 func tearDown() error {
 	var errs []error
 	ctx := context.Background()
-	if daemon != nil {
-		if err := daemon.Stop(ctx, 20*time.Second); err != nil {
+	if testDaemon != nil {
+		if err := testDaemon.Stop(ctx, 20*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	for _, d := range extraDaemons {
 		d.Stop(ctx, 10*time.Second)
 	}
-	if ctrdCmd != nil && ctrdCmd.Process != nil {
-		ctrdCmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { ctrdCmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			ctrdCmd.Process.Kill()
-			<-done
+	if ctrdDaemon != nil {
+		if err := ctrdDaemon.Stop(ctx, 20*time.Second); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	// Shims of containers a failed test left behind are killed by their socket directory

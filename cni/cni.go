@@ -277,11 +277,19 @@ func (m *Manager) Setup(ctx context.Context, runID, hostname string, ports []Por
 }
 
 func (m *Manager) network(r *record) *Network {
+	n := m.Paths(r.RunID)
+	n.IP, n.Gateway, n.Subnet, n.Ports = r.IP, r.Gateway, r.Subnet, r.Ports
+	return n
+}
+
+// Paths returns where a run's network will be (netns, hosts and resolv.conf files) before
+// Setup has made it: every name derives from the run id, so a caller can create the
+// container while Setup runs, and needs the network itself only when the task is created.
+func (m *Manager) Paths(runID string) *Network {
 	return &Network{
-		RunID: r.RunID, NetNSPath: netnsPath(r.RunID),
-		IP: r.IP, Gateway: r.Gateway, Subnet: r.Subnet, Ports: r.Ports,
-		HostsPath:  filepath.Join(m.runDir(r.RunID), "hosts"),
-		ResolvPath: filepath.Join(m.runDir(r.RunID), "resolv.conf"),
+		RunID: runID, NetNSPath: netnsPath(runID),
+		HostsPath:  filepath.Join(m.runDir(runID), "hosts"),
+		ResolvPath: filepath.Join(m.runDir(runID), "resolv.conf"),
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/moatc/moatc/daemon"
 )
 
 // Labels on everything moatc creates, so a crash leaves nothing that cannot be found again.
@@ -60,7 +62,7 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 			return nil, err
 		}
 		addr = o.Daemon.Address()
-	} else if !answering(addr) {
+	} else if !daemon.Answering(addr) {
 		return nil, &NotAnsweringError{Address: addr, Err: fmt.Errorf("nothing accepts connections on the socket")}
 	}
 	c, err := containerd.New(addr, containerd.WithDefaultNamespace(ns), containerd.WithTimeout(10*time.Second))

@@ -216,40 +216,48 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	}
 	spec := r.Spec
 	mounts := []specs.Mount{{Destination: "/workspace", Type: "bind", Source: r.Workspace, Options: []string{"rbind", "rw"}}}
-	// The network exists before the container: gVisor needs the netns ready at create.
+	// The network is made while the container is created (their names derive from the run
+	// id); both must be ready before the task, since gVisor copies the netns at task create.
 	var netns string
+	netReleased := false
+	netReady := make(chan error, 1)
+	var nw *cni.Network
 	if spec.Network != "none" {
-		nw, err := m.setupNetwork(ctx, r)
-		if err != nil {
-			notify(err)
-			m.fail(r.ID, err, nil)
-			return 0, err
-		}
-		defer m.Net.Teardown(bg, r.ID) // every path out of here, after the container is gone
-		if nw.Proxy != nil {
-			go nw.Proxy.Serve(bg)
-		}
-		netns = nw.NetNSPath
+		paths := m.Net.Paths(r.ID)
+		netns = paths.NetNSPath
 		mounts = append(mounts,
-			specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: nw.HostsPath, Options: []string{"rbind", "ro"}},
-			specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: nw.ResolvPath, Options: []string{"rbind", "ro"}})
-	}
-	for _, mt := range spec.Mounts {
-		mode := "rw"
-		if mt.ReadOnly {
-			mode = "ro"
-		}
-		mounts = append(mounts, specs.Mount{Destination: mt.Container, Type: "bind", Source: mt.Host, Options: []string{"rbind", mode}})
+			specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: paths.HostsPath, Options: []string{"rbind", "ro"}},
+			specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: paths.ResolvPath, Options: []string{"rbind", "ro"}})
+		go func() {
+			var err error
+			nw, err = m.setupNetwork(ctx, r)
+			netReady <- err
+		}()
+		// Every path out of here releases the network, after the container is gone.
+		defer func() {
+			if !netReleased {
+				m.Net.Teardown(bg, r.ID)
+			}
+		}()
+	} else {
+		netReady <- nil
 	}
 	ctr, err := c.CreateContainer(ctx, ctrd.Container{
 		ID: r.ContainerID, RunID: r.ID, Role: ctrd.RoleWorkload, Image: img, Snapshotter: snapshot.Default(),
 		Runtime: m.Runtime(spec), Args: spec.Command, Env: spec.Env, Cwd: "/workspace", User: spec.User,
 		Mounts: mounts, TTY: spec.TTY, Hostname: r.Name, Memory: spec.Memory, CPUs: spec.CPUs, NetNS: netns,
 	})
+	if netErr := <-netReady; err == nil && netErr != nil {
+		c.RemoveContainer(bg, r.ContainerID)
+		err = netErr
+	}
 	if err != nil {
 		notify(err)
 		m.fail(r.ID, err, nil)
 		return 0, err
+	}
+	if nw != nil && nw.Proxy != nil {
+		go nw.Proxy.Serve(bg)
 	}
 	rec, err := newRecorder(m.Store.LogPath(r.ID))
 	if err != nil {
@@ -337,9 +345,21 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	outLog.flush()
 	errLog.flush()
 	rec.Close()
+	// The task is gone: the network and the container are released side by side.
+	netDown := make(chan struct{})
+	go func() {
+		if spec.Network != "none" {
+			if err := m.Net.Teardown(bg, r.ID); err != nil {
+				fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
+			}
+		}
+		close(netDown)
+	}()
 	if _, err := c.RemoveContainer(bg, r.ContainerID); err != nil {
 		fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
 	}
+	<-netDown
+	netReleased = true
 	fin := time.Now().UTC()
 	m.Store.Update(r.ID, func(r *state.Run) error {
 		r.State, r.ExitCode, r.Finished = state.Stopped, &code, &fin

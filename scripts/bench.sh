@@ -38,6 +38,27 @@ row() {
   printf '%-46s %8ss\n' "$name" "${median[$name]}"
 }
 
+# netcost A B LABEL: A's median minus B's, in ms.
+netcost() {
+  awk -v a="${median[$1]}" -v b="${median[$2]}" -v n="$3" 'BEGIN {printf "  network adds %6.1f ms  (%s)\n", (a-b)*1000, n}'
+}
+
+# startrow NAME CMD...: CMD prints the time (date +%s%N) as its first act; the median of that
+# minus the time CMD was launched is the start latency: what the user waits for before the
+# workload runs, without the teardown after it ends.
+startrow() {
+  local name=$1; shift
+  local times=()
+  for _ in 1 2 3; do "$@" >/dev/null 2>&1 || { echo "bench: '$*' failed" >&2; exit 1; }; done
+  for _ in $(seq "$RUNS"); do
+    local t0 t1
+    t0=$(date +%s%N); t1=$("$@" 2>/dev/null)
+    times+=($(( t1 - t0 )))
+  done
+  median[$name]=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.4f", a[int((NR+1)/2)]/1e9}')
+  printf '%-46s %8ss\n' "$name" "${median[$name]}"
+}
+
 # ratio A B: how A compares with B (A's median / B's).
 ratio() {
   awk -v a="${median[$1]}" -v b="${median[$2]}" -v n1="$1" -v n2="$2" \
@@ -69,12 +90,17 @@ row "ctr run --rm (runc shim, runsc binary)" ctr -a "$sock" -n moatc run --rm --
   "$img" bench-ctr-runcshim true
 ratio "moatc run -- true (gvisor)" "ctr run --rm (runc shim, runsc binary)"
 
-# What the run's own network costs (goal: at most 40 ms on a warm start).
-netcost() {
-  awk -v a="${median[$1]}" -v b="${median[$2]}" -v n="$3" 'BEGIN {printf "  network adds %6.1f ms  (%s)\n", (a-b)*1000, n}'
-}
 echo
-echo "== the run's network (CNI bridge, NAT, rules) against --network none"
+echo "== start latency (until the workload runs), debian image: the network's share (goal <= 40 ms)"
+startrow "start, runc, --network none" "$MOATC" run --no-sandbox --network none --image debian:bookworm-slim "$ws" -- date +%s%N
+startrow "start, runc, networked" "$MOATC" run --no-sandbox --image debian:bookworm-slim "$ws" -- date +%s%N
+netcost "start, runc, networked" "start, runc, --network none" "runc, start"
+startrow "start, gvisor, --network none" "$MOATC" run --network none --image debian:bookworm-slim "$ws" -- date +%s%N
+startrow "start, gvisor, networked" "$MOATC" run --image debian:bookworm-slim "$ws" -- date +%s%N
+netcost "start, gvisor, networked" "start, gvisor, --network none" "gvisor, start"
+
+echo
+echo "== whole run, start to exit: the network's share, teardown included"
 row "moatc run --no-sandbox -- true, networked" "$MOATC" run --no-sandbox --image busybox "$ws" -- true
 netcost "moatc run --no-sandbox -- true, networked" "moatc run --no-sandbox -- true" runc
 row "moatc run -- true (gvisor), networked" "$MOATC" run --image busybox "$ws" -- true
