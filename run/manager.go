@@ -216,6 +216,13 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	}
 	spec := r.Spec
 	mounts := []specs.Mount{{Destination: "/workspace", Type: "bind", Source: r.Workspace, Options: []string{"rbind", "rw"}}}
+	for _, mt := range spec.Mounts {
+		mode := "rw"
+		if mt.ReadOnly {
+			mode = "ro"
+		}
+		mounts = append(mounts, specs.Mount{Destination: mt.Container, Type: "bind", Source: mt.Host, Options: []string{"rbind", mode}})
+	}
 	// The network is made while the container is created (their names derive from the run
 	// id); both must be ready before the task, since gVisor copies the netns at task create.
 	var netns string
