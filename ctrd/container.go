@@ -98,6 +98,9 @@ type Removal struct {
 // snapshot. A container or task that is already gone is not an error.
 func (c *Client) RemoveContainer(ctx context.Context, id string) (Removal, error) {
 	var rm Removal
+	// A shim stuck on a sandbox that never started must not hang moatc forever.
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
 	ctr, err := c.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
 		return rm, nil
@@ -123,7 +126,8 @@ func (c *Client) RemoveContainer(ctx context.Context, id string) (Removal, error
 				}
 			}
 		}
-		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		// Killed and waited for above: a plain delete (WithProcessKill would wait again, unbounded).
+		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 			return rm, fmt.Errorf("deleting task of %s: %w", id, err)
 		}
 	case !errdefs.IsNotFound(err):

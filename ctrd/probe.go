@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -56,9 +58,19 @@ func (c *Client) Probe(ctx context.Context, rt Runtime, img containerd.Image, sn
 	if err != nil {
 		return &ProbeError{Runtime: rt.Name(), Err: err}
 	}
+	defer func() {
+		if err != nil && task.Pid() > 0 {
+			// A sandbox that never came up (gVisor's kvm platform in a VM spins at start)
+			// answers no runtime request: kill its process from the host so the shim reaps it.
+			syscall.Kill(int(task.Pid()), syscall.SIGKILL)
+		}
+	}()
 	wait, err := task.Wait(ctx)
 	if err == nil {
 		err = task.Start(ctx)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("it did not start within 20s: %w", err)
 	}
 	if err != nil {
 		return &ProbeError{Runtime: rt.Name(), Err: err}

@@ -257,3 +257,33 @@ func TestSandboxMissingIsAnActionableError(t *testing.T) {
 		t.Errorf("a run record was created: %d -> %d", before, after)
 	}
 }
+
+// TestSandboxPlatforms: ptrace works everywhere; kvm either works or, where /dev/kvm is
+// missing or does not work (this VM), fails with the fix and leaves no sandbox spinning.
+func TestSandboxPlatforms(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	if r := moatcRun(t, opts{}, "run", "--sandbox-platform", "ptrace", "--network", "none", "--image", "busybox", ws, "--", "sh", "-c", "exit 3"); r.code != 3 {
+		t.Errorf("ptrace: exit %d, want 3: %s", r.code, r.stderr)
+	}
+	r := moatcRun(t, opts{}, "run", "--sandbox-platform", "kvm", "--network", "none", "--image", "busybox", ws, "--", "true")
+	switch {
+	case r.code == 0:
+		t.Log("kvm works on this host")
+	case r.code == 125 && strings.Contains(r.stderr, "kvm") && strings.Contains(r.stderr, "systrap"):
+		t.Logf("kvm refused as expected here: %s", r.stderr)
+	default:
+		t.Errorf("kvm: exit %d %q", r.code, r.stderr)
+	}
+	out, _ := exec.Command("sh", "-c", "ps -eo args | grep -c '^runsc-sandbox.*--platform=kvm'").Output()
+	if strings.TrimSpace(string(out)) != "0" {
+		t.Errorf("a kvm sandbox was left running")
+	}
+	if rows := ctrRows(t, "containers", "ls"); len(rows) > 0 {
+		for _, row := range rows {
+			if strings.Contains(row, "probe") {
+				t.Errorf("probe container left: %s", row)
+			}
+		}
+	}
+}
