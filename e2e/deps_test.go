@@ -41,6 +41,9 @@ func TestDependencyImage(t *testing.T) {
 	if st := status(t, "deps-1"); st.Spec.Image != name || st.Spec.Runtime != "gvisor" {
 		t.Errorf("run used %s (%s), want %s under gvisor", st.Spec.Image, st.Spec.Runtime, name)
 	}
+	if s := mustRun(t, "status", "deps-1").stdout; !strings.Contains(s, "Build log:") {
+		t.Errorf("status shows no build log: %s", s)
+	}
 	first := imageCreated(t, name)
 	if first == "" {
 		t.Fatalf("image %s not in the store", name)

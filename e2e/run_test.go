@@ -129,7 +129,22 @@ func TestTTY(t *testing.T) {
 					}
 				}
 			}()
-			io.WriteString(f, "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; stty size; echo sum=$((6*7)); exit 7\n")
+			io.WriteString(f, "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; stty size; echo sum=$((6*7))\n")
+			// A resize of the caller's terminal reaches the workload's TTY (SIGWINCH to moatc).
+			waitFor := func(want string) {
+				for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+					mu.Lock()
+					got := out.String()
+					mu.Unlock()
+					if strings.Contains(got, want) {
+						return
+					}
+				}
+			}
+			waitFor("sum=42")
+			pty.Setsize(f, &pty.Winsize{Rows: 40, Cols: 120})
+			time.Sleep(300 * time.Millisecond)
+			io.WriteString(f, "stty size; exit 7\n")
 			done := make(chan error, 1)
 			go func() { done <- cmd.Wait() }()
 			select {
@@ -145,7 +160,7 @@ func TestTTY(t *testing.T) {
 			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
 				t.Errorf("exit: %v, want 7; output %q", err, got)
 			}
-			for _, want := range []string{"is-a-tty", "33 101", "sum=42"} {
+			for _, want := range []string{"is-a-tty", "33 101", "sum=42", "40 120"} {
 				if !strings.Contains(got, want) {
 					t.Errorf("TTY output lacks %q: %q", want, got)
 				}

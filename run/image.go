@@ -82,12 +82,17 @@ func (m *Manager) BuildImage(ctx context.Context, d Deps) (string, error) {
 		return "", err
 	}
 	bd := m.BuildDaemon()
-	logPath := filepath.Join(m.Dir, "builds", strings.TrimPrefix(tag, "moatc/run:")+".log")
+	logPath := m.BuildLog(tag)
 	os.MkdirAll(filepath.Dir(logPath), 0o700)
 	return builder.Build(ctx, bd, builder.Request{
 		Dockerfile: plan.Dockerfile(base), Tag: tag, Progress: d.Progress, Mode: d.Mode,
 		LogPath: logPath, Rebuild: d.Rebuild,
 	})
+}
+
+// BuildLog is where the log of the build of a dependency image is kept.
+func (m *Manager) BuildLog(tag string) string {
+	return filepath.Join(m.Dir, "builds", strings.TrimPrefix(tag, "moatc/run:")+".log")
 }
 
 // BuildDaemon is the managed buildkitd, on the same containerd and namespace as runs.

@@ -174,6 +174,12 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 	if err := m.Store.Create(r); err != nil {
 		return nil, 0, err
 	}
+	if req.Deps != nil {
+		// The run's directory keeps the log of the build that made its image.
+		if _, _, tag, err := Plan(*req.Deps); err == nil {
+			os.Link(m.BuildLog(tag), filepath.Join(m.Store.Dir(r.ID), "build.log"))
+		}
+	}
 	if req.Spec.Detach {
 		if err := m.detach(r); err != nil {
 			return nil, 0, err

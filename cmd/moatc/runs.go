@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -125,6 +126,9 @@ func statusCommand() *cli.Command {
 				row("Finished", r.Finished.Local().Format(time.RFC3339))
 			}
 			row("Log", e.mgr.Store.LogPath(r.ID))
+			if bl := filepath.Join(e.mgr.Store.Dir(r.ID), "build.log"); fileExists(bl) {
+				row("Build log", bl)
+			}
 			return tw.Flush()
 		},
 	}
@@ -273,6 +277,11 @@ func superviseCommand() *cli.Command {
 			return e.mgr.Supervise(c.Context, c.Args().First(), os.NewFile(3, "ready"))
 		},
 	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func oneRun(c *cli.Context) (string, error) {
