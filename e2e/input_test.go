@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -128,18 +129,7 @@ func TestPullFromLocalRegistry(t *testing.T) {
 	host := l.Addr().String()
 
 	// Push the busybox base image's layer to the registry as a new image.
-	layer, err := tarball.LayerFromFile(busyboxLayer(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := img.ConfigFile()
-	cfg.Config.Env = []string{"PATH=/bin"}
-	cfg.Architecture, cfg.OS = "amd64", "linux"
-	img, _ = mutate.ConfigFile(img, cfg)
+	img := busyboxImage(t)
 	ref, _ := name.ParseReference(host+"/test/pulled:v1", name.Insecure)
 	if err := remote.Write(ref, img); err != nil {
 		t.Fatal(err)
@@ -161,6 +151,27 @@ func TestPullFromLocalRegistry(t *testing.T) {
 	if ls := mustRun(t, "image", "ls"); strings.Contains(ls.stdout, "pulled") {
 		t.Errorf("image rm left it: %s", ls.stdout)
 	}
+}
+
+// busyboxImage is the busybox base image's layer as a go-containerregistry image.
+func busyboxImage(t *testing.T) v1.Image {
+	t.Helper()
+	layer, err := tarball.LayerFromFile(busyboxLayer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := img.ConfigFile()
+	cfg.Config.Env = []string{"PATH=/bin"}
+	cfg.Architecture, cfg.OS = "amd64", "linux"
+	img, err = mutate.ConfigFile(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
 }
 
 // busyboxLayer extracts the layer of the cached busybox OCI tar into a file.
@@ -188,18 +199,7 @@ func busyboxLayer(t *testing.T) string {
 // layouts of the base images do.
 func TestImportDockerArchive(t *testing.T) {
 	requireStack(t)
-	layer, err := tarball.LayerFromFile(busyboxLayer(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := img.ConfigFile()
-	cfg.Config.Env = []string{"PATH=/bin"}
-	cfg.Architecture, cfg.OS = "amd64", "linux"
-	img, _ = mutate.ConfigFile(img, cfg)
+	img := busyboxImage(t)
 	tag, _ := name.NewTag("saved/busybox:archive")
 	path := filepath.Join(t.TempDir(), "saved.tar")
 	if err := tarball.WriteToFile(path, tag, img); err != nil {
