@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
@@ -165,5 +164,5 @@ func ShortName(name string) string {
 	if err != nil {
 		return name
 	}
-	return strings.TrimPrefix(reference.FamiliarString(n), "")
+	return reference.FamiliarString(n)
 }
