@@ -297,7 +297,7 @@ func TestNetwork(t *testing.T) {
 		// A host service on every IPv6 address must not be reachable over IPv6 from the run.
 		l6, err := net.Listen("tcp6", "[::]:0")
 		if err != nil {
-			t.Skipf("no IPv6 on the host: %v", err)
+			missing(t, "no IPv6 on the host: %v", err)
 		}
 		defer l6.Close()
 		go serveHello(l6)
@@ -480,7 +480,7 @@ func TestPoolClash(t *testing.T) {
 		}
 	}
 	if !r.dst.IsValid() {
-		t.Skip("no host route to clash with")
+		missing(t, "no host route to clash with")
 	}
 	pool := netip.PrefixFrom(r.dst.Addr(), 16).Masked()
 	m, err := New(Config{ConfDir: t.TempDir(), StateDir: t.TempDir(), Pool: pool})

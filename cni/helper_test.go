@@ -160,31 +160,34 @@ func dialFrom(netns, addr string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
+// missing skips the test when the machine cannot run it, and fails it in CI (CI=true), where
+// every prerequisite must be there.
+func missing(t *testing.T, format string, a ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("prerequisite missing: "+format, a...)
+	}
+	t.Skipf("prerequisite missing (not CI, so skipping): "+format, a...)
+}
+
 // prereqs skips the test (fails it under CI=true) when the machine cannot run it.
 func prereqs(t *testing.T) {
 	t.Helper()
-	missing := func(format string, a ...any) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("prerequisite missing: "+format, a...)
-		}
-		t.Skipf("prerequisite missing: "+format, a...)
-	}
 	if os.Geteuid() != 0 {
-		missing("must run as root")
+		missing(t, "must run as root")
 	}
 	m, err := New(Config{StateDir: t.TempDir(), ConfDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := m.checkPlugins(); err != nil {
-		missing("%v", err)
+		missing(t, "%v", err)
 	}
 	if _, err := findFirewall(); err != nil {
-		missing("%v", err)
+		missing(t, "%v", err)
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		missing("the ip command (apt-get install iproute2)")
+		missing(t, "the ip command (apt-get install iproute2)")
 	}
 }
 
