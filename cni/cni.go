@@ -220,7 +220,7 @@ func (m *Manager) Setup(ctx context.Context, runID, hostname string, ports []Por
 			return
 		}
 		proxy.Close()
-		if uerr := m.teardown(context.WithoutCancel(ctx), runID, rec); uerr != nil {
+		if uerr := m.teardown(context.WithoutCancel(ctx), runID, rec, false); uerr != nil {
 			err = fmt.Errorf("%w (undoing it failed too, run `moatc clean`: %v)", err, uerr)
 		}
 		err = fail(err)
@@ -436,13 +436,33 @@ func (m *Manager) Teardown(ctx context.Context, runID string) error {
 	}
 	m.mu.Unlock()
 	rec, _ := m.readRecord(runID) // none or unreadable: rules are found by their tag instead
-	if err := m.teardown(ctx, runID, rec); err != nil {
+	if err := m.teardown(ctx, runID, rec, false); err != nil {
 		return fmt.Errorf("removing network %s: %w", netName(runID), err)
 	}
 	return nil
 }
 
-func (m *Manager) teardown(ctx context.Context, runID string, rec *record) error {
+// Release is Teardown for the end of a run, when the caller is about to exit: everything is
+// removed before it returns but the run's bridge, whose deletion (the slow part) is left to a
+// detached process. Clean-up paths that must leave nothing (clean, reconcile) use Teardown.
+func (m *Manager) Release(ctx context.Context, runID string) error {
+	if err := checkRunID(runID); err != nil {
+		return fmt.Errorf("removing network %s: %w", netName(runID), err)
+	}
+	m.mu.Lock()
+	if p := m.proxies[runID]; p != nil {
+		p.Close()
+		delete(m.proxies, runID)
+	}
+	m.mu.Unlock()
+	rec, _ := m.readRecord(runID)
+	if err := m.teardown(ctx, runID, rec, true); err != nil {
+		return fmt.Errorf("removing network %s: %w", netName(runID), err)
+	}
+	return nil
+}
+
+func (m *Manager) teardown(ctx context.Context, runID string, rec *record, detachBridge bool) error {
 	// The firewall, the CNI DEL and the bridge are independent: remove them side by side, since
 	// each mostly waits on the kernel (RCU grace periods when rules and links go).
 	var mu sync.Mutex
@@ -469,7 +489,7 @@ func (m *Manager) teardown(ctx context.Context, runID string, rec *record) error
 		collect(removeNetNS(netnsPath(runID)))
 	})
 	wg.Go(func() {
-		collect(deleteBridge(bridgeName(runID)))
+		collect(removeBridge(bridgeName(runID), detachBridge))
 		m.step("bridge")
 	})
 	wg.Wait()

@@ -732,3 +732,48 @@ func TestProxyHandoff(t *testing.T) {
 	}
 	e.checkRestored()
 }
+
+// TestRelease: at the end of a run everything but the bridge is gone when Release returns;
+// the bridge goes shortly after, in a detached process, and its subnet is not handed out
+// while it lingers.
+func TestRelease(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.id(), e.id()
+	na, err := e.m.Setup(context.Background(), a, "a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := e.m.Release(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Release returned after %v", time.Since(start))
+	if _, err := os.Stat(netnsPath(a)); err == nil {
+		t.Errorf("netns left after Release")
+	}
+	if _, err := os.Stat(e.m.recordPath(a)); err == nil {
+		t.Errorf("record left after Release")
+	}
+	// A Setup right now must not reuse the subnet of a bridge still being deleted.
+	nb, err := e.m.Setup(context.Background(), b, "b", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nb.Subnet == na.Subnet {
+		t.Errorf("subnet %s handed out again while its bridge may linger", nb.Subnet)
+	}
+	if err := e.m.Teardown(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	gone := false
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if out, _ := exec.Command("ip", "link", "show", bridgeName(a)).CombinedOutput(); !strings.Contains(string(out), bridgeName(a)+":") {
+			gone = true
+			break
+		}
+	}
+	if !gone {
+		t.Errorf("bridge %s still there 10s after Release", bridgeName(a))
+	}
+	e.checkRestored()
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"unsafe"
@@ -182,7 +183,14 @@ func deleteLink(index int) error {
 
 // deleteBridge deletes a run's bridge and any veth still enslaved to it (its container end may
 // live in a netns something still holds open, so deleting the netns alone is not enough).
-func deleteBridge(name string) error {
+func deleteBridge(name string) error { return removeBridge(name, false) }
+
+// removeBridge deletes a run's bridge and the veths on it. With detach, the bridge itself is
+// deleted by an `ip link del` that outlives this process: deleting a bridge waits out kernel
+// RCU grace periods (35-75 ms here), and nothing needs that to be over before a run's moatc
+// exits. Until it is gone its subnet counts as taken (allocate skips subnets routed to mc-*
+// bridges) and Leftovers still lists it.
+func removeBridge(name string, detach bool) error {
 	ls, err := links()
 	if err != nil {
 		return err
@@ -201,6 +209,16 @@ func deleteBridge(name string) error {
 		if l.master == br && l.kind == "veth" {
 			if err := deleteLink(l.index); err != nil {
 				errs = append(errs, fmt.Errorf("deleting veth %s: %w", l.name, err))
+			}
+		}
+	}
+	if detach {
+		if ip, err := lookSbin("ip"); err == nil {
+			cmd := exec.Command(ip, "link", "del", name)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			if cmd.Start() == nil {
+				cmd.Process.Release()
+				return errors.Join(errs...)
 			}
 		}
 	}

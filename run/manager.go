@@ -362,7 +362,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	netDown := make(chan struct{})
 	go func() {
 		if spec.Network != "none" {
-			if err := m.Net.Teardown(bg, r.ID); err != nil {
+			if err := m.Net.Release(bg, r.ID); err != nil {
 				fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
 			}
 		}
