@@ -426,6 +426,17 @@ next:
 // run's container first: a netns still in use lives on (without its veth) until it exits. The
 // record is removed last, only when everything else is gone, so a failed Teardown can be retried.
 func (m *Manager) Teardown(ctx context.Context, runID string) error {
+	return m.remove(ctx, runID, false)
+}
+
+// Release is Teardown for the end of a run, when the caller is about to exit: everything is
+// removed before it returns but the run's bridge, whose deletion (the slow part) is left to a
+// detached process. Clean-up paths that must leave nothing (clean, reconcile) use Teardown.
+func (m *Manager) Release(ctx context.Context, runID string) error {
+	return m.remove(ctx, runID, true)
+}
+
+func (m *Manager) remove(ctx context.Context, runID string, detachBridge bool) error {
 	if err := checkRunID(runID); err != nil {
 		return fmt.Errorf("removing network %s: %w", netName(runID), err)
 	}
@@ -436,27 +447,7 @@ func (m *Manager) Teardown(ctx context.Context, runID string) error {
 	}
 	m.mu.Unlock()
 	rec, _ := m.readRecord(runID) // none or unreadable: rules are found by their tag instead
-	if err := m.teardown(ctx, runID, rec, false); err != nil {
-		return fmt.Errorf("removing network %s: %w", netName(runID), err)
-	}
-	return nil
-}
-
-// Release is Teardown for the end of a run, when the caller is about to exit: everything is
-// removed before it returns but the run's bridge, whose deletion (the slow part) is left to a
-// detached process. Clean-up paths that must leave nothing (clean, reconcile) use Teardown.
-func (m *Manager) Release(ctx context.Context, runID string) error {
-	if err := checkRunID(runID); err != nil {
-		return fmt.Errorf("removing network %s: %w", netName(runID), err)
-	}
-	m.mu.Lock()
-	if p := m.proxies[runID]; p != nil {
-		p.Close()
-		delete(m.proxies, runID)
-	}
-	m.mu.Unlock()
-	rec, _ := m.readRecord(runID)
-	if err := m.teardown(ctx, runID, rec, true); err != nil {
+	if err := m.teardown(ctx, runID, rec, detachBridge); err != nil {
 		return fmt.Errorf("removing network %s: %w", netName(runID), err)
 	}
 	return nil

@@ -59,13 +59,10 @@ func (d *Daemon) Started() (time.Time, bool) { return d.process().Started() }
 // Start starts the daemon unless it already answers. Concurrent callers (ten `moatc run`s at
 // once on a cold machine) serialize on a lock, and only the first one starts it.
 func (d *Daemon) Start(ctx context.Context) error {
-	if d.Answering() {
-		return nil
-	}
-	if _, err := os.Stat(d.Binary()); err != nil {
-		return &NotInstalledError{Path: d.Binary()}
-	}
 	return d.process().Start(ctx, func() error {
+		if _, err := os.Stat(d.Binary()); err != nil {
+			return &NotInstalledError{Path: d.Binary()}
+		}
 		return state.WriteFile(d.configPath(), []byte(d.config()), 0o600)
 	})
 }

@@ -59,12 +59,19 @@ func Plan(d Deps) (plan *deps.Plan, base, tag string, err error) {
 
 // BuildImage makes sure the image of a dependency list exists, building it with BuildKit on
 // containerd's own store when the list (or the base, or moatc's generator) changed, and
-// returns its name. An unchanged list costs one image lookup: no BuildKit call at all.
-func (m *Manager) BuildImage(ctx context.Context, d Deps) (string, error) {
+// returns its name and the log of its build. An unchanged list costs one image lookup: no
+// BuildKit call at all.
+func (m *Manager) BuildImage(ctx context.Context, d Deps) (name, buildLog string, err error) {
 	plan, base, tag, err := Plan(d)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
+	buildLog = m.BuildLog(tag)
+	name, err = m.buildImage(ctx, d, plan, base, tag)
+	return name, buildLog, err
+}
+
+func (m *Manager) buildImage(ctx context.Context, d Deps, plan *deps.Plan, base, tag string) (string, error) {
 	c, err := m.Client(ctx)
 	if err != nil {
 		return "", err

@@ -148,8 +148,9 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 	if err != nil {
 		return nil, 0, err
 	}
+	var buildLog string
 	if req.Deps != nil {
-		if req.Spec.Image, err = m.BuildImage(ctx, *req.Deps); err != nil {
+		if req.Spec.Image, buildLog, err = m.BuildImage(ctx, *req.Deps); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -174,11 +175,9 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 	if err := m.Store.Create(r); err != nil {
 		return nil, 0, err
 	}
-	if req.Deps != nil {
+	if buildLog != "" {
 		// The run's directory keeps the log of the build that made its image.
-		if _, _, tag, err := Plan(*req.Deps); err == nil {
-			os.Link(m.BuildLog(tag), filepath.Join(m.Store.Dir(r.ID), "build.log"))
-		}
+		os.Link(buildLog, filepath.Join(m.Store.Dir(r.ID), "build.log"))
 	}
 	if req.Spec.Detach {
 		if err := m.detach(r); err != nil {

@@ -68,7 +68,7 @@ the Dockerfile instead. The full build log is kept in ~/.moatc/builds/.`,
 			defer e.mgr.Close()
 			ctx, cancel := signalContext(c)
 			defer cancel()
-			name, err := e.mgr.BuildImage(ctx, *d)
+			name, _, err := e.mgr.BuildImage(ctx, *d)
 			if err != nil {
 				return err
 			}
@@ -122,12 +122,7 @@ func depsCommand() *cli.Command {
 					if c.Bool("json") {
 						return printJSON(i)
 					}
-					tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					row := func(k, v string) {
-						if v != "" {
-							fmt.Fprintf(tw, "%s:\t%s\n", k, v)
-						}
-					}
+					tw, row := fieldTable()
 					row("Name", i.Name)
 					row("Kind", string(i.Kind))
 					row("Description", i.Description)

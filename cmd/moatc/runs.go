@@ -86,12 +86,7 @@ func statusCommand() *cli.Command {
 			if c.Bool("json") {
 				return printJSON(r)
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			row := func(k, v string) {
-				if v != "" {
-					fmt.Fprintf(tw, "%s:\t%s\n", k, v)
-				}
-			}
+			tw, row := fieldTable()
 			row("ID", r.ID)
 			row("Name", r.Name)
 			row("State", r.State)
@@ -276,6 +271,16 @@ func superviseCommand() *cli.Command {
 			defer e.mgr.Close()
 			return e.mgr.Supervise(c.Context, c.Args().First(), os.NewFile(3, "ready"))
 		},
+	}
+}
+
+// fieldTable prints "Key: value" lines aligned, leaving out empty values.
+func fieldTable() (*tabwriter.Writer, func(k, v string)) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	return tw, func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+		}
 	}
 }
 
