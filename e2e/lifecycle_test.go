@@ -17,8 +17,7 @@ func TestDetachLogsFollow(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
 			name := "det-" + rt
-			args := append(append([]string{"run", "-d", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-				"sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done; echo warn >&2; exit 4")
+			args := busyboxRun(rt, []string{"-d", "-n", name}, ws, "sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done; echo warn >&2; exit 4")
 			r := mustRun(t, args...)
 			id := strings.TrimSpace(r.stdout)
 			if len(id) != 12 {
@@ -46,8 +45,7 @@ func TestStopDeliversSIGTERM(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
 			name := "trap-" + rt
-			args := append(append([]string{"run", "-d", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-				"sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done")
+			args := busyboxRun(rt, []string{"-d", "-n", name}, ws, "sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done")
 			mustRun(t, args...)
 			waitLog(t, name, "ready")
 			mustRun(t, "stop", "-t", "20", name)
@@ -70,8 +68,7 @@ func TestStopKills(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
 			name := "kill-" + rt
-			args := append(append([]string{"run", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-				"sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done")
+			args := busyboxRun(rt, []string{"-n", name}, ws, "sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done")
 			fg := exec.Command(moatc, args...)
 			if err := fg.Start(); err != nil {
 				t.Fatal(err)
@@ -95,8 +92,7 @@ func TestKill9OfForegroundMoatc(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
 			name := "k9-" + rt
-			args := append(append([]string{"run", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-				"sh", "-c", "echo ready; sleep 300")
+			args := busyboxRun(rt, []string{"-n", name}, ws, "sh", "-c", "echo ready; sleep 300")
 			fg := exec.Command(moatc, args...)
 			if err := fg.Start(); err != nil {
 				t.Fatal(err)
@@ -150,8 +146,7 @@ func TestParallelRuns(t *testing.T) {
 				wg.Add(1)
 				go func(i int) {
 					defer wg.Done()
-					args := append(append([]string{"run", "-d", "--json"}, sandboxArgs(c.rt)...), "--image", "busybox", ws, "--",
-						"sh", "-c", fmt.Sprintf("echo run-%d > /workspace/out-%d", i, i))
+					args := busyboxRun(c.rt, []string{"-d", "--json"}, ws, "sh", "-c", fmt.Sprintf("echo run-%d > /workspace/out-%d", i, i))
 					r := moatcRun(t, opts{}, args...)
 					if r.code != 0 {
 						errs[i] = fmt.Sprintf("run %d: exit %d: %s", i, r.code, r.stderr)
@@ -290,8 +285,7 @@ func TestSignalsForwarded(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/%s", rt, sig), func(t *testing.T) {
 				ws := workspace(t)
 				name := fmt.Sprintf("sig-%s-%d", rt, sig)
-				args := append(append([]string{"run", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-					"sh", "-c", "trap 'echo got-int; exit 41' INT; trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done")
+				args := busyboxRun(rt, []string{"-n", name}, ws, "sh", "-c", "trap 'echo got-int; exit 41' INT; trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done")
 				fg := exec.Command(moatc, args...)
 				if err := fg.Start(); err != nil {
 					t.Fatal(err)

@@ -248,3 +248,9 @@ func execOutput(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err
 }
+
+// busyboxRun is `moatc run FLAGS [--no-sandbox] --image busybox WS -- CMD...` for runtime rt.
+func busyboxRun(rt string, flags []string, ws string, cmd ...string) []string {
+	args := append(append([]string{"run"}, flags...), sandboxArgs(rt)...)
+	return append(append(args, "--image", "busybox", ws, "--"), cmd...)
+}

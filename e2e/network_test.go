@@ -31,7 +31,7 @@ func TestNetworkEgressAndHostName(t *testing.T) {
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
-			args := append(append([]string{"run", "-n", "egress-" + rt}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh", "-c",
+			args := busyboxRun(rt, []string{"-n", "egress-" + rt}, ws, "sh", "-c",
 				fmt.Sprintf("grep moatc-host /etc/hosts; wget -q -O- http://moatc-host:%d/", port))
 			r := moatcRun(t, opts{}, args...)
 			if r.code != 0 || !strings.Contains(r.stdout, "hello-from-host") {
@@ -52,7 +52,7 @@ func TestNetworkNone(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
 			// The host's own addresses, as seen from a run, are not reachable either.
-			args := append(append([]string{"run", "--network", "none"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh", "-c",
+			args := busyboxRun(rt, []string{"--network", "none"}, ws, "sh", "-c",
 				fmt.Sprintf("ip route; ip -o addr | grep -v ' lo ' ; if wget -q -O- -T 2 http://10.213.0.1:%d/ 2>/dev/null; then echo REACHED; fi; echo done", port))
 			r := moatcRun(t, opts{}, args...)
 			if r.code != 0 || strings.Contains(r.stdout, "REACHED") || strings.TrimSpace(r.stdout) != "done" {
@@ -69,8 +69,7 @@ func TestPublishedPort(t *testing.T) {
 			ws := workspace(t)
 			hostPort := freePort(t)
 			name := "pub-" + rt
-			args := append(append([]string{"run", "-d", "-n", name, "-p", fmt.Sprintf("%d:8080", hostPort)}, sandboxArgs(rt)...),
-				"--image", "busybox", ws, "--", "sh", "-c", fmt.Sprintf("mkdir -p /tmp/www && echo published-%d > /tmp/www/index.html && echo ready && httpd -f -p 8080 -h /tmp/www", i))
+			args := busyboxRun(rt, []string{"-d", "-n", name, "-p", fmt.Sprintf("%d:8080", hostPort)}, ws, "sh", "-c", fmt.Sprintf("mkdir -p /tmp/www && echo published-%d > /tmp/www/index.html && echo ready && httpd -f -p 8080 -h /tmp/www", i))
 			mustRun(t, args...)
 			defer mustRun(t, "destroy", "--force", name)
 			waitLog(t, name, "ready")
@@ -121,12 +120,11 @@ func TestRunsCannotReachEachOther(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
 			name := "iso-" + rt
-			mustRun(t, append(append([]string{"run", "-d", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-				"sh", "-c", "mkdir -p /tmp/w && echo secret > /tmp/w/index.html && echo ready && httpd -f -p 8080 -h /tmp/w")...)
+			mustRun(t, busyboxRun(rt, []string{"-d", "-n", name}, ws, "sh", "-c", "mkdir -p /tmp/w && echo secret > /tmp/w/index.html && echo ready && httpd -f -p 8080 -h /tmp/w")...)
 			defer mustRun(t, "destroy", "--force", name)
 			waitLog(t, name, "ready")
 			ip := status(t, name).IP
-			r := moatcRun(t, opts{}, append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh", "-c",
+			r := moatcRun(t, opts{}, busyboxRun(rt, []string{}, ws, "sh", "-c",
 				fmt.Sprintf("if wget -q -O- -T 3 http://%s:8080/; then echo REACHED; else echo blocked; fi", ip))...)
 			if r.code != 0 || strings.Contains(r.stdout, "REACHED") || !strings.Contains(r.stdout, "blocked") {
 				t.Fatalf("a run reached another: %q %q", r.stdout, r.stderr)
@@ -148,7 +146,7 @@ func TestNoIPv6SideDoor(t *testing.T) {
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
-			r := moatcRun(t, opts{}, append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh", "-c",
+			r := moatcRun(t, opts{}, busyboxRun(rt, []string{}, ws, "sh", "-c",
 				"ip -6 addr show dev eth0 | grep inet6; ip -6 route | grep : | grep -v '^::1 '; if nc -w 2 2001:db8::1 80 </dev/null 2>/dev/null; then echo V6-CONNECTED; fi; echo done")...)
 			if r.code != 0 || strings.TrimSpace(r.stdout) != "done" {
 				t.Fatalf("IPv6 inside the run: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
@@ -182,8 +180,7 @@ func TestNetworkCleanupAfterKill9(t *testing.T) {
 			before := hostNetState(t)
 			ws := workspace(t)
 			name := "netk9-" + rt
-			fg := exec.Command(moatc, append(append([]string{"run", "-n", name, "-p", fmt.Sprintf("%d:80", freePort(t))}, sandboxArgs(rt)...),
-				"--image", "busybox", ws, "--", "sh", "-c", "echo ready; sleep 300")...)
+			fg := exec.Command(moatc, busyboxRun(rt, []string{"-n", name, "-p", fmt.Sprintf("%d:80", freePort(t))}, ws, "sh", "-c", "echo ready; sleep 300")...)
 			if err := fg.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -213,8 +210,7 @@ func TestNetworkParallelDistinctAddresses(t *testing.T) {
 		go func(i int) {
 			defer wg.Done()
 			rt := runtimes[i%2]
-			r := moatcRun(t, opts{}, append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-				"sh", "-c", "ip -o -4 addr show dev eth0 | awk '{print $4}'")...)
+			r := moatcRun(t, opts{}, busyboxRun(rt, []string{}, ws, "sh", "-c", "ip -o -4 addr show dev eth0 | awk '{print $4}'")...)
 			if r.code != 0 {
 				t.Errorf("run %d (%s): exit %d %s", i, rt, r.code, r.stderr)
 			}

@@ -25,7 +25,7 @@ func TestExitCodes(t *testing.T) {
 		}{{"exit 0", 0}, {"exit 1", 1}, {"exit 3", 3}, {"exit 255", 255}, {"sleep 1; exit 3", 3}, {"sleep 1; exit 255", 255}} {
 			t.Run(fmt.Sprintf("%s/%s", rt, c.script), func(t *testing.T) {
 				ws := workspace(t)
-				args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh", "-c", c.script)
+				args := busyboxRun(rt, []string{}, ws, "sh", "-c", c.script)
 				r := moatcRun(t, opts{}, args...)
 				if r.code != c.want {
 					t.Fatalf("exit %d, want %d; stderr: %s", r.code, c.want, r.stderr)
@@ -41,8 +41,7 @@ func TestStdoutStderrSeparateAndRecorded(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
 			name := "sep-" + rt
-			args := append(append([]string{"run", "-n", name}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-				"sh", "-c", "echo to-out; echo to-err >&2; printf no-newline")
+			args := busyboxRun(rt, []string{"-n", name}, ws, "sh", "-c", "echo to-out; echo to-err >&2; printf no-newline")
 			r := moatcRun(t, opts{}, args...)
 			if r.code != 0 {
 				t.Fatalf("exit %d: %s", r.code, r.stderr)
@@ -69,7 +68,7 @@ func TestStdinPiped(t *testing.T) {
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
-			args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh", "-c", "tr a-z A-Z; echo done")
+			args := busyboxRun(rt, []string{}, ws, "sh", "-c", "tr a-z A-Z; echo done")
 			r := moatcRun(t, opts{stdin: "hello\nworld\n"}, args...)
 			if r.code != 0 || r.stdout != "HELLO\nWORLD\ndone\n" {
 				t.Fatalf("exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
@@ -84,8 +83,7 @@ func TestLargeOutputComplete(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
 			// 10 MB: 1,000,000 numbered lines of 10 bytes, in order.
-			args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--",
-				"sh", "-c", "seq -w 0 999999 | sed 's/$/abc/'")
+			args := busyboxRun(rt, []string{}, ws, "sh", "-c", "seq -w 0 999999 | sed 's/$/abc/'")
 			r := moatcRun(t, opts{}, args...)
 			if r.code != 0 {
 				t.Fatalf("exit %d: %s", r.code, r.stderr)
@@ -108,7 +106,7 @@ func TestTTY(t *testing.T) {
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
-			args := append(append([]string{"run", "-i"}, sandboxArgs(rt)...), "--image", "busybox", ws, "--", "sh")
+			args := busyboxRun(rt, []string{"-i"}, ws, "sh")
 			cmd := exec.Command(moatc, args...)
 			f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 33, Cols: 101})
 			if err != nil {
