@@ -3,11 +3,12 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ var Names = []string{"moatc.yaml", "agent.yaml", "moat.yaml"}
 // File is a parsed moatc.yaml. Zero values mean "not set".
 type File struct {
 	Path        string
+	Sum         string // sha256 of the bytes parsed, hex: what `moatc trust` records
 	Name        string
 	Image       string
 	Command     []string
@@ -32,9 +34,14 @@ type File struct {
 	CPUs        float64
 	Ports       []Item // publish specs, [IP:]HOST:CONTAINER[/proto]
 	Network     string // "", "default" or "none"
+	HostPorts   []Item // network.host: host ports the run may reach, PORT[/tcp|udp]
+	Pids        int64  // container.pids: the most processes and threads at once
 	// Dependencies are the entries of `dependencies:`, each with its line for error messages.
 	Dependencies []Item
 	BaseImage    string
+	// Policy lists the settings that widen what the workload reaches. They take effect only
+	// when the person has trusted this exact content (package trust); see policy.go.
+	Policy []Setting
 }
 
 // Item is a list entry with the line it was written on.
@@ -52,34 +59,55 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
+	if e.Line == 0 {
+		return fmt.Sprintf("%s: %s", e.Path, e.Msg)
+	}
 	if e.Key == "" {
 		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, e.Msg)
 	}
 	return fmt.Sprintf("%s:%d: %s: %s", e.Path, e.Line, e.Key, e.Msg)
 }
 
-// Find returns the config file of a workspace, or "" when it has none.
-func Find(workspace string) string {
-	for _, n := range Names {
-		p := filepath.Join(workspace, n)
-		if _, err := os.Stat(p); err == nil {
-			return p
+func (f *File) parseNetwork(v *yaml.Node, e func(*yaml.Node, string, string, ...any) error) error {
+	mode := func(n *yaml.Node, key string) error {
+		if err := scalar(n, &f.Network, "default or none"); err != nil {
+			return e(n, key, "%v", err)
+		}
+		if f.Network != "default" && f.Network != "none" {
+			return e(n, key, "%q is not a network mode: write default (a private network with egress) or none (loopback only)", f.Network)
+		}
+		return nil
+	}
+	switch v.Kind {
+	case yaml.ScalarNode:
+		return mode(v, "network")
+	case yaml.MappingNode:
+	default:
+		return e(v, "network", "write default or none, or a mapping with mode and host")
+	}
+	for j := 0; j+1 < len(v.Content); j += 2 {
+		k, val := v.Content[j], v.Content[j+1]
+		key := "network." + k.Value
+		var err error
+		switch k.Value {
+		case "mode":
+			err = mode(val, key)
+		case "host":
+			if f.HostPorts, err = items(val); err != nil {
+				var ce *Error
+				if errors.As(err, &ce) {
+					return e(&yaml.Node{Line: ce.Line}, key, "%s", ce.Msg)
+				}
+				return e(val, key, "%v: write host ports as [8080, 5432, 53/udp]", err)
+			}
+		default:
+			return e(k, key, "unknown key (known: network.mode, network.host)")
+		}
+		if err != nil {
+			return err
 		}
 	}
-	return ""
-}
-
-// Load reads the workspace's config file; a workspace without one yields an empty File.
-func Load(workspace string) (*File, error) {
-	p := Find(workspace)
-	if p == "" {
-		return &File{}, nil
-	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
-	}
-	return Parse(p, b)
+	return nil
 }
 
 // later lists keys moat users may have that moatc does not support yet: naming them beats a
@@ -90,7 +118,8 @@ var later = map[string]bool{
 
 // Parse parses the bytes of a config file found at path.
 func Parse(path string, data []byte) (*File, error) {
-	f := &File{Path: path}
+	sum := sha256.Sum256(data)
+	f := &File{Path: path, Sum: hex.EncodeToString(sum[:])}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, syntaxError(path, err)
@@ -159,10 +188,7 @@ func Parse(path string, data []byte) (*File, error) {
 		case "base_image":
 			err = scalar(v, &f.BaseImage, "an image reference such as debian:bookworm-slim")
 		case "network":
-			err = scalar(v, &f.Network, "default or none")
-			if err == nil && f.Network != "default" && f.Network != "none" {
-				err = fmt.Errorf("%q is not a network mode: write default (a private network with egress) or none (loopback only)", f.Network)
-			}
+			err = f.parseNetwork(v, e)
 		default:
 			if later[key] {
 				return nil, e(k, key, "is not supported by this version of moatc yet; remove it to run")
@@ -179,13 +205,14 @@ func Parse(path string, data []byte) (*File, error) {
 			}
 			return nil, e(v, key, "%v", err)
 		}
+		f.classify(k, v)
 	}
 	return f, nil
 }
 
 func (f *File) parseContainer(v *yaml.Node, e func(*yaml.Node, string, string, ...any) error) error {
 	if v.Kind != yaml.MappingNode {
-		return e(v, "container", "must be a mapping with memory and cpus")
+		return e(v, "container", "must be a mapping with memory, cpus and pids")
 	}
 	for j := 0; j+1 < len(v.Content); j += 2 {
 		k, val := v.Content[j], v.Content[j+1]
@@ -203,8 +230,14 @@ func (f *File) parseContainer(v *yaml.Node, e func(*yaml.Node, string, string, .
 				return e(val, key, "%q is not a number of CPUs: write e.g. 1.5", val.Value)
 			}
 			f.CPUs = c
+		case "pids":
+			n, err := strconv.ParseInt(val.Value, 10, 64)
+			if err != nil || n < 1 || val.Kind != yaml.ScalarNode {
+				return e(val, key, "%q is not a number of processes: write e.g. 512", val.Value)
+			}
+			f.Pids = n
 		default:
-			return e(k, key, "unknown key (known: container.memory, container.cpus)")
+			return e(k, key, "unknown key (known: container.memory, container.cpus, container.pids)")
 		}
 	}
 	return nil
@@ -267,20 +300,30 @@ func syntaxError(path string, err error) error {
 	return &Error{Path: path, Line: line, Msg: "invalid YAML: " + msg}
 }
 
-// ParseMemory parses sizes such as 512m, 2g, 1024k or a plain number of bytes.
+// ParseMemory parses sizes such as 512m, 2g, 1024k or a plain number of bytes, at least the
+// 6m a container needs.
 func ParseMemory(s string) (int64, error) {
-	s = strings.ToLower(strings.TrimSpace(s))
-	num := strings.TrimRight(s, "bkmg")
-	mult, ok := map[string]int64{"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}[s[len(num):]]
-	n, err := strconv.ParseFloat(num, 64)
-	if !ok || err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a size: write e.g. 512m or 2g", s)
+	b, err := ParseSize(s)
+	if err != nil {
+		return 0, err
 	}
-	b := int64(n * float64(mult))
 	if b < 6<<20 {
 		return 0, fmt.Errorf("%s is below the 6m a container needs at least", s)
 	}
 	return b, nil
+}
+
+// ParseSize parses a positive size such as 512m, 2g, 1024k or a plain number of bytes.
+func ParseSize(s string) (int64, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	num := strings.TrimRight(s, "bkmg")
+	mult, ok := map[string]int64{"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}[s[len(num):]]
+	n, err := strconv.ParseFloat(num, 64)
+	// !(n > 0) also refuses NaN; the upper bound keeps the conversion below defined.
+	if !ok || err != nil || !(n > 0) || n*float64(mult) > 1<<62 {
+		return 0, fmt.Errorf("%q is not a size: write e.g. 512m or 2g", s)
+	}
+	return int64(n * float64(mult)), nil
 }
 
 // Settings is moatc's own configuration ($MOATC_HOME/config.yaml): which containerd to use.

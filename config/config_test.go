@@ -1,9 +1,16 @@
 package config
 
 import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParse(t *testing.T) {
@@ -29,6 +36,8 @@ container:
 		Memory: 512 << 20, CPUs: 1.5}
 	tr := true
 	want.Interactive = &tr
+	want.Sum = f.Sum
+	want.Policy = []Setting{{Key: "mounts", Line: 8, Value: "[../data:/data:ro]"}, {Key: "sandbox", Line: 10, Value: "none"}}
 	if !reflect.DeepEqual(f, want) {
 		t.Errorf("got %+v\nwant %+v", f, want)
 	}
@@ -74,5 +83,117 @@ func TestParseMemory(t *testing.T) {
 		if _, err := ParseMemory(in); err == nil {
 			t.Errorf("%q: no error", in)
 		}
+	}
+}
+
+func TestPolicyKeys(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want []string // "key@line"
+	}{
+		{"name: a\nimage: busybox\ncommand: [sh]\nenv: {A: b}\ndependencies: [git]\ninteractive: true\n", nil},
+		{"sandbox: gvisor\nnetwork: none\ncontainer: {memory: 1g, cpus: 1, pids: 100}\n", nil},
+		{"network: {mode: none}\n", nil},
+		{"sandbox: none\n", []string{"sandbox@1"}},
+		{"name: x\nmounts: [/etc:/hostetc]\n", []string{"mounts@2"}},
+		{"ports: [8080:80]\n", []string{"ports@1"}},
+		{"network:\n  mode: default\n  host: [5432, 53/udp]\n", []string{"network.host@3"}},
+		{"container:\n  pids: 100000\n", []string{"container.pids@2"}},
+		{"dependencies:\n  - git\n  - docker:host\n", []string{"dependencies@3"}},
+		{"dependencies: [docker:dind]\n", nil},
+	} {
+		f, err := Parse("f.yaml", []byte(c.in))
+		if err != nil {
+			t.Errorf("%q: %v", c.in, err)
+			continue
+		}
+		var got []string
+		for _, s := range f.Policy {
+			got = append(got, fmt.Sprintf("%s@%d", s.Key, s.Line))
+		}
+		if !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%q: policy %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+// A value from the workspace is printed escaped: it cannot rewrite the person's terminal.
+func TestPolicyValuesArePrintable(t *testing.T) {
+	f, err := Parse("f.yaml", []byte("mounts: [\"/etc:/e\\e[2K\\rharmless\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := f.Policy[0].Value
+	if strings.ContainsAny(v, "\x1b\r") || !strings.Contains(v, `\x1b[2K\rharmless`) {
+		t.Errorf("value %q keeps control characters", v)
+	}
+}
+
+func TestSumIsOfTheBytes(t *testing.T) {
+	a, _ := Parse("f.yaml", []byte("sandbox: none\n"))
+	b, _ := Parse("f.yaml", []byte("sandbox: none\n\n"))
+	if a.Sum == b.Sum || len(a.Sum) != 64 {
+		t.Errorf("sums %s %s", a.Sum, b.Sum)
+	}
+}
+
+func TestNetworkKey(t *testing.T) {
+	f, err := Parse("f.yaml", []byte("network:\n  host: [8080, 53/udp]\n"))
+	if err != nil || len(f.HostPorts) != 2 || f.HostPorts[1].Text != "53/udp" || f.HostPorts[1].Line != 2 {
+		t.Fatalf("%+v %v", f, err)
+	}
+	for in, want := range map[string]string{
+		"network: {host: 80}\n":          "f.yaml:1: network.host: must be a list",
+		"network: {hosts: [80]}\n":       "f.yaml:1: network.hosts: unknown key",
+		"network: {mode: bridge}\n":      "f.yaml:1: network.mode: \"bridge\" is not a network mode",
+		"network: [a]\n":                 "f.yaml:1: network: write default or none",
+		"network:\n  host:\n    - [1]\n": "f.yaml:3: network.host: list items must be strings",
+	} {
+		if _, err := Parse("f.yaml", []byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", in, err, want)
+		}
+	}
+}
+
+func TestLoadRefusesWhatIsNotARegularFile(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "shadow")
+	os.WriteFile(secret, []byte("root:SECRET-HASH:19000:0:99999:7:::\n"), 0o600)
+	for name, create := range map[string]func(ws string) error{
+		"symlink":   func(ws string) error { return os.Symlink(secret, filepath.Join(ws, "moatc.yaml")) },
+		"directory": func(ws string) error { return os.Mkdir(filepath.Join(ws, "moatc.yaml"), 0o700) },
+		"fifo":      func(ws string) error { return unix.Mkfifo(filepath.Join(ws, "moatc.yaml"), 0o600) },
+		"too big": func(ws string) error {
+			return os.WriteFile(filepath.Join(ws, "moatc.yaml"), bytes.Repeat([]byte("# x\n"), MaxSize/4+1), 0o600)
+		},
+		// agent.yaml is not read in place of a refused moatc.yaml.
+		"symlink before agent.yaml": func(ws string) error {
+			os.WriteFile(filepath.Join(ws, "agent.yaml"), []byte("name: a\n"), 0o600)
+			return os.Symlink(secret, filepath.Join(ws, "moatc.yaml"))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ws := t.TempDir()
+			if err := create(ws); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { _, err := Load(ws); done <- err }()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("loaded")
+				}
+				if strings.Contains(err.Error(), "SECRET") || !strings.Contains(err.Error(), filepath.Join(ws, "moatc.yaml")) {
+					t.Errorf("error %q", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Load hangs")
+			}
+		})
+	}
+	ws := t.TempDir()
+	os.WriteFile(filepath.Join(ws, "agent.yaml"), []byte("name: a\n"), 0o600)
+	if f, err := Load(ws); err != nil || f.Name != "a" {
+		t.Errorf("agent.yaml: %+v %v", f, err)
 	}
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/deps"
 	"github.com/moatc/moatc/run"
 )
@@ -41,7 +40,7 @@ the Dockerfile instead. The full build log is kept in ~/.moatc/builds/.`,
 			if fi, err := os.Stat(ws); err != nil || !fi.IsDir() {
 				return fmt.Errorf("workspace %s does not exist or is not a directory", ws)
 			}
-			file, err := config.Load(ws)
+			file, err := loadTrusted(c, ws)
 			if err != nil {
 				return err
 			}
