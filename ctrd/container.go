@@ -31,6 +31,7 @@ type Container struct {
 	Hostname    string
 	Memory      int64   // bytes; 0 is unlimited
 	CPUs        float64 // 0 is unlimited
+	Pids        int64   // the most processes and threads at once; 0 is unlimited
 	NetNS       string  // an existing network namespace; empty means a new, empty one
 }
 
@@ -66,7 +67,8 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 		const period = 100000
 		spec = append(spec, oci.WithCPUCFS(int64(s.CPUs*period), period))
 	}
-	spec = append(spec, s.Runtime.SpecOpts()...)
+	spec = append(spec, hardening()...)
+	spec = append(spec, s.Runtime.SpecOpts(s)...)
 	labels := map[string]string{LabelRunID: s.RunID, LabelRole: s.Role}
 	opts := append([]containerd.NewContainerOpts{
 		containerd.WithContainerLabels(labels),

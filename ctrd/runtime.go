@@ -27,9 +27,10 @@ type Runtime interface {
 	Check() error
 	// Binaries names the executables the runtime uses, for probe caching and status.
 	Binaries() []string
-	// ContainerOpts select the runtime for a container; SpecOpts are its edits to the spec.
+	// ContainerOpts select the runtime for a container; SpecOpts are its edits to the spec,
+	// applied after moatc's hardening (see hardening.go).
 	ContainerOpts() ([]containerd.NewContainerOpts, error)
-	SpecOpts() []oci.SpecOpts
+	SpecOpts(Container) []oci.SpecOpts
 }
 
 // Runc runs containers with runc: the host kernel, namespaces and cgroups.
@@ -58,7 +59,13 @@ func (r Runc) ContainerOpts() ([]containerd.NewContainerOpts, error) {
 	return []containerd.NewContainerOpts{containerd.WithRuntime(r.Shim(), &runcoptions.Options{BinaryName: bin})}, nil
 }
 
-func (Runc) SpecOpts() []oci.SpecOpts { return nil }
+func (Runc) SpecOpts(c Container) []oci.SpecOpts {
+	opts := runcHardening()
+	if c.Pids > 0 {
+		opts = append(opts, oci.WithPidsLimit(c.Pids))
+	}
+	return opts
+}
 
 // GVisor runs containers in gVisor's user-space kernel through the io.containerd.runsc.v1
 // shim. The runsc configuration is a TOML file moatc writes and passes per container.
@@ -112,7 +119,9 @@ func (g GVisor) Config() (string, error) {
 	// the workload never touches the host's TCP/IP stack. overlay2=root:self: the rootfs gets a
 	// writable overlay inside the sandbox, backed by a file next to the rootfs, so writes to
 	// the image's files never reach the snapshot on the host.
-	flags := map[string]string{"platform": platform, "network": "sandbox", "overlay2": "root:self"}
+	// oci-seccomp: the spec's seccomp profile is enforced by the Sentry too (runsc ignores
+	// it otherwise), so a gVisor run gets the same system call policy as a runc one.
+	flags := map[string]string{"platform": platform, "network": "sandbox", "overlay2": "root:self", "oci-seccomp": "true"}
 	if g.Debug {
 		flags["debug"] = "true"
 		flags["debug-log"] = filepath.Join(g.Dir, "logs") + "/"
@@ -163,10 +172,11 @@ func (g GVisor) ContainerOpts() ([]containerd.NewContainerOpts, error) {
 	})}, nil
 }
 
-func (GVisor) SpecOpts() []oci.SpecOpts {
+func (GVisor) SpecOpts(c Container) []oci.SpecOpts {
 	// The shim wires the container's stdio to `runsc create` only for a sandbox container;
 	// without this annotation a non-CRI container's IO is never connected and it hangs.
-	return []oci.SpecOpts{oci.WithAnnotations(map[string]string{"io.kubernetes.cri.container-type": "sandbox"})}
+	return append([]oci.SpecOpts{oci.WithAnnotations(map[string]string{"io.kubernetes.cri.container-type": "sandbox"})},
+		gvisorHardening(c)...)
 }
 
 // findBinary looks in the prefix's bin, then PATH.

@@ -1,0 +1,68 @@
+package ctrd
+
+import (
+	"context"
+	"slices"
+
+	"github.com/containerd/containerd/v2/contrib/apparmor"
+	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/containers"
+	aa "github.com/containerd/containerd/v2/pkg/apparmor"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Every container moatc makes is at least as tight as Docker's default. containerd's default
+// spec already brings Docker's capability set (14 capabilities; no CAP_SYS_ADMIN, so no
+// mount), the masked /proc and /sys paths and the read-only /proc ones; moatc adds what it
+// leaves out: the default seccomp profile and no_new_privs, on both runtimes.
+func hardening() []oci.SpecOpts {
+	return []oci.SpecOpts{
+		// A setuid binary or file capability cannot raise privileges inside the container.
+		oci.WithNoNewPrivileges,
+		// containerd's port of Docker's default profile: no keyctl, add_key, unshare of
+		// namespaces, mount, bpf, ptrace of others, ... (it reads the capabilities set above).
+		seccomp.WithDefaultProfile(),
+	}
+}
+
+// AppArmorProfile is the profile runc containers get where the host has AppArmor.
+const AppArmorProfile = "moatc-default"
+
+// runcHardening is what only runc needs: AppArmor confines the host kernel's view, so it is
+// meaningless under gVisor, whose Sentry is the kernel the workload sees.
+func runcHardening() []oci.SpecOpts {
+	if !aa.HostSupports() {
+		return nil
+	}
+	return []oci.SpecOpts{apparmor.WithDefaultProfile(AppArmorProfile)}
+}
+
+// gvisorHardening adapts the common hardening to gVisor.
+func gvisorHardening(c Container) []oci.SpecOpts {
+	opts := []oci.SpecOpts{func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+		// The profile answers clone3 with ENOSYS so that glibc falls back to clone, whose
+		// flags it can filter; runsc ignores errnoRet and would answer EPERM, which makes every
+		// pthread_create fail. Inside gVisor clone3 meets the Sentry, not the host kernel, and
+		// without CAP_SYS_ADMIN it can make no namespace but a user one the Sentry keeps.
+		if s.Linux == nil || s.Linux.Seccomp == nil {
+			return nil
+		}
+		s.Linux.Seccomp.Syscalls = slices.DeleteFunc(s.Linux.Seccomp.Syscalls, func(sc specs.LinuxSyscall) bool {
+			return sc.Action == specs.ActErrno && slices.Equal(sc.Names, []string{"clone3"})
+		})
+		s.Linux.Seccomp.Syscalls = append(s.Linux.Seccomp.Syscalls, specs.LinuxSyscall{Names: []string{"clone3"}, Action: specs.ActAllow})
+		return nil
+	}}
+	if c.Pids > 0 {
+		// The Sentry enforces RLIMIT_NPROC on the workload's processes (one sandbox per run, so
+		// per-uid is per-run; root is not exempt without CAP_SYS_RESOURCE, which it lacks).
+		// runsc puts the spec's pids limit on the sandbox's host cgroup instead, where it
+		// counts the Sentry's own threads and systrap's stub processes: at the workload's limit
+		// the whole sandbox dies, so the host limit is only a backstop with room for those.
+		n := uint64(c.Pids)
+		opts = append(opts, oci.WithRlimit(&specs.POSIXRlimit{Type: "RLIMIT_NPROC", Hard: n, Soft: n}),
+			oci.WithPidsLimit(2*c.Pids+512))
+	}
+	return opts
+}
