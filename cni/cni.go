@@ -177,10 +177,18 @@ func checkRunID(id string) error {
 
 var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$`)
 
-// Setup makes the network of a run, to be used by a container created after it. ports are
-// bound first: a port in use fails Setup before anything is made. Any failure undoes everything
-// Setup did. hostname "" means the run id.
-func (m *Manager) Setup(ctx context.Context, runID, hostname string, ports []Port) (_ *Network, err error) {
+// Options are what a run asks of its network.
+type Options struct {
+	Hostname  string     // the run's name in its hosts file; "" means the run id
+	Ports     []Port     // published ports
+	HostPorts []HostPort // host ports the run may reach at its gateway (moatc-host)
+}
+
+// Setup makes the network of a run, to be used by a container created after it. Published
+// ports are bound first: a port in use fails Setup before anything is made. Any failure undoes
+// everything Setup did.
+func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Network, err error) {
+	hostname, ports := o.Hostname, o.Ports
 	fail := func(err error) error { return fmt.Errorf("creating network %s: %w", netName(runID), err) }
 	if err := checkRunID(runID); err != nil {
 		return nil, fail(err)
@@ -208,7 +216,7 @@ func (m *Manager) Setup(ctx context.Context, runID, hostname string, ports []Por
 		}
 	}
 	m.step("ports")
-	rec, err := m.allocate(runID, hostname, ports)
+	rec, err := m.allocate(runID, hostname, ports, o.HostPorts)
 	if err != nil {
 		proxy.Close()
 		return nil, fail(err)
@@ -226,10 +234,6 @@ func (m *Manager) Setup(ctx context.Context, runID, hostname string, ports []Por
 		err = fail(err)
 	}()
 
-	// Egress needs forwarding; the kernel default is off.
-	if err := sysctl("net/ipv4/ip_forward", "1"); err != nil {
-		return nil, err
-	}
 	if err := createNetNS(netnsPath(runID)); err != nil {
 		return nil, fmt.Errorf("creating netns %s: %w", netnsPath(runID), err)
 	}
@@ -306,7 +310,7 @@ func (m *Manager) Load(runID string) (*Network, error) {
 }
 
 // allocate claims a free /24 for the run and writes its record, under the StateDir lock.
-func (m *Manager) allocate(runID, hostname string, ports []Port) (*record, error) {
+func (m *Manager) allocate(runID, hostname string, ports []Port, hostPorts []HostPort) (*record, error) {
 	for _, d := range []string{m.runsDir(), m.cfg.ConfDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -378,7 +382,7 @@ func (m *Manager) allocate(runID, hostname string, ports []Port) (*record, error
 	gw := sub.Addr().Next()
 	rec := &record{
 		RunID: runID, Hostname: hostname, Pool: pool, Subnet: sub, Gateway: gw, IP: gw.Next(),
-		Ports: ports, MTU: mtu, Created: time.Now().UTC(), PID: os.Getpid(),
+		Ports: ports, HostPorts: hostPorts, MTU: mtu, Created: time.Now().UTC(), PID: os.Getpid(),
 	}
 	if err := os.Mkdir(m.runDir(runID), 0o700); err != nil {
 		return nil, err

@@ -108,7 +108,7 @@ func TestMissingPlugins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = m.Setup(context.Background(), "abc", "", nil)
+	_, err = m.Setup(context.Background(), "abc", Options{})
 	if !errors.Is(err, ErrNoPlugins) {
 		t.Fatalf("Setup without plugins: %v; want ErrNoPlugins", err)
 	}
@@ -125,14 +125,14 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"", "has space", "0123456789abc", "../x"} {
-		if _, err := m.Setup(context.Background(), id, "", nil); err == nil || !strings.Contains(err.Error(), "run id") {
+		if _, err := m.Setup(context.Background(), id, Options{}); err == nil || !strings.Contains(err.Error(), "run id") {
 			t.Errorf("Setup(%q): %v", id, err)
 		}
 		if err := m.Teardown(context.Background(), id); err == nil {
 			t.Errorf("Teardown(%q) accepted it", id)
 		}
 	}
-	if _, err := m.Setup(context.Background(), "abc", "bad\nhost", nil); err == nil || !strings.Contains(err.Error(), "hostname") {
+	if _, err := m.Setup(context.Background(), "abc", Options{Hostname: "bad\nhost"}); err == nil || !strings.Contains(err.Error(), "hostname") {
 		t.Errorf("bad hostname: %v", err)
 	}
 	for _, p := range []string{"10.213.0.0/25", "10.213.1.0/16", "2001:db8::/48"} {
@@ -153,10 +153,11 @@ func TestNetwork(t *testing.T) {
 	ctx := context.Background()
 	tcpPort, udpPort := freePort(t, "tcp"), freePort(t, "udp")
 	a, b := e.id(), e.id()
-	na, err := e.m.Setup(ctx, a, "box-a", []Port{
+	gwPort := freePort(t, "tcp") // run a may reach the host on this port only
+	na, err := e.m.Setup(ctx, a, Options{Hostname: "box-a", Ports: []Port{
 		{HostPort: tcpPort, ContainerPort: 8080, Proto: "tcp"},
 		{HostPort: udpPort, ContainerPort: 5353, Proto: "udp"},
-	})
+	}, HostPorts: []HostPort{{Port: uint16(gwPort), Proto: "tcp"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +165,7 @@ func TestNetwork(t *testing.T) {
 	proxyDone := make(chan error, 1)
 	go func() { proxyDone <- na.Proxy.Serve(proxyCtx) }()
 	defer stopProxy()
-	nb, err := e.m.Setup(ctx, b, "", nil)
+	nb, err := e.m.Setup(ctx, b, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,19 +178,38 @@ func TestNetwork(t *testing.T) {
 		t.Errorf("netns path %s", na.NetNSPath)
 	}
 
-	// A server on the gateway address, on the host.
-	gwL, err := net.Listen("tcp", netip.AddrPortFrom(na.Gateway, 0).String())
+	// Servers on the host: on the gateway address at the opened port, and on every address at
+	// a port no run opened.
+	gwL, err := net.Listen("tcp", netip.AddrPortFrom(na.Gateway, uint16(gwPort)).String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer gwL.Close()
 	go serveHello(gwL)
-	gwPort := gwL.Addr().(*net.TCPAddr).Port
+	closedL, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closedL.Close()
+	go serveHello(closedL)
+	closedPort := closedL.Addr().(*net.TCPAddr).Port
 
-	t.Run("reaches host on gateway", func(t *testing.T) {
+	t.Run("reaches host on its opened port only", func(t *testing.T) {
 		got, err := dialFrom(nsA, fmt.Sprintf("%s:%d", na.Gateway, gwPort))
 		if err != nil || !strings.HasPrefix(got, "hello "+na.IP.String()+":") {
 			t.Fatalf("dial gateway from run: %q, %v (want hello from %s)", got, err, na.IP)
+		}
+		for _, addr := range append(hostAddrs(t), na.Gateway) {
+			if got, err := dialFrom(nsA, fmt.Sprintf("%s:%d", addr, closedPort)); err == nil {
+				t.Errorf("run a reached the host's closed port at %s:%d: %q", addr, closedPort, got)
+			}
+		}
+		// Run b opened no port: the host is closed to it, on a's opened port too.
+		if got, err := dialFrom(nsB, fmt.Sprintf("%s:%d", na.Gateway, gwPort)); err == nil {
+			t.Errorf("run b reached the host at %s:%d: %q", na.Gateway, gwPort, got)
+		}
+		if got, err := dialFrom(nsB, fmt.Sprintf("%s:%d", nb.Gateway, closedPort)); err == nil {
+			t.Errorf("run b reached the host at its own gateway: %q", got)
 		}
 	})
 
@@ -239,10 +259,6 @@ func TestNetwork(t *testing.T) {
 		if got, err := dialFrom(nsB, na.IP.String()+":7000"); err == nil {
 			t.Errorf("run b reached run a: %q", got)
 		}
-		// Another run's gateway is the host, which runs may reach.
-		if got, err := dialFrom(nsB, fmt.Sprintf("%s:%d", na.Gateway, gwPort)); err != nil {
-			t.Errorf("run b cannot reach the host at %s: %q %v", na.Gateway, got, err)
-		}
 	})
 
 	t.Run("published ports", func(t *testing.T) {
@@ -270,7 +286,7 @@ func TestNetwork(t *testing.T) {
 			t.Errorf("udp 127.0.0.1:%d: %q, %v", udpPort, buf[:n], err)
 		}
 		// A second Setup cannot take the same host port.
-		_, err = e.m.Setup(ctx, e.id(), "", []Port{{HostPort: tcpPort, ContainerPort: 1}})
+		_, err = e.m.Setup(ctx, e.id(), Options{Ports: []Port{{HostPort: tcpPort, ContainerPort: 1}}})
 		if err == nil || !strings.Contains(err.Error(), "already in use") {
 			t.Errorf("Setup with a taken port: %v", err)
 		}
@@ -412,7 +428,7 @@ func TestPortInUse(t *testing.T) {
 	defer l.Close()
 	port := uint16(l.Addr().(*net.TCPAddr).Port)
 	id := e.id()
-	_, err = e.m.Setup(context.Background(), id, "", []Port{{HostPort: port + 0, ContainerPort: 80}})
+	_, err = e.m.Setup(context.Background(), id, Options{Ports: []Port{{HostPort: port + 0, ContainerPort: 80}}})
 	if err == nil {
 		t.Fatal("Setup took a port in use")
 	}
@@ -455,7 +471,7 @@ func TestSetupFailureUndoes(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := e.id()
-	_, err = m.Setup(context.Background(), id, "", []Port{{HostPort: freePort(t, "tcp"), ContainerPort: 80}})
+	_, err = m.Setup(context.Background(), id, Options{Ports: []Port{{HostPort: freePort(t, "tcp"), ContainerPort: 80}}})
 	if err == nil || !strings.Contains(err.Error(), "injected failure") {
 		t.Fatalf("Setup: %v; want the injected failure", err)
 	}
@@ -488,7 +504,7 @@ func TestPoolClash(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := exec.Command("ip", "netns", "list").Output()
-	_, err = m.Setup(context.Background(), "clash1", "", nil)
+	_, err = m.Setup(context.Background(), "clash1", Options{})
 	if err == nil {
 		m.Teardown(context.Background(), "clash1")
 		t.Fatalf("pool %s accepted although route %s overlaps it", pool, r)
@@ -522,7 +538,7 @@ func TestParallelSetups(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			if i%2 == 0 {
-				nets[i], errs[i] = e.m.Setup(context.Background(), ids[i], "", nil)
+				nets[i], errs[i] = e.m.Setup(context.Background(), ids[i], Options{})
 				return
 			}
 			out, err := helperCmd("", "setup", e.m.cfg.StateDir, e.m.cfg.ConfDir, e.pool.String(), ids[i]).Output()
@@ -636,7 +652,7 @@ func TestTiming(t *testing.T) {
 	for range rounds {
 		id := e.id()
 		phase, t0 = "setup: ", time.Now()
-		if _, err := e.m.Setup(context.Background(), id, "", []Port{{HostPort: freePort(t, "tcp"), ContainerPort: 80}}); err != nil {
+		if _, err := e.m.Setup(context.Background(), id, Options{Ports: []Port{{HostPort: freePort(t, "tcp"), ContainerPort: 80}}}); err != nil {
 			t.Fatal(err)
 		}
 		setups = append(setups, time.Since(t0))
@@ -680,7 +696,7 @@ func BenchmarkSetupTeardown(b *testing.B) {
 	for b.Loop() {
 		id := fmt.Sprintf("bench%d", i)
 		i++
-		if _, err := m.Setup(ctx, id, "", nil); err != nil {
+		if _, err := m.Setup(ctx, id, Options{}); err != nil {
 			b.Fatal(err)
 		}
 		if err := m.Teardown(ctx, id); err != nil {
@@ -697,7 +713,7 @@ func TestProxyHandoff(t *testing.T) {
 	ctx := context.Background()
 	port := freePort(t, "tcp")
 	id := e.id()
-	n, err := e.m.Setup(ctx, id, "", []Port{{HostPort: port, ContainerPort: 8080}})
+	n, err := e.m.Setup(ctx, id, Options{Ports: []Port{{HostPort: port, ContainerPort: 8080}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -739,7 +755,7 @@ func TestProxyHandoff(t *testing.T) {
 func TestRelease(t *testing.T) {
 	e := newEnv(t)
 	a, b := e.id(), e.id()
-	na, err := e.m.Setup(context.Background(), a, "a", nil)
+	na, err := e.m.Setup(context.Background(), a, Options{Hostname: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -755,7 +771,7 @@ func TestRelease(t *testing.T) {
 		t.Errorf("record left after Release")
 	}
 	// A Setup right now must not reuse the subnet of a bridge still being deleted.
-	nb, err := e.m.Setup(context.Background(), b, "b", nil)
+	nb, err := e.m.Setup(context.Background(), b, Options{Hostname: "b"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -776,4 +792,26 @@ func TestRelease(t *testing.T) {
 		t.Errorf("bridge %s still there 10s after Release", bridgeName(a))
 	}
 	e.checkRestored()
+}
+
+// hostAddrs are the host's own IPv4 addresses outside moatc's bridges, loopback included.
+func hostAddrs(t *testing.T) []netip.Addr {
+	t.Helper()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Addr
+	for _, i := range ifs {
+		if strings.HasPrefix(i.Name, "mc-") {
+			continue
+		}
+		addrs, _ := i.Addrs()
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() {
+				out = append(out, p.Addr())
+			}
+		}
+	}
+	return out
 }

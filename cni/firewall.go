@@ -9,12 +9,34 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Each run gets its own iptables rules, every one commented "moatc run ID: why", so they can
 // be found and removed from the id alone, even when the record is lost. They are added and
 // removed in one iptables-restore call each (one process, one atomic transaction).
+//
+// The filter rules live in moatc's own chains, MOATC-INPUT and MOATC-FORWARD, jumped to first
+// thing from INPUT and FORWARD. The chains are shared by every moatc home on the host, made
+// when missing under a host-wide lock, and removed by Prune once no run rule is left in them.
+
+const (
+	chainInput   = "MOATC-INPUT"
+	chainForward = "MOATC-FORWARD"
+	// lockPath serializes changes to the shared chains across processes and moatc homes.
+	lockPath = "/run/moatc-firewall.lock"
+	// forwardingMark exists while ip_forward is on because moatc turned it on. Forwarding
+	// then serves moatc's bridges only: MOATC-FORWARD ends in a DROP for everything else, so
+	// the host does not start routing between its other interfaces. /run goes with a reboot,
+	// as the sysctl does.
+	forwardingMark = "/run/moatc-forwarding"
+)
+
+// linkLocal holds the cloud metadata address (169.254.169.254) and every other link-local one.
+const linkLocal = "169.254.0.0/16"
 
 type rule struct {
 	table, chain  string
@@ -25,39 +47,53 @@ type rule struct {
 func ruleTag(runID string) string { return "moatc run " + runID + ":" }
 
 // runRules are the rules of one run, in the order they sit at the top of their chains. They
-// match on the run's bridge, which a run cannot change, rather than on addresses alone. Only the
-// filter and nat tables are used: each table touched costs a kernel commit (~10 ms to delete).
+// match on the run's bridge, which a run cannot change, rather than on addresses alone (a
+// workload with NET_ADMIN picks its own source address). Only the filter and nat tables are
+// used: each table touched costs a kernel commit (~10 ms to delete).
 func runRules(r *record) []rule {
-	br, sub, pool := bridgeName(r.RunID), r.Subnet.String(), r.Pool.String()
-	return []rule{
+	br, sub, pool, gw := bridgeName(r.RunID), r.Subnet.String(), r.Pool.String(), r.Gateway.String()
+	rules := []rule{
 		// A run that forges its source address could pose as another run or the host.
-		{"filter", "INPUT", "-i " + br + " ! -s " + sub, "DROP",
+		{"filter", chainInput, "-i " + br + " ! -s " + sub, "DROP",
 			"drop packets whose source is not the run's subnet"},
-		{"filter", "FORWARD", "-i " + br + " ! -s " + sub, "DROP",
+		{"filter", chainInput, "-i " + br + " -m conntrack --ctstate RELATED,ESTABLISHED", "ACCEPT",
+			"replies to the host's own connections (published ports)"},
+	}
+	for _, h := range r.HostPorts {
+		rules = append(rules, rule{"filter", chainInput, fmt.Sprintf("-i %s -d %s -p %s --dport %d", br, gw, h.Proto, h.Port), "ACCEPT",
+			fmt.Sprintf("host port %s opened for the run", h)})
+	}
+	rules = append(rules,
+		// The host's services (on any of its addresses) are closed to runs by default.
+		rule{"filter", chainInput, "-i " + br, "DROP", "the host is closed to the run"},
+		rule{"filter", chainForward, "-i " + br + " ! -s " + sub, "DROP",
 			"drop packets whose source is not the run's subnet"},
-		{"filter", "FORWARD", "-i " + br + " -d " + pool, "DROP",
+		rule{"filter", chainForward, "-i " + br + " -d " + pool, "DROP",
 			"a run may not reach other runs"},
-		{"filter", "FORWARD", "-i " + br, "ACCEPT",
+		rule{"filter", chainForward, "-i " + br + " -d " + linkLocal, "DROP",
+			"no link-local or cloud metadata addresses"},
+		rule{"filter", chainForward, "-i " + br, "ACCEPT",
 			"egress, even where the FORWARD policy is DROP"},
-		{"filter", "FORWARD", "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED", "ACCEPT",
+		rule{"filter", chainForward, "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED", "ACCEPT",
 			"replies to the run's own connections"},
 		// Published ports come in through the proxy from the host itself (OUTPUT, not FORWARD).
-		{"filter", "FORWARD", "-o " + br, "DROP",
+		rule{"filter", chainForward, "-o " + br, "DROP",
 			"nothing else is forwarded into the run"},
 		// moatc's own NAT rule: the bridge plugin's ipMasq rules leak under gVisor.
-		{"nat", "POSTROUTING", "-s " + sub + " ! -o " + br, "MASQUERADE",
+		rule{"nat", "POSTROUTING", "-s " + sub + " ! -o " + br, "MASQUERADE",
 			"egress leaves with the host's address"},
-	}
+	)
+	return rules
 }
 
-type firewall struct{ restore, save string }
+type firewall struct{ restore, saveBin string }
 
 func findFirewall() (firewall, error) {
 	var fw firewall
 	for _, n := range []struct {
 		name string
 		dst  *string
-	}{{"iptables-restore", &fw.restore}, {"iptables-save", &fw.save}} {
+	}{{"iptables-restore", &fw.restore}, {"iptables-save", &fw.saveBin}} {
 		p, err := lookSbin(n.name)
 		if err != nil {
 			return fw, fmt.Errorf("%s not found in PATH, /usr/sbin or /sbin; install it with `apt-get install iptables`: %w", n.name, err)
@@ -81,12 +117,16 @@ func lookSbin(name string) (string, error) {
 }
 
 // script renders rules for iptables-restore --noflush: op "-I" inserts them at the top of their
-// chains in the given order, "-D" deletes them.
-func script(rules []rule, op string, tag string) []byte {
+// chains in the given order, "-D" deletes them. prelude lines go first in the filter table.
+func script(rules []rule, op string, tag string, prelude ...string) []byte {
 	var b bytes.Buffer
 	for _, table := range []string{"raw", "filter", "nat"} {
 		pos := map[string]int{}
 		started := false
+		if table == "filter" && len(prelude) > 0 {
+			fmt.Fprintf(&b, "*filter\n%s\n", strings.Join(prelude, "\n"))
+			started = true
+		}
 		for _, r := range rules {
 			if r.table != table {
 				continue
@@ -119,11 +159,133 @@ func (fw firewall) apply(ctx context.Context, in []byte) error {
 	return nil
 }
 
+// add inserts a run's rules, making moatc's chains first where they are missing, and turns
+// on forwarding (egress needs it; the kernel default is off).
 func (fw firewall) add(ctx context.Context, r *record) error {
-	if err := fw.apply(ctx, script(runRules(r), "-I", ruleTag(r.RunID))); err != nil {
+	unlock, err := lockFirewall()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	prelude, err := fw.ensure(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fw.apply(ctx, script(runRules(r), "-I", ruleTag(r.RunID), prelude...)); err != nil {
 		return fmt.Errorf("adding firewall rules: %w", err)
 	}
 	return nil
+}
+
+func lockFirewall() (func(), error) {
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("locking the firewall: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking the firewall: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+const guardWhy = "moatc: forwarding was off before moatc; nothing but moatc's runs is forwarded"
+
+// ensure returns the filter lines that make moatc's chains, their jumps and the forwarding
+// guard where they are missing, and turns forwarding on. Call it under lockFirewall.
+func (fw firewall) ensure(ctx context.Context) ([]string, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return nil, fmt.Errorf("reading ip_forward: %w", err)
+	}
+	if strings.TrimSpace(string(b)) == "0" {
+		// Mark first: a crash in between leaves the guard on, never routing without it.
+		if err := os.WriteFile(forwardingMark, []byte("moatc turned net.ipv4.ip_forward on\n"), 0o644); err != nil {
+			return nil, fmt.Errorf("turning on forwarding: %w", err)
+		}
+		if err := sysctl("net/ipv4/ip_forward", "1"); err != nil {
+			return nil, err
+		}
+	}
+	_, marked := os.Stat(forwardingMark)
+	saved, err := fw.save(ctx, "filter")
+	if err != nil {
+		return nil, err
+	}
+	has := func(line string) bool { return slices.Contains(saved, line) }
+	var out []string
+	for _, c := range []struct{ chain, from string }{{chainInput, "INPUT"}, {chainForward, "FORWARD"}} {
+		if !slices.ContainsFunc(saved, func(l string) bool { return strings.HasPrefix(l, ":"+c.chain+" ") }) {
+			out = append(out, ":"+c.chain+" - [0:0]")
+		}
+		if !has("-A " + c.from + " -j " + c.chain) {
+			out = append(out, "-I "+c.from+" 1 -j "+c.chain)
+		}
+	}
+	guard := fmt.Sprintf("-A %s -m comment --comment \"%s\" -j DROP", chainForward, guardWhy)
+	if marked == nil && !has(guard) {
+		out = append(out, guard)
+	}
+	return out, nil
+}
+
+// save returns iptables-save's lines for one table.
+func (fw firewall) save(ctx context.Context, table string) ([]string, error) {
+	cmd := exec.CommandContext(ctx, fw.saveBin, "-t", table)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("iptables-save: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return strings.Split(string(out), "\n"), nil
+}
+
+// Prune removes moatc's chains, their jumps and the forwarding guard once no run of any moatc
+// home has rules in them, and turns forwarding off again if moatc turned it on. It reports
+// whether it removed them.
+func Prune(ctx context.Context) (bool, error) {
+	fw, err := findFirewall()
+	if err != nil {
+		return false, nil // without iptables there is nothing to prune
+	}
+	unlock, err := lockFirewall()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	saved, err := fw.save(ctx, "filter")
+	if err != nil {
+		return false, err
+	}
+	var del []string
+	for _, l := range saved {
+		if strings.Contains(l, "--comment \"moatc run ") {
+			return false, nil // a run (or a build network) still uses them
+		}
+		for _, c := range []struct{ chain, from string }{{chainInput, "INPUT"}, {chainForward, "FORWARD"}} {
+			if l == "-A "+c.from+" -j "+c.chain {
+				del = append(del, "-D "+c.from+" -j "+c.chain)
+			}
+		}
+	}
+	for _, c := range []string{chainInput, chainForward} {
+		if slices.ContainsFunc(saved, func(l string) bool { return strings.HasPrefix(l, ":"+c+" ") }) {
+			del = append(del, "-F "+c, "-X "+c)
+		}
+	}
+	if len(del) > 0 {
+		if err := fw.apply(ctx, []byte("*filter\n"+strings.Join(del, "\n")+"\nCOMMIT\n")); err != nil {
+			return false, fmt.Errorf("removing moatc's chains: %w", err)
+		}
+	}
+	if _, err := os.Stat(forwardingMark); err == nil {
+		if err := sysctl("net/ipv4/ip_forward", "0"); err != nil {
+			return false, err
+		}
+		os.Remove(forwardingMark)
+	}
+	return len(del) > 0, nil
 }
 
 // remove deletes a run's rules: the known set in one call when all are there, otherwise
@@ -166,7 +328,7 @@ var tagRE = regexp.MustCompile(`--comment "?moatc run ([A-Za-z0-9_-]+):`)
 
 // scan returns the rules of iptables-save that carry a moatc run tag, by run id.
 func (fw firewall) scan(ctx context.Context) (map[string][]savedRule, error) {
-	cmd := exec.CommandContext(ctx, fw.save)
+	cmd := exec.CommandContext(ctx, fw.saveBin)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

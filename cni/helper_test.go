@@ -79,7 +79,7 @@ func helper(mode string, args []string) int {
 		if err != nil {
 			return fail(err)
 		}
-		n, err := m.Setup(context.Background(), args[3], "", nil)
+		n, err := m.Setup(context.Background(), args[3], Options{})
 		if err != nil {
 			return fail(err)
 		}

@@ -23,9 +23,11 @@ type record struct {
 	Gateway  netip.Addr   `json:"gateway"`
 	IP       netip.Addr   `json:"ip"`
 	Ports    []Port       `json:"ports,omitempty"`
-	MTU      int          `json:"mtu,omitempty"` // the uplink's; 0: the plugin's default
-	Created  time.Time    `json:"created"`
-	PID      int          `json:"pid"`
+	// HostPorts are the host's ports the run may reach at Gateway; the rest of the host is closed.
+	HostPorts []HostPort `json:"host_ports,omitempty"`
+	MTU       int        `json:"mtu,omitempty"` // the uplink's; 0: the plugin's default
+	Created   time.Time  `json:"created"`
+	PID       int        `json:"pid"`
 }
 
 func (m *Manager) runsDir() string             { return filepath.Join(m.cfg.StateDir, "runs") }
