@@ -20,16 +20,17 @@ type LogOptions struct {
 }
 
 // Logs prints a run's recorded output: stdout lines to out, stderr lines to errw, so the two
-// stay separate.
+// stay separate. Where output was dropped to keep the log under its cap, a "moatc: output
+// dropped" line goes to errw.
 func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw io.Writer) error {
 	r, err := m.Store.Find(ref)
 	if err != nil {
 		return err
 	}
 	path := m.Store.LogPath(r.ID)
-	var f *os.File
+	var lr *logReader
 	for {
-		f, err = os.Open(path)
+		lr, err = openLog(path)
 		if err == nil {
 			break
 		}
@@ -44,8 +45,12 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 			return err
 		}
 	}
-	defer f.Close()
+	defer lr.Close()
 	print := func(l Line) {
+		if l.Stream == markStream {
+			io.WriteString(errw, "moatc: "+l.Text+"\n")
+			return
+		}
 		w := out
 		if l.Stream == "stderr" {
 			w = errw
@@ -58,16 +63,27 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 			io.WriteString(w, "\n")
 		}
 	}
-	rd := bufio.NewReaderSize(f, 64<<10)
 	if o.Tail > 0 {
-		ring := make([]Line, 0, o.Tail)
+		// Marks do not count as lines; those right before the first line shown are kept.
+		var ring []Line
+		n := 0
 		for {
-			l, err := readLine(rd)
-			if err != nil {
+			l, err := lr.next()
+			if err == io.EOF {
 				break
 			}
-			if len(ring) == o.Tail {
-				ring = ring[1:]
+			if err != nil {
+				return err
+			}
+			if l.Stream != markStream {
+				if n == o.Tail {
+					for ring[0].Stream == markStream {
+						ring = ring[1:]
+					}
+					ring = ring[1:]
+				} else {
+					n++
+				}
 			}
 			ring = append(ring, l)
 		}
@@ -76,10 +92,13 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 		}
 	}
 	for {
-		l, err := readLine(rd)
+		l, err := lr.next()
 		if err == nil {
 			print(l)
 			continue
+		}
+		if err != io.EOF {
+			return err
 		}
 		if !o.Follow {
 			return nil
@@ -91,9 +110,12 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 		if !cur.Active() {
 			// The record is final only after the log was flushed: drain what is left.
 			for {
-				l, err := readLine(rd)
-				if err != nil {
+				l, err := lr.next()
+				if err == io.EOF {
 					return nil
+				}
+				if err != nil {
+					return err
 				}
 				print(l)
 			}
@@ -102,6 +124,159 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 			return err
 		}
 	}
+}
+
+// logReader reads a run's log across rotations: log.1.jsonl, then log.jsonl, then each file
+// that replaces it while it reads. It relies on the recorder's order: a file is renamed to
+// log.1.jsonl only after its last write, and log.1.jsonl only ever holds a newer file.
+type logReader struct {
+	path, oldPath string
+	f             *os.File
+	fi            os.FileInfo // f's, to tell when log.jsonl is another file
+	rd            *bufio.Reader
+	queued        *os.File // log.jsonl, while f is the log.1.jsonl before it
+	rotated       bool     // f is no longer log.jsonl: read to its end, then move on
+	pos           count    // output read, or known dropped, so far
+}
+
+func openLog(path string) (*logReader, error) {
+	lr := &logReader{path: path, oldPath: rotatedPath(path), rd: bufio.NewReaderSize(nil, 64<<10)}
+	old, cur, err := lr.openPair()
+	if err != nil {
+		return nil, err
+	}
+	lr.start(old, cur)
+	return lr, nil
+}
+
+// openPair opens log.1.jsonl (nil when there is none) and log.jsonl as they were at one
+// moment, so the first comes right before the second.
+func (lr *logReader) openPair() (old, cur *os.File, err error) {
+	for tries := 0; ; tries++ {
+		cur, err = os.Open(lr.path)
+		if errors.Is(err, os.ErrNotExist) && tries < 100 {
+			if _, serr := os.Stat(lr.oldPath); serr == nil {
+				// Between a rotation's rename and its new file.
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		old, err = os.Open(lr.oldPath)
+		if errors.Is(err, os.ErrNotExist) {
+			old, err = nil, nil
+		}
+		if err != nil {
+			cur.Close()
+			return nil, nil, err
+		}
+		// Still log.jsonl after old was opened: no rotation came between the two opens.
+		fi, ferr := cur.Stat()
+		pi, perr := os.Stat(lr.path)
+		if ferr == nil && perr == nil && os.SameFile(fi, pi) {
+			return old, cur, nil
+		}
+		cur.Close()
+		if old != nil {
+			old.Close()
+		}
+		if ferr != nil {
+			return nil, nil, ferr
+		}
+	}
+}
+
+// start reads old, if any, then cur.
+func (lr *logReader) start(old, cur *os.File) {
+	if old == nil {
+		lr.use(cur)
+		return
+	}
+	lr.use(old)
+	lr.queued = cur
+}
+
+func (lr *logReader) use(f *os.File) {
+	if lr.f != nil {
+		lr.f.Close()
+	}
+	lr.f, lr.rotated = f, false
+	lr.fi, _ = f.Stat()
+	lr.rd.Reset(f)
+}
+
+// next returns the next line of output, or a moatc line for output that was dropped before
+// it. io.EOF means there is nothing more for now.
+func (lr *logReader) next() (Line, error) {
+	for {
+		l, err := readLine(lr.rd)
+		if err == nil {
+			if l.Mark == nil {
+				if l.Stream != markStream {
+					lr.pos.add(l)
+				}
+				return l, nil
+			}
+			gap := count{l.Mark.Bytes, l.Mark.Lines}
+			gap.sub(lr.pos)
+			if gap.bytes < 0 {
+				gap = count{}
+			}
+			lr.pos = count{l.Mark.Bytes, l.Mark.Lines}
+			if gap.bytes > 0 {
+				return Line{Time: l.Time, Stream: markStream, Text: droppedText(l.Mark.Cap, gap)}, nil
+			}
+			continue
+		}
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &se) || errors.As(err, &te) {
+			continue // a damaged line
+		}
+		if err != io.EOF {
+			return Line{}, err
+		}
+		if lr.queued != nil {
+			lr.use(lr.queued)
+			lr.queued = nil
+			continue
+		}
+		if !lr.rotated {
+			pi, err := os.Stat(lr.path)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return Line{}, err
+			}
+			if err == nil && os.SameFile(lr.fi, pi) {
+				return Line{}, io.EOF
+			}
+			// Renamed after its last write: read what is left, then move on.
+			lr.rotated = true
+			continue
+		}
+		old, cur, err := lr.openPair()
+		if errors.Is(err, os.ErrNotExist) {
+			return Line{}, io.EOF // the new file is not there yet, or the run was removed
+		}
+		if err != nil {
+			return Line{}, err
+		}
+		if old != nil {
+			if fi, err := old.Stat(); err != nil || os.SameFile(fi, lr.fi) {
+				old.Close()
+				old = nil
+			}
+		}
+		lr.start(old, cur)
+	}
+}
+
+func (lr *logReader) Close() error {
+	if lr.queued != nil {
+		lr.queued.Close()
+	}
+	return lr.f.Close()
 }
 
 // readLine reads one complete JSON line. A line caught half-written is completed by waiting
