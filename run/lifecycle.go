@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
 
+	"github.com/moatc/moatc/cni"
+	"github.com/moatc/moatc/mounts"
 	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"
 )
@@ -48,6 +51,9 @@ func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
 		}
 		rm, err := cl.RemoveContainer(ctx, r.ContainerID)
 		if err != nil {
+			return err
+		}
+		if err := mounts.Unpin(m.pinDir(r.ID)); err != nil {
 			return err
 		}
 		if err := m.Net.Teardown(ctx, r.ID); err != nil {
@@ -165,6 +171,9 @@ func (m *Manager) Destroy(ctx context.Context, ref string, force bool) (*state.R
 
 // removeLeftovers removes a finished run's container and snapshot if a crash left them.
 func (m *Manager) removeLeftovers(ctx context.Context, id, containerID string) error {
+	if err := mounts.Unpin(m.pinDir(id)); err != nil {
+		return err
+	}
 	if err := m.Net.Teardown(ctx, id); err != nil {
 		return err
 	}
@@ -233,6 +242,22 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 			if err := m.Net.Teardown(ctx, id); err != nil {
 				return rep, err
 			}
+		}
+	}
+	// Pins of runs whose record is gone (a crash between pin and task create, then destroy).
+	if ents, err := os.ReadDir(filepath.Join(m.Dir, "pins")); err == nil {
+		for _, e := range ents {
+			if !active[e.Name()] && !dry {
+				if err := mounts.Unpin(m.pinDir(e.Name())); err != nil {
+					return rep, err
+				}
+			}
+		}
+	}
+	if !dry {
+		// moatc's shared chains go once no run of any home uses them.
+		if _, err := cni.Prune(ctx); err != nil {
+			return rep, err
 		}
 	}
 	if !m.daemonReachable() {

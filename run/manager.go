@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
+	mountpin "github.com/moatc/moatc/mounts"
 	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"
 )
@@ -140,6 +142,9 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 	if err := cni.CheckPorts(ports); err != nil {
 		return nil, 0, err
 	}
+	if err := m.checkExposure(req.Workspace, req.Spec.Mounts); err != nil {
+		return nil, 0, err
+	}
 	rt := m.Runtime(req.Spec)
 	if err := rt.Check(); err != nil {
 		return nil, 0, err
@@ -220,13 +225,25 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		return 0, err
 	}
 	spec := r.Spec
-	mounts := []specs.Mount{{Destination: "/workspace", Type: "bind", Source: r.Workspace, Options: []string{"rbind", "rw"}}}
-	for _, mt := range spec.Mounts {
+	// nosuid, nodev: a setuid file or device node the workload leaves in the workspace gains
+	// nothing on the next run.
+	mounts := []specs.Mount{{Destination: "/workspace", Type: "bind", Source: r.Workspace, Options: []string{"rbind", "rw", "nosuid", "nodev"}}}
+	// Each -m source is opened again and pinned now: what is mounted is what was resolved,
+	// whatever the workload does to the path meanwhile. The pins go once the task exists.
+	pins := m.pinDir(r.ID)
+	defer mountpin.Unpin(pins)
+	for i, mt := range spec.Mounts {
+		src, err := m.pin(r, i, mt)
+		if err != nil {
+			notify(err)
+			m.fail(r.ID, err, nil)
+			return 0, err
+		}
 		mode := "rw"
 		if mt.ReadOnly {
 			mode = "ro"
 		}
-		mounts = append(mounts, specs.Mount{Destination: mt.Container, Type: "bind", Source: mt.Host, Options: []string{"rbind", mode}})
+		mounts = append(mounts, specs.Mount{Destination: mt.Container, Type: "bind", Source: src, Options: []string{"rbind", mode, "nosuid", "nodev"}})
 	}
 	// The network is made while the container is created (their names derive from the run
 	// id); both must be ready before the task, since gVisor copies the netns at task create.
@@ -238,8 +255,8 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		paths := m.Net.Paths(r.ID)
 		netns = paths.NetNSPath
 		mounts = append(mounts,
-			specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: paths.HostsPath, Options: []string{"rbind", "ro"}},
-			specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: paths.ResolvPath, Options: []string{"rbind", "ro"}})
+			specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: paths.HostsPath, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
+			specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: paths.ResolvPath, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
 		go func() {
 			var err error
 			nw, err = m.setupNetwork(ctx, r)
@@ -257,7 +274,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	ctr, err := c.CreateContainer(ctx, ctrd.Container{
 		ID: r.ContainerID, RunID: r.ID, Role: ctrd.RoleWorkload, Image: img, Snapshotter: snapshot.Default(),
 		Runtime: m.Runtime(spec), Args: spec.Command, Env: spec.Env, Cwd: "/workspace", User: spec.User,
-		Mounts: mounts, TTY: spec.TTY, Hostname: r.Name, Memory: spec.Memory, CPUs: spec.CPUs, NetNS: netns,
+		Mounts: mounts, TTY: spec.TTY, Hostname: r.Name, Memory: spec.Memory, CPUs: spec.CPUs, Pids: spec.Pids, NetNS: netns,
 	})
 	if netErr := <-netReady; err == nil && netErr != nil {
 		c.RemoveContainer(bg, r.ContainerID)
@@ -271,7 +288,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	if nw != nil && nw.Proxy != nil {
 		go nw.Proxy.Serve(bg)
 	}
-	rec, err := newRecorder(m.Store.LogPath(r.ID))
+	rec, err := newRecorder(m.Store.LogPath(r.ID), r.Spec.LogMax)
 	if err != nil {
 		c.RemoveContainer(bg, r.ContainerID)
 		err = fmt.Errorf("opening the run's log: %w", err)
@@ -301,6 +318,10 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	}
 	task, err = ctr.NewTask(ctx, cio.NewCreator(ioOpts...))
 	close(taskReady)
+	// runc has made the container's mounts, and gVisor's gofer its own: the pins can go.
+	if uerr := mountpin.Unpin(pins); uerr != nil {
+		fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", uerr)
+	}
 	if err != nil {
 		rec.Close()
 		c.RemoveContainer(bg, r.ContainerID)
@@ -380,13 +401,78 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	return code, nil
 }
 
+// pinDir is where run id's mount sources are pinned while its container is made.
+func (m *Manager) pinDir(id string) string { return filepath.Join(m.Dir, "pins", id) }
+
+// pin opens mount i of run r the way the request resolved it and pins what it opened; the
+// record gets the host path really mounted.
+func (m *Manager) pin(r *state.Run, i int, mt state.Mount) (string, error) {
+	f, err := mountpin.Open(r.Workspace, pick(mt.Source, mt.Host))
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	real, err := mountpin.RealPath(f)
+	if err != nil {
+		return "", err
+	}
+	if real != mt.Host {
+		m.Store.Update(r.ID, func(r *state.Run) error {
+			r.Spec.Mounts[i].Host = real
+			return nil
+		})
+	}
+	return mountpin.Pin(f, m.pinDir(r.ID), strconv.Itoa(i))
+}
+
+// checkExposure refuses a workspace, or a writable mount, that holds moatc's home or its
+// prefix: the workload could rewrite what the person trusted, other runs' records, or the
+// runtime's own binaries.
+func (m *Manager) checkExposure(ws string, ms []state.Mount) error {
+	real := func(p string) string {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return r
+		}
+		return filepath.Clean(p)
+	}
+	guarded := []struct{ what, path string }{{"moatc's home", real(m.Dir)}, {"moatc's installed stack", real(m.Prefix)}}
+	for _, g := range guarded {
+		if mountpin.Inside(g.path, real(ws)) {
+			return fmt.Errorf("the workspace %s holds %s (%s), which the workload could then rewrite: run in a project directory instead, or move moatc's home with --home (MOATC_HOME)", ws, g.what, g.path)
+		}
+		for _, mt := range ms {
+			if !mt.ReadOnly && mountpin.Inside(g.path, real(mt.Host)) {
+				return fmt.Errorf("the writable mount %s:%s holds %s (%s), which the workload could then rewrite: mount it read-only (:ro) or mount a narrower directory", pick(mt.Source, mt.Host), mt.Container, g.what, g.path)
+			}
+		}
+	}
+	return nil
+}
+
+func pick(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
 // setupNetwork gives run r its network and records its address and ports.
 func (m *Manager) setupNetwork(ctx context.Context, r *state.Run) (*cni.Network, error) {
 	ports, err := parsePorts(r.Spec)
 	if err != nil {
 		return nil, err
 	}
-	nw, err := m.Net.Setup(ctx, r.ID, r.Name, ports)
+	var hostPorts []cni.HostPort
+	for _, h := range r.Spec.HostPorts {
+		hp, err := cni.ParseHostPort(h)
+		if err != nil {
+			return nil, err
+		}
+		hostPorts = append(hostPorts, hp)
+	}
+	nw, err := m.Net.Setup(ctx, r.ID, cni.Options{Hostname: r.Name, Ports: ports, HostPorts: hostPorts})
 	if err != nil {
 		return nil, err
 	}

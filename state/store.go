@@ -29,7 +29,8 @@ const (
 
 // Mount is a bind mount into the container.
 type Mount struct {
-	Host      string `json:"host"`
+	Source    string `json:"source,omitempty"` // as written (flag or moatc.yaml), e.g. ./data
+	Host      string `json:"host"`             // the host directory mounted, symlinks resolved
 	Container string `json:"container"`
 	ReadOnly  bool   `json:"read_only,omitempty"`
 }
@@ -51,6 +52,9 @@ type Spec struct {
 	Publish     []string `json:"publish,omitempty"` // -p specs, [IP:]HOST:CONTAINER[/proto]
 	Memory      int64    `json:"memory,omitempty"`
 	CPUs        float64  `json:"cpus,omitempty"`
+	Pids        int64    `json:"pids,omitempty"`       // the most processes and threads at once
+	HostPorts   []string `json:"host_ports,omitempty"` // host ports moatc-host opens, PORT/PROTO
+	LogMax      int64    `json:"log_max,omitempty"`    // the log's cap in bytes
 }
 
 // Run is one run's metadata.json.

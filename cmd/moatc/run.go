@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,8 +17,10 @@ import (
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/deps"
+	"github.com/moatc/moatc/mounts"
 	"github.com/moatc/moatc/run"
 	"github.com/moatc/moatc/state"
+	"github.com/moatc/moatc/trust"
 )
 
 const defaultImage = "debian:bookworm-slim"
@@ -53,6 +56,9 @@ Flags come before PATH. Examples:
 			&cli.StringFlag{Name: "network", Usage: "default (a private network with egress) or none (loopback only)"},
 			&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512m or 2g"},
 			&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 1.5"},
+			&cli.Int64Flag{Name: "pids-limit", Usage: fmt.Sprintf("the most processes and threads at once (default %d; -1 for no limit)", config.DefaultPids)},
+			&cli.StringSliceFlag{Name: "host-port", Usage: "let the run reach this host `PORT[/tcp|udp]` at moatc-host (the host is closed otherwise); repeatable"},
+			&cli.StringFlag{Name: "log-max", Usage: "cap on the run's recorded output, e.g. 10m (default 100m); older output is dropped first"},
 			&cli.BoolFlag{Name: "rebuild", Usage: "rebuild the dependency image even if the list is unchanged"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no build progress"},
 			&cli.BoolFlag{Name: "json", Usage: "print the run's record as JSON (with -d: instead of the id; otherwise after the command ends)"},
@@ -139,7 +145,7 @@ func buildRequest(c *cli.Context) (run.Request, error) {
 	if !fi.IsDir() {
 		return req, fmt.Errorf("workspace %s is not a directory", ws)
 	}
-	file, err := config.Load(ws)
+	file, err := loadTrusted(c, ws)
 	if err != nil {
 		return req, err
 	}
@@ -246,7 +252,59 @@ func buildRequest(c *cli.Context) (run.Request, error) {
 			return req, usageError{fmt.Errorf("--cpus %v: give a positive number such as 1.5", s.CPUs)}
 		}
 	}
+	s.Pids = config.DefaultPids
+	if file.Pids > 0 {
+		s.Pids = file.Pids
+	}
+	if c.IsSet("pids-limit") {
+		switch n := c.Int64("pids-limit"); {
+		case n == -1:
+			s.Pids = 0
+		case n < 1:
+			return req, usageError{fmt.Errorf("--pids-limit %d: give a positive number, or -1 for no limit", n)}
+		default:
+			s.Pids = n
+		}
+	}
+	if v := c.String("log-max"); v != "" {
+		if s.LogMax, err = config.ParseSize(v); err != nil {
+			return req, usageError{fmt.Errorf("--log-max: %w", err)}
+		}
+		if s.LogMax < 256<<10 {
+			return req, usageError{fmt.Errorf("--log-max %s: give at least 256k", v)}
+		}
+	}
+	for _, p := range file.HostPorts {
+		hp, err := cni.ParseHostPort(p.Text)
+		if err != nil {
+			return req, &config.Error{Path: file.Path, Line: p.Line, Key: "network.host", Msg: err.Error()}
+		}
+		s.HostPorts = append(s.HostPorts, hp.String())
+	}
+	for _, p := range c.StringSlice("host-port") {
+		hp, err := cni.ParseHostPort(p)
+		if err != nil {
+			return req, usageError{fmt.Errorf("--host-port %s: %w", p, err)}
+		}
+		s.HostPorts = append(s.HostPorts, hp.String())
+	}
+	if len(s.HostPorts) > 0 && s.Network == "none" {
+		return req, usageError{fmt.Errorf("host ports cannot be opened with network none: drop --host-port/network.host or the network setting")}
+	}
 	return req, nil
+}
+
+// loadTrusted reads the workspace's config file and refuses it when it sets policy keys the
+// person has not trusted as they are now.
+func loadTrusted(c *cli.Context, ws string) (*config.File, error) {
+	file, err := config.Load(ws)
+	if err != nil {
+		return nil, err
+	}
+	if err := trust.Open(c.String("home")).Check(file); err != nil {
+		return nil, err
+	}
+	return file, nil
 }
 
 // depsRequest turns moatc.yaml's dependencies into a build request. The base is base_image,
@@ -262,7 +320,8 @@ func depsRequest(c *cli.Context, file *config.File) *run.Deps {
 	return d
 }
 
-// parseMount parses HOST:CONTAINER[:ro|rw].
+// parseMount parses HOST:CONTAINER[:ro|rw]. HOST is resolved now, so a bad or escaping
+// source is refused before anything is made; the run resolves it again when it mounts it.
 func parseMount(ws, spec string) (state.Mount, error) {
 	bad := func(why string) (state.Mount, error) {
 		return state.Mount{}, usageError{fmt.Errorf("mount %q: %s; write HOST:CONTAINER[:ro|rw], e.g. ../data:/data:ro", spec, why)}
@@ -271,7 +330,7 @@ func parseMount(ws, spec string) (state.Mount, error) {
 	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
 		return bad("malformed")
 	}
-	m := state.Mount{Host: parts[0], Container: parts[1]}
+	m := state.Mount{Source: parts[0], Container: parts[1]}
 	if len(parts) == 3 {
 		switch parts[2] {
 		case "ro":
@@ -284,11 +343,17 @@ func parseMount(ws, spec string) (state.Mount, error) {
 	if !filepath.IsAbs(m.Container) {
 		return bad("the container path must be absolute")
 	}
-	if !filepath.IsAbs(m.Host) {
-		m.Host = filepath.Join(ws, m.Host)
+	f, err := mounts.Open(ws, m.Source)
+	if err != nil {
+		var esc *mounts.EscapeError
+		if errors.As(err, &esc) {
+			return state.Mount{}, err
+		}
+		return bad(fmt.Sprintf("host path %s cannot be opened (%v)", m.Source, errors.Unwrap(err)))
 	}
-	if _, err := os.Stat(m.Host); err != nil {
-		return bad(fmt.Sprintf("host path %s does not exist", m.Host))
+	defer f.Close()
+	if m.Host, err = mounts.RealPath(f); err != nil {
+		return state.Mount{}, err
 	}
 	m.Container = filepath.Clean(m.Container)
 	return m, nil

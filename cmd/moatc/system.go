@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
 )
 
@@ -59,6 +60,9 @@ socket under --home) on first use and leaves it running for the next command.`,
 						return err
 					}
 					if err := e.daemon.Stop(c.Context, 10*time.Second); err != nil {
+						return err
+					}
+					if _, err := cni.Prune(c.Context); err != nil {
 						return err
 					}
 					fmt.Println("containerd stopped")
