@@ -51,6 +51,10 @@ type Request struct {
 	CACerts string
 }
 
+// SandboxHostname is the hostname of RUN steps. Setting one makes BuildKit give every step a
+// network namespace of its own (see Daemon.config).
+const SandboxHostname = "moatc-build"
+
 // HostCACerts is Debian's system CA bundle, the default of Request.CACerts.
 const HostCACerts = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -269,7 +273,7 @@ func Build(ctx context.Context, d *Daemon, req Request) (string, error) {
 	opt := bkclient.SolveOpt{
 		Session:       []session.Attachable{secretsprovider.FromMap(secretMap)},
 		Frontend:      "dockerfile.v0",
-		FrontendAttrs: map[string]string{"filename": "Dockerfile"},
+		FrontendAttrs: map[string]string{"filename": "Dockerfile", "build-arg:BUILDKIT_SANDBOX_HOSTNAME": SandboxHostname},
 		LocalMounts:   map[string]fsutil.FS{"context": ctxFS, "dockerfile": dfFS},
 		Exports: []bkclient.ExportEntry{{
 			Type: bkclient.ExporterImage,

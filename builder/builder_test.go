@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,12 +25,14 @@ import (
 )
 
 // The test's dependency list: apt (jq), node + an npm global (typescript), Go from the
-// toolchain module + a go: tool, and a binary downloaded from a file server on 127.0.0.1.
+// toolchain module + a go: tool, and a binary downloaded from the test's file server (on the
+// stand-in machine "files": builds cannot reach the host itself).
 var testList = []string{"jq", "node", "typescript", "go", "go:golang.org/x/example/hello@latest", "hello-bin"}
 
-// fileServer serves hello.tar.gz (hello-1.0/bin/moatc-hello, a shell script) on 127.0.0.1.
+// fileServer serves hello.tar.gz (hello-1.0/bin/moatc-hello, a shell script) from the
+// stand-in machine files.
 type fileServer struct {
-	*httptest.Server
+	URL  string
 	sum  string
 	hits atomic.Int64
 }
@@ -49,14 +50,18 @@ func newFileServer(t *testing.T) *fileServer {
 	body := buf.Bytes()
 	sum := sha256.Sum256(body)
 	fs := &fileServer{sum: hex.EncodeToString(sum[:])}
-	fs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	url, err := files.Serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/hello.tar.gz" {
 			http.NotFound(w, r)
 			return
 		}
 		fs.hits.Add(1)
 		w.Write(body)
-	}))
+	}), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.URL = url
 	return fs
 }
 
@@ -65,7 +70,7 @@ func (fs *fileServer) registry(t *testing.T) *deps.Registry {
 	entry := func(name, sum string) string {
 		return fmt.Sprintf(`%s:
   kind: binary
-  description: a test program served by the test on 127.0.0.1
+  description: a test program served by the test
   default: "1.0"
   versions:
     "1.0":

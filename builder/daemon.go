@@ -20,12 +20,24 @@ import (
 
 // Daemon is a buildkitd that moatc starts itself: its own root, socket, pid file and log
 // under Dir; the binary from Prefix; no OCI worker; the containerd worker on ContainerdAddress
-// in Namespace, with the overlayfs snapshotter and host networking for RUN steps.
+// in Namespace, with the overlayfs snapshotter. RUN steps run in Sandbox.
 type Daemon struct {
 	Dir               string // e.g. ~/.moatc/buildkit; keep it short (socket paths are limited to 108 bytes)
 	Prefix            string // where `make setup` installed buildkitd, e.g. /opt/moatc
 	ContainerdAddress string // containerd's socket, e.g. ~/.moatc/containerd/containerd.sock
 	Namespace         string // containerd namespace the images are built into, e.g. moatc
+	// Sandbox is where RUN steps run. nil means runc in the host's network namespace: only
+	// for measuring what the sandbox costs; moatc always sets it.
+	Sandbox *Sandbox
+}
+
+// Sandbox confines a build's RUN steps the way runs are confined: a runtime (gVisor) and a
+// network of moatc's making, with a run's rules (see cni.Manager.SetupShared).
+type Sandbox struct {
+	Runtime       string // containerd runtime, e.g. io.containerd.runsc.v1
+	RuntimeConfig string // the runsc TOML passed to the shim as its ConfigPath
+	CNIConfig     string // the conflist of the RUN steps' network
+	CNIBinDir     string // where the CNI plugins are
 }
 
 // NotInstalledError says buildkitd is missing from the prefix.
@@ -46,6 +58,7 @@ func (e *ContainerdDownError) Error() string {
 func (d *Daemon) Address() string { return "unix://" + d.socket() }
 
 func (d *Daemon) socket() string     { return filepath.Join(d.Dir, "buildkitd.sock") }
+func (d *Daemon) otelSocket() string { return filepath.Join(d.Dir, "otel.sock") }
 func (d *Daemon) configPath() string { return filepath.Join(d.Dir, "buildkitd.toml") }
 func (d *Daemon) argsPath() string   { return filepath.Join(d.Dir, "buildkitd.args") }
 
@@ -78,9 +91,6 @@ func (d *Daemon) args() []string {
 		"--containerd-worker-addr", d.ContainerdAddress,
 		"--containerd-worker-namespace", d.Namespace,
 		"--containerd-worker-snapshotter", "overlayfs",
-		// RUN steps share the host's network: no CNI setup per step, and a build reaches
-		// what the host reaches (the package registries; a file server on 127.0.0.1).
-		"--containerd-worker-net", "host",
 	}
 }
 
@@ -104,10 +114,14 @@ func (d *Daemon) Start(ctx context.Context) error {
 		if err := state.WriteFile(d.configPath(), []byte(d.config()), 0o600); err != nil {
 			return err
 		}
-		return state.WriteFile(d.argsPath(), []byte(strings.Join(d.args(), "\n")+"\n"), 0o600)
+		return state.WriteFile(d.argsPath(), []byte(d.settings()), 0o600)
 	}); err != nil {
 		return err
 	}
+	// BuildKit bind-mounts its tracing socket into every RUN step when the socket exists;
+	// under gVisor the mount point then lands in the image as an empty /dev/otel-grpc.sock.
+	// moatc traces nothing, so the socket goes.
+	os.Remove(d.otelSocket())
 	return d.checkArgs()
 }
 
@@ -117,7 +131,7 @@ func (d *Daemon) checkArgs() error {
 	if err != nil {
 		return nil // started by something else on our socket: trust it
 	}
-	if want := strings.Join(d.args(), "\n") + "\n"; string(b) != want {
+	if want := d.settings(); string(b) != want {
 		return fmt.Errorf("the buildkitd on %s runs with other settings (%s); stop it first (its pid is in %s)",
 			d.Address(), strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", " "), d.process().PidPath())
 	}
@@ -129,11 +143,20 @@ func (d *Daemon) Stop(ctx context.Context, grace time.Duration) error {
 	return d.process().Stop(ctx, grace)
 }
 
-// config keeps buildkitd from reading /etc/buildkit/buildkitd.toml; the flags carry the rest.
+// settings is what a running daemon must agree on with d: its arguments and its config.
+func (d *Daemon) settings() string {
+	return strings.Join(d.args(), "\n") + "\n" + d.config()
+}
+
+// config keeps buildkitd from reading /etc/buildkit/buildkitd.toml, and sets the worker's
+// network and runtime.
 func (d *Daemon) config() string {
 	q := strconv.Quote
-	return `# Written by moatc for its managed buildkitd; rewritten at each start.
+	c := `# Written by moatc for its managed buildkitd; rewritten at each start.
 root = ` + q(filepath.Join(d.Dir, "root")) + `
+
+[otel]
+  socketPath = ` + q(d.otelSocket()) + `
 
 [worker.oci]
   enabled = false
@@ -143,6 +166,21 @@ root = ` + q(filepath.Join(d.Dir, "root")) + `
   address = ` + q(d.ContainerdAddress) + `
   namespace = ` + q(d.Namespace) + `
   snapshotter = "overlayfs"
-  networkMode = "host"
+`
+	if d.Sandbox == nil {
+		return c + `  networkMode = "host"
+`
+	}
+	// Each RUN step gets a fresh network namespace from CNI (Build sets the sandbox hostname:
+	// BuildKit's pooled namespaces are reused without a new ADD, and gVisor takes the address
+	// off the interface it serves, so a reused one has none). runtime.options become the
+	// runsc shim's runtimeoptions (keys are its Go field names).
+	s := d.Sandbox
+	return c + `  networkMode = "cni"
+  cniConfigPath = ` + q(s.CNIConfig) + `
+  cniBinaryPath = ` + q(s.CNIBinDir) + `
+  [worker.containerd.runtime]
+    name = ` + q(s.Runtime) + `
+    options = { TypeUrl = "io.containerd.runsc.v1.options", ConfigPath = ` + q(s.RuntimeConfig) + ` }
 `
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,7 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/internal/testnet"
 )
 
 // The real-stack tests share one private containerd and one buildkitd, started here and
@@ -27,7 +30,13 @@ var (
 	testDaemon *Daemon
 	setupErr   error
 	ctrdDaemon *ctrd.Daemon
+	testNets   *cni.Manager
+	// files stands for the internet: a machine outside this one that builds reach through NAT.
+	files *testnet.Machine
 )
+
+// testNetwork is the id of the tests' build network (bridge mc-bldtest).
+const testNetwork = "bldtest"
 
 const testNamespace = "moatc-test"
 
@@ -58,7 +67,7 @@ func testMain(m *testing.M) int {
 func baseImageTar() string { return filepath.Join(prefix, "images", "debian-bookworm-slim.oci.tar") }
 
 func setUp() error {
-	for _, b := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "buildkitd"} {
+	for _, b := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "buildkitd", "runsc", "containerd-shim-runsc-v1"} {
 		if _, err := os.Stat(filepath.Join(prefix, "bin", b)); err != nil {
 			return fmt.Errorf("%s is not installed in %s: run `make setup`", b, prefix)
 		}
@@ -76,8 +85,36 @@ func setUp() error {
 		return fmt.Errorf("importing %s: %v\n%s", baseImageTar(), err, out)
 	}
 	fmt.Fprintf(os.Stderr, "builder tests: containerd up, debian:bookworm-slim imported in %.1fs\n", time.Since(start).Seconds())
-	testDaemon = &Daemon{Dir: filepath.Join(testDir, "bk"), Prefix: prefix, ContainerdAddress: ctrdSock, Namespace: testNamespace}
-	return nil
+	sb, err := sandbox()
+	if err != nil {
+		return err
+	}
+	testDaemon = &Daemon{Dir: filepath.Join(testDir, "bk"), Prefix: prefix, ContainerdAddress: ctrdSock, Namespace: testNamespace, Sandbox: sb}
+	files, err = testnet.New("mc-files", netip.MustParseAddr("198.18.254.2"), netip.MustParseAddr("198.18.254.1"))
+	return err
+}
+
+// sandbox makes the build network and the runsc config, as moatc's run manager does.
+func sandbox() (*Sandbox, error) {
+	var err error
+	testNets, err = cni.New(cni.Config{Prefix: prefix, ConfDir: filepath.Join(testDir, "cni", "conf"), StateDir: filepath.Join(testDir, "cni", "state")})
+	if err != nil {
+		return nil, err
+	}
+	conf, err := testNets.SetupShared(context.Background(), testNetwork)
+	if err != nil {
+		return nil, err
+	}
+	bin, err := testNets.PluginDir()
+	if err != nil {
+		return nil, err
+	}
+	rt := ctrd.GVisor{Prefix: prefix, Dir: filepath.Join(testDir, "runsc"), ForBuild: true}
+	cfg, err := rt.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	return &Sandbox{Runtime: rt.Shim(), RuntimeConfig: cfg, CNIConfig: conf, CNIBinDir: bin}, nil
 }
 
 // ctr runs ctr against the test containerd.
@@ -110,6 +147,19 @@ func tearDown() error {
 	}
 	if ctrdDaemon != nil {
 		if err := ctrdDaemon.Stop(ctx, 20*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if testNets != nil {
+		if err := testNets.Teardown(ctx, testNetwork); err != nil {
+			errs = append(errs, err)
+		}
+		if _, err := cni.Prune(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if files != nil {
+		if err := files.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -2,7 +2,7 @@
 // and removed from what is on disk alone, so a new process can undo the work of one killed -9.
 //
 //	m, err := cni.New(cni.Config{ConfDir: home + "/cni/conf", StateDir: home + "/cni/state"})
-//	n, err := m.Setup(ctx, runID, hostname, ports) // before the container is created
+//	n, err := m.Setup(ctx, runID, cni.Options{Hostname: h, Ports: p}) // before the container is created
 //	// OCI spec: oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: n.NetNSPath}),
 //	// bind mounts n.HostsPath -> /etc/hosts and n.ResolvPath -> /etc/resolv.conf.
 //	go n.Proxy.Serve(ctx)                          // published ports work while this runs
@@ -10,8 +10,10 @@
 //	err = m.Teardown(ctx, runID)                   // on every exit path; idempotent
 //	ids, err := m.Leftovers()                      // run ids with network state left, for `moatc clean`
 //
-// Other API: ParsePublish parses -p specs; Manager.Load reads a run's Network back; NewProxy and
-// Proxy.Files move the published-port proxy to another process.
+// Other API: ParsePublish parses -p specs, ParseHostPort --host-port ones; Manager.Load reads a
+// run's Network back; NewProxy and Proxy.Files move the published-port proxy to another process;
+// SetupShared makes a network BuildKit attaches its RUN steps to; Prune removes moatc's chains
+// once no run uses them.
 //
 // What a run R gets (every name derives from R, so Teardown needs only the id):
 //   - a named netns /run/netns/moatc-R (visible to `ip netns`);
@@ -21,10 +23,12 @@
 //     libcni's result cache in StateDir/cache;
 //   - StateDir/runs/R/: network.json (the record, written atomically before anything is created
 //     and removed last), hosts and resolv.conf;
-//   - iptables rules commented "moatc run R: <why>" (see runRules in firewall.go): forged source
-//     addresses dropped, no traffic to other runs, egress accepted and masqueraded by moatc's own
-//     rule (the bridge plugin's ipMasq is off: it leaks rules under gVisor), replies let back in,
-//     nothing else forwarded into the run. Runs reach the host (gateway) and the outside.
+//   - iptables rules commented "moatc run R: <why>" (see runRules in firewall.go), in moatc's own
+//     chains MOATC-INPUT and MOATC-FORWARD: forged source addresses dropped, the host closed but
+//     for the run's HostPorts at its gateway, no traffic to other runs or link-local addresses,
+//     egress accepted and masqueraded by moatc's own rule (the bridge plugin's ipMasq is off: it
+//     leaks rules under gVisor), replies let back in, nothing else forwarded into the run. Runs
+//     reach the outside only.
 //
 // Subnets are allocated under a flock on StateDir/lock, so concurrent Setups in any number of
 // processes get distinct subnets. Setup refuses a pool that overlaps a host route (other than
@@ -49,8 +53,8 @@
 // leaves its DNAT rules. The proxy binds the host ports first thing in Setup (the free-port check
 // and the reservation in one step), its sockets die with the process, and it works alike for
 // runc and gVisor. The price: the container sees connections coming from the gateway address,
-// and ports answer only while Proxy.Serve runs. Ports published on 127.0.0.1 (the default) are
-// out of every run's reach; on 0.0.0.0 other runs reach them through the host, as anyone can.
+// and ports answer only while Proxy.Serve runs. Published ports are out of every run's reach:
+// the host is closed to runs.
 //
 // Timing on the project's 2-core VM: Setup 15-40 ms (median ~20: two plugin processes in
 // parallel for lo and eth0, one iptables-restore, one fsync); Teardown 40-85 ms (median ~65),
@@ -65,6 +69,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -216,7 +221,7 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 		}
 	}
 	m.step("ports")
-	rec, err := m.allocate(runID, hostname, ports, o.HostPorts)
+	rec, err := m.allocate(record{RunID: runID, Hostname: hostname, Ports: ports, HostPorts: o.HostPorts})
 	if err != nil {
 		proxy.Close()
 		return nil, fail(err)
@@ -310,7 +315,8 @@ func (m *Manager) Load(runID string) (*Network, error) {
 }
 
 // allocate claims a free /24 for the run and writes its record, under the StateDir lock.
-func (m *Manager) allocate(runID, hostname string, ports []Port, hostPorts []HostPort) (*record, error) {
+func (m *Manager) allocate(tmpl record) (*record, error) {
+	runID := tmpl.RunID
 	for _, d := range []string{m.runsDir(), m.cfg.ConfDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -380,10 +386,9 @@ func (m *Manager) allocate(runID, hostname string, ports []Port, hostPorts []Hos
 	}
 	sub := subnetAt(pool, idx)
 	gw := sub.Addr().Next()
-	rec := &record{
-		RunID: runID, Hostname: hostname, Pool: pool, Subnet: sub, Gateway: gw, IP: gw.Next(),
-		Ports: ports, HostPorts: hostPorts, MTU: mtu, Created: time.Now().UTC(), PID: os.Getpid(),
-	}
+	rec := &tmpl
+	rec.Pool, rec.Subnet, rec.Gateway, rec.IP = pool, sub, gw, gw.Next()
+	rec.MTU, rec.Created, rec.PID = mtu, time.Now().UTC(), os.Getpid()
 	if err := os.Mkdir(m.runDir(runID), 0o700); err != nil {
 		return nil, err
 	}
@@ -422,6 +427,81 @@ next:
 		return c.String()
 	}
 	return "a private range no host route uses"
+}
+
+// SetupShared makes a network that another program attaches its containers to (BuildKit's RUN
+// steps) and returns its conflist: moatc allocates a /24 from the pool, makes the bridge with the
+// gateway address and IPv6 off, and adds the rules every run gets (the host closed, no other
+// runs, no link-local addresses, NAT egress); the program runs ADD and DEL itself, and
+// host-local IPAM hands out .2 to .254. An existing one whose bridge is up is kept as it is.
+// Teardown removes it.
+func (m *Manager) SetupShared(ctx context.Context, id string) (_ string, err error) {
+	fail := func(err error) error { return fmt.Errorf("creating network %s: %w", netName(id), err) }
+	if err := checkRunID(id); err != nil {
+		return "", fail(err)
+	}
+	if err := m.checkPlugins(); err != nil {
+		return "", fail(err)
+	}
+	fw, err := findFirewall()
+	if err != nil {
+		return "", fail(err)
+	}
+	// Kept only when whole: the plugin would make a missing bridge itself, without the rules.
+	if rec, err := m.readRecord(id); err == nil && rec.Shared {
+		_, brErr := net.InterfaceByName(bridgeName(id))
+		_, confErr := os.Stat(m.confPath(id))
+		if brErr == nil && confErr == nil {
+			found, err := fw.scan(ctx)
+			if err != nil {
+				return "", fail(err)
+			}
+			if len(found[id]) == len(runRules(rec)) {
+				return m.confPath(id), nil
+			}
+		}
+	}
+	if err := m.Teardown(ctx, id); err != nil { // whatever is left of an earlier one
+		return "", fail(err)
+	}
+	rec, err := m.allocate(record{RunID: id, Hostname: id, Shared: true})
+	if err != nil {
+		return "", fail(err)
+	}
+	defer func() {
+		if err != nil {
+			if uerr := m.teardown(context.WithoutCancel(ctx), id, rec, false); uerr != nil {
+				err = fmt.Errorf("%w (undoing it failed too, run `moatc clean`: %v)", err, uerr)
+			}
+			err = fail(err)
+		}
+	}()
+	br := bridgeName(id)
+	for _, args := range [][]string{
+		{"link", "add", br, "type", "bridge"},
+		{"addr", "add", netip.PrefixFrom(rec.Gateway, rec.Subnet.Bits()).String(), "dev", br},
+	} {
+		if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	if err := sysctl("net/ipv6/conf/"+br+"/disable_ipv6", "1"); err != nil {
+		return "", err
+	}
+	if out, err := exec.CommandContext(ctx, "ip", "link", "set", br, "up").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("ip link set %s up: %w: %s", br, err, strings.TrimSpace(string(out)))
+	}
+	if err := fw.add(ctx, rec); err != nil {
+		return "", err
+	}
+	conf, err := m.confList(rec)
+	if err != nil {
+		return "", err
+	}
+	if err := writeAtomic(m.confPath(id), conf, 0o600, true); err != nil {
+		return "", fmt.Errorf("writing conflist: %w", err)
+	}
+	return m.confPath(id), nil
 }
 
 // Teardown removes everything Setup made for the run, from what is on disk and in the kernel:

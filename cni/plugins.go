@@ -24,6 +24,25 @@ var neededPlugins = []string{"bridge", "host-local", "loopback"}
 
 const cniVersion = "1.0.0" // the newest spec Debian's plugins (1.1.1) speak
 
+// PluginDir is the first plugin directory that has every plugin moatc needs.
+func (m *Manager) PluginDir() (string, error) {
+	if err := m.checkPlugins(); err != nil {
+		return "", err
+	}
+	for _, d := range m.cfg.PluginDirs {
+		all := true
+		for _, p := range neededPlugins {
+			if _, err := os.Stat(filepath.Join(d, p)); err != nil {
+				all = false
+			}
+		}
+		if all {
+			return d, nil
+		}
+	}
+	return "", fmt.Errorf("no single directory of %s holds all of %s; put the CNI plugins in one (cni_plugin_dir)", strings.Join(m.cfg.PluginDirs, ", "), strings.Join(neededPlugins, ", "))
+}
+
 func (m *Manager) checkPlugins() error {
 	var missing []string
 	for _, p := range neededPlugins {
@@ -68,7 +87,7 @@ func (m *Manager) confList(r *record) ([]byte, error) {
 				"type":    "host-local",
 				"dataDir": m.ipamDir(),
 				"ranges": [][]ipRange{{{
-					Subnet: r.Subnet.String(), RangeStart: r.IP.String(), RangeEnd: r.IP.String(), Gateway: r.Gateway.String(),
+					Subnet: r.Subnet.String(), RangeStart: r.IP.String(), RangeEnd: rangeEnd(r).String(), Gateway: r.Gateway.String(),
 				}}},
 				"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
 			},
@@ -78,6 +97,16 @@ func (m *Manager) confList(r *record) ([]byte, error) {
 		conf["plugins"].([]any)[0].(map[string]any)["mtu"] = r.MTU
 	}
 	return json.MarshalIndent(conf, "", "  ")
+}
+
+// rangeEnd is the last address IPAM hands out: the run's one address, or .254 of a shared network.
+func rangeEnd(r *record) netip.Addr {
+	if !r.Shared {
+		return r.IP
+	}
+	b := r.Subnet.Addr().As4()
+	b[3] = 254
+	return netip.AddrFrom4(b)
 }
 
 var loopbackConf = []byte(`{"cniVersion":"` + cniVersion + `","name":"moatc-loopback","type":"loopback"}`)

@@ -26,8 +26,10 @@ type record struct {
 	// HostPorts are the host's ports the run may reach at Gateway; the rest of the host is closed.
 	HostPorts []HostPort `json:"host_ports,omitempty"`
 	MTU       int        `json:"mtu,omitempty"` // the uplink's; 0: the plugin's default
-	Created   time.Time  `json:"created"`
-	PID       int        `json:"pid"`
+	// Shared: another program (BuildKit) attaches containers; IPAM hands out .2 to .254.
+	Shared  bool      `json:"shared,omitempty"`
+	Created time.Time `json:"created"`
+	PID     int       `json:"pid"`
 }
 
 func (m *Manager) runsDir() string             { return filepath.Join(m.cfg.StateDir, "runs") }
@@ -35,6 +37,9 @@ func (m *Manager) runDir(id string) string     { return filepath.Join(m.runsDir(
 func (m *Manager) ipamDir() string             { return filepath.Join(m.cfg.StateDir, "ipam") }
 func (m *Manager) cacheDir() string            { return filepath.Join(m.cfg.StateDir, "cache") }
 func (m *Manager) recordPath(id string) string { return filepath.Join(m.runDir(id), "network.json") }
+// ConfPath is where the conflist of network id is written.
+func (m *Manager) ConfPath(id string) string { return m.confPath(id) }
+
 func (m *Manager) confPath(id string) string {
 	return filepath.Join(m.cfg.ConfDir, netName(id)+".conflist")
 }

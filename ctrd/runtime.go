@@ -74,6 +74,11 @@ type GVisor struct {
 	Dir      string // where the runsc config files go
 	Platform string // systrap (default), kvm or ptrace
 	Debug    bool   // runsc debug logs next to the config
+	// ForBuild configures runsc for BuildKit's RUN steps: their writes go straight to the
+	// snapshot (overlay2 none; in gVisor's private overlay they would be missing from the
+	// image), and the spec's seccomp profile is left to BuildKit (its clone3 rule means
+	// ENOSYS, which runsc would answer as EPERM, breaking every glibc thread).
+	ForBuild bool
 }
 
 func (GVisor) Name() string { return "gvisor" }
@@ -122,6 +127,10 @@ func (g GVisor) Config() (string, error) {
 	// oci-seccomp: the spec's seccomp profile is enforced by the Sentry too (runsc ignores
 	// it otherwise), so a gVisor run gets the same system call policy as a runc one.
 	flags := map[string]string{"platform": platform, "network": "sandbox", "overlay2": "root:self", "oci-seccomp": "true"}
+	if g.ForBuild {
+		flags["overlay2"] = "none"
+		delete(flags, "oci-seccomp")
+	}
 	if g.Debug {
 		flags["debug"] = "true"
 		flags["debug-log"] = filepath.Join(g.Dir, "logs") + "/"
@@ -150,26 +159,48 @@ func (g GVisor) Flags() string {
 }
 
 func (g GVisor) ContainerOpts() ([]containerd.NewContainerOpts, error) {
-	cfg, err := g.Config()
+	path, err := g.ConfigFile()
 	if err != nil {
 		return nil, err
-	}
-	// One file per distinct config, named by its content, so concurrent runs never rewrite a
-	// file another run's shim is reading.
-	sum := sha256.Sum256([]byte(cfg))
-	path := filepath.Join(g.Dir, "runsc-"+hex.EncodeToString(sum[:6])+".toml")
-	if _, err := os.Stat(path); err != nil {
-		if err := os.MkdirAll(g.Dir, 0o700); err != nil {
-			return nil, fmt.Errorf("writing runsc config: %w", err)
-		}
-		if err := state.WriteFile(path, []byte(cfg), 0o644); err != nil {
-			return nil, err
-		}
 	}
 	return []containerd.NewContainerOpts{containerd.WithRuntime(g.Shim(), &runtimeoptions.Options{
 		TypeUrl:    "io.containerd.runsc.v1.options",
 		ConfigPath: path,
 	})}, nil
+}
+
+// ConfigFile writes the runsc config (once) and returns its path. One file per distinct
+// config, named by its content, so concurrent runs never rewrite a file another run's shim
+// is reading.
+func (g GVisor) ConfigFile() (string, error) {
+	cfg, err := g.Config()
+	if err != nil {
+		return "", err
+	}
+	path := g.configPath(cfg)
+	if _, err := os.Stat(path); err != nil {
+		if err := os.MkdirAll(g.Dir, 0o700); err != nil {
+			return "", fmt.Errorf("writing runsc config: %w", err)
+		}
+		if err := state.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			return "", err
+		}
+	}
+	return path, nil
+}
+
+// ConfigPath is where ConfigFile writes the config; "" when runsc is missing.
+func (g GVisor) ConfigPath() string {
+	cfg, err := g.Config()
+	if err != nil {
+		return ""
+	}
+	return g.configPath(cfg)
+}
+
+func (g GVisor) configPath(cfg string) string {
+	sum := sha256.Sum256([]byte(cfg))
+	return filepath.Join(g.Dir, "runsc-"+hex.EncodeToString(sum[:6])+".toml")
 }
 
 func (GVisor) SpecOpts(c Container) []oci.SpecOpts {

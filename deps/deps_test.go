@@ -512,3 +512,26 @@ func TestEveryEntryResolves(t *testing.T) {
 		}
 	}
 }
+
+// Each workspace's build has caches of its own: the scope is in every cache id, and so in the tag.
+func TestCacheScope(t *testing.T) {
+	list := []string{"jq", "node", "typescript", "go", "gopls"}
+	a, b, none := plan(t, list...), plan(t, list...), plan(t, list...)
+	a.Scope, b.Scope = "wsaaaa", "wsbbbb"
+	da, db, dn := string(a.Dockerfile("debian:bookworm-slim")), string(b.Dockerfile("debian:bookworm-slim")), string(none.Dockerfile("debian:bookworm-slim"))
+	ids := regexp.MustCompile(`id=([a-z0-9-]+)`)
+	for _, m := range ids.FindAllStringSubmatch(da, -1) {
+		if m[1] != "moatc-ca" && !strings.HasSuffix(m[1], "-wsaaaa") {
+			t.Errorf("cache id %s is not scoped to the workspace", m[1])
+		}
+	}
+	if n := len(ids.FindAllString(da, -1)); n < 6 {
+		t.Errorf("only %d mounts with ids in:\n%s", n, da)
+	}
+	if strings.Contains(dn, "-ws") || a.Tag("debian:bookworm-slim") == b.Tag("debian:bookworm-slim") {
+		t.Errorf("tags of two scopes are equal, or an unscoped plan has scoped ids")
+	}
+	if !strings.Contains(db, "id=moatc-npm-wsbbbb,") {
+		t.Errorf("scope b:\n%s", db)
+	}
+}

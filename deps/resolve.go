@@ -16,6 +16,9 @@ type Plan struct {
 	// Docker is "host" or "dind" when the list has docker:host or docker:dind: what the run
 	// must provide (moatc's Docker API socket mounted, or a privileged container), else "".
 	Docker string
+	// Scope keys the build's cache mounts (and so the image tag): moatc sets it per workspace,
+	// so a build reads only caches its own workspace's builds wrote.
+	Scope string
 
 	pipIndex string
 }

@@ -31,7 +31,7 @@ func TestNetworkEgressAndHostName(t *testing.T) {
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
-			args := busyboxRun(rt, []string{"-n", "egress-" + rt}, ws, "sh", "-c",
+			args := busyboxRun(rt, []string{"-n", "egress-" + rt, "--host-port", fmt.Sprint(port)}, ws, "sh", "-c",
 				fmt.Sprintf("grep moatc-host /etc/hosts; wget -q -O- http://moatc-host:%d/", port))
 			r := moatcRun(t, opts{}, args...)
 			if r.code != 0 || !strings.Contains(r.stdout, "hello-from-host") {

@@ -2,12 +2,15 @@ package run
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/moatc/moatc/builder"
 	"github.com/moatc/moatc/ctrd"
@@ -25,6 +28,14 @@ type Deps struct {
 	Rebuild  bool         // build even if the image exists
 	Progress io.Writer    // build progress; nil for none
 	Mode     string       // builder.ModeAuto, ModeTTY, ModePlain or ModeQuiet
+	Scope    string       // the build's cache scope: CacheScope of the workspace
+}
+
+// CacheScope is a workspace's build cache scope: its builds share caches with each other and
+// with no other workspace's builds.
+func CacheScope(workspace string) string {
+	sum := sha256.Sum256([]byte(filepath.Clean(workspace)))
+	return "ws" + hex.EncodeToString(sum[:])[:12]
 }
 
 // Plan resolves the dependency list: what would be built, as what, and from which recipe.
@@ -38,6 +49,7 @@ func Plan(d Deps) (plan *deps.Plan, base, tag string, err error) {
 	if err != nil {
 		return nil, "", "", err
 	}
+	plan.Scope = d.Scope
 	if plan.Docker != "" {
 		e := d.Entries[0]
 		for _, it := range plan.Items {
@@ -88,6 +100,9 @@ func (m *Manager) buildImage(ctx context.Context, d Deps, plan *deps.Plan, base,
 	if err := m.ensureBase(ctx, c, base, d.Progress); err != nil {
 		return "", err
 	}
+	if err := m.prepareBuildSandbox(ctx); err != nil {
+		return "", err
+	}
 	bd := m.BuildDaemon()
 	logPath := m.BuildLog(tag)
 	os.MkdirAll(filepath.Dir(logPath), 0o700)
@@ -112,7 +127,51 @@ func (m *Manager) BuildDaemon() *builder.Daemon {
 	if ns == "" {
 		ns = ctrd.DefaultNamespace
 	}
-	return &builder.Daemon{Dir: filepath.Join(m.Dir, "buildkit"), Prefix: m.Prefix, ContainerdAddress: addr, Namespace: ns}
+	return &builder.Daemon{Dir: filepath.Join(m.Dir, "buildkit"), Prefix: m.Prefix, ContainerdAddress: addr, Namespace: ns,
+		Sandbox: &builder.Sandbox{
+			Runtime: ctrd.GVisor{}.Shim(), RuntimeConfig: m.buildRuntime().ConfigPath(),
+			CNIConfig: m.Net.ConfPath(m.BuildNetwork()), CNIBinDir: m.buildPluginDir(),
+		}}
+}
+
+// BuildNetwork is the id of the network builds' RUN steps use; one per moatc home.
+func (m *Manager) BuildNetwork() string {
+	sum := sha256.Sum256([]byte(filepath.Clean(m.Dir)))
+	return "bld" + hex.EncodeToString(sum[:])[:9]
+}
+
+func (m *Manager) buildRuntime() ctrd.GVisor {
+	return ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc"), ForBuild: true}
+}
+
+func (m *Manager) buildPluginDir() string {
+	d, _ := m.Net.PluginDir() // prepareBuildSandbox reports a missing plugin
+	return d
+}
+
+// prepareBuildSandbox makes what builds run in, before buildkitd starts: gVisor (the same
+// check as a run's) and the build network, with the rules of a run's.
+func (m *Manager) prepareBuildSandbox(ctx context.Context) error {
+	rt := m.buildRuntime()
+	if err := rt.Check(); err != nil {
+		return err
+	}
+	if _, err := rt.ConfigFile(); err != nil {
+		return err
+	}
+	if _, err := m.Net.PluginDir(); err != nil {
+		return err
+	}
+	_, err := m.Net.SetupShared(ctx, m.BuildNetwork())
+	return err
+}
+
+// StopBuilder stops buildkitd and removes the build network.
+func (m *Manager) StopBuilder(ctx context.Context, grace time.Duration) error {
+	if err := m.BuildDaemon().Stop(ctx, grace); err != nil {
+		return err
+	}
+	return m.Net.Teardown(ctx, m.BuildNetwork())
 }
 
 // ensureBase finds the base image in the store, or pulls it; an offline host gets an error

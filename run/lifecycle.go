@@ -233,8 +233,9 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	building := m.BuildDaemon().Answering()
 	for _, id := range nets {
-		if active[id] {
+		if active[id] || (id == m.BuildNetwork() && building) {
 			continue
 		}
 		rep.Networks = append(rep.Networks, id)

@@ -111,6 +111,7 @@ echo
 echo "== dependency image, already built, against the same image named directly"
 dws=$(mktemp -d)
 printf 'dependencies: [jq]\nnetwork: none\nsandbox: none\n' > "$dws/moatc.yaml"
+"$MOATC" trust "$dws" >/dev/null
 dimg=$("$MOATC" build -q "$dws")
 pws=$(mktemp -d)
 row "moatc run (dependencies: [jq], built)" "$MOATC" run "$dws" -- true
@@ -132,6 +133,40 @@ if [ "${BENCH_COLD:-1}" = 1 ]; then
   printf '%-46s %8.1fs\n' "cold build: jq, node, npm:typescript, go" "$(awk -v d=$((t1 - t0)) 'BEGIN {print d/1e9}')"
   MOATC_HOME=$cold "$MOATC" system stop --force >/dev/null 2>&1 || true
   rm -rf "$cold" "$cws"
+fi
+
+# The containment rules (the host closed, hardening, pinned mounts) against the moatc before
+# them, built from BENCH_BASELINE in this run, each with its own warm home. Goal: unchanged
+# within noise.
+baseline=${BENCH_BASELINE:-35bf031}
+if [ "${BENCH_RULES:-1}" = 1 ] && git -C "$here" cat-file -e "$baseline^{commit}" 2>/dev/null; then
+  bdir=$(mktemp -d /tmp/moatc-baseline-XXXX)
+  git -C "$here" worktree add -q --detach "$bdir/src" "$baseline"
+  (cd "$bdir/src" && go build -o "$bdir/moatc" ./cmd/moatc)
+  git -C "$here" worktree remove --force "$bdir/src"
+  bhome="$bdir/home"
+  MOATC_HOME=$bhome "$bdir/moatc" image import "$PREFIX/images/busybox.oci.tar" >/dev/null
+  MOATC_HOME=$bhome "$bdir/moatc" image import "$PREFIX/images/debian-bookworm-slim.oci.tar" >/dev/null
+  echo
+  echo "== the containment rules: this moatc against $baseline (before them), start latency"
+  startrow "start, runc, networked, $baseline" env MOATC_HOME="$bhome" "$bdir/moatc" run --no-sandbox --image debian:bookworm-slim "$ws" -- date +%s%N
+  ratio "start, runc, networked" "start, runc, networked, $baseline"
+  startrow "start, gvisor, networked, $baseline" env MOATC_HOME="$bhome" "$bdir/moatc" run --image debian:bookworm-slim "$ws" -- date +%s%N
+  ratio "start, gvisor, networked" "start, gvisor, networked, $baseline"
+  MOATC_HOME=$bhome "$bdir/moatc" clean >/dev/null 2>&1 || true
+  MOATC_HOME=$bhome "$bdir/moatc" system stop --force >/dev/null 2>&1 || true
+  rm -rf "$bdir"
+fi
+
+# A dependency build in moatc's sandbox (RUN steps in gVisor, on the build network) against the
+# same build the old way (runc, the host's network), both cold, alternating. Goal: <= 1.5x.
+if [ "${BENCH_COLD:-1}" = 1 ]; then
+  echo
+  echo "== cold dependency build (jq, node, npm:typescript, go): sandboxed against unsandboxed"
+  (cd "$here" && MOATC_PREFIX=$PREFIX go test ./builder -run '^$' -bench ColdBuildSandboxed -benchtime "${BUILD_RUNS:-1}x" -timeout 60m) 2>&1 |
+    awk '/^cold build/ {print "  " $0} /^BenchmarkColdBuildSandboxed/ {
+      for (i = 1; i <= NF; i++) { if ($(i+1) == "s-sandboxed") s = $i; if ($(i+1) == "s-unsandboxed") u = $i; if ($(i+1) == "ratio") r = $i }
+      printf "%-46s %8.1fs\n%-46s %8.1fs\n  ratio %-36s %5.2fx  (sandboxed / unsandboxed)\n", "cold build, sandboxed (median)", s, "cold build, runc + host network (median)", u, "", r }'
 fi
 
 # Docker Engine (Debian's docker.io), started by hand with its own data root and socket, for

@@ -47,7 +47,7 @@ the Dockerfile instead. The full build log is kept in ~/.moatc/builds/.`,
 			if len(file.Dependencies) == 0 {
 				return fmt.Errorf("%s declares no dependencies: add e.g.\n  dependencies: [git, jq, node@22]\nto %s", ws, pick(file.Path, filepath.Join(ws, "moatc.yaml")))
 			}
-			d := depsRequest(c, file)
+			d := depsRequest(c, ws, file)
 			plan, base, tag, err := run.Plan(*d)
 			if err != nil {
 				return err

@@ -236,7 +236,7 @@ func buildRequest(c *cli.Context) (run.Request, error) {
 		s.Publish = append(s.Publish, p)
 	}
 	if len(file.Dependencies) > 0 {
-		req.Deps = depsRequest(c, file)
+		req.Deps = depsRequest(c, ws, file)
 		if _, _, _, err := run.Plan(*req.Deps); err != nil {
 			return req, err
 		}
@@ -309,8 +309,9 @@ func loadTrusted(c *cli.Context, ws string) (*config.File, error) {
 
 // depsRequest turns moatc.yaml's dependencies into a build request. The base is base_image,
 // else the run's image (flag or file), else run.DefaultBase.
-func depsRequest(c *cli.Context, file *config.File) *run.Deps {
-	d := &run.Deps{Base: pick(file.BaseImage, c.String("image"), file.Image), Rebuild: c.Bool("rebuild"), Progress: os.Stderr}
+func depsRequest(c *cli.Context, ws string, file *config.File) *run.Deps {
+	d := &run.Deps{Base: pick(file.BaseImage, c.String("image"), file.Image), Rebuild: c.Bool("rebuild"), Progress: os.Stderr,
+		Scope: run.CacheScope(ws)}
 	if c.Bool("quiet") {
 		d.Mode = builder.ModeQuiet
 	}
@@ -348,6 +349,9 @@ func parseMount(ws, spec string) (state.Mount, error) {
 		var esc *mounts.EscapeError
 		if errors.As(err, &esc) {
 			return state.Mount{}, err
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			return bad(fmt.Sprintf("host path %s does not exist", m.Source))
 		}
 		return bad(fmt.Sprintf("host path %s cannot be opened (%v)", m.Source, errors.Unwrap(err)))
 	}

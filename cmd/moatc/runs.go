@@ -104,9 +104,19 @@ func statusCommand() *cli.Command {
 				if m.ReadOnly {
 					mode = "ro"
 				}
-				row("Mount", m.Host+" -> "+m.Container+" ("+mode+")")
+				from := ""
+				if m.Source != "" && m.Source != m.Host {
+					from = " from " + m.Source
+				}
+				row("Mount", m.Host+" -> "+m.Container+" ("+mode+")"+from)
 			}
 			row("Network", r.Spec.Network)
+			for _, h := range r.Spec.HostPorts {
+				row("Host port", "moatc-host:"+h)
+			}
+			if r.Spec.Pids > 0 {
+				row("Pids limit", fmt.Sprint(r.Spec.Pids))
+			}
 			row("Address", r.IP)
 			row("moatc-host", r.Gateway)
 			for _, p := range r.Ports {

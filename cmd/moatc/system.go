@@ -56,7 +56,7 @@ socket under --home) on first use and leaves it running for the next command.`,
 						}
 					}
 					// buildkitd first: it works on containerd's store.
-					if err := e.mgr.BuildDaemon().Stop(c.Context, 10*time.Second); err != nil {
+					if err := e.mgr.StopBuilder(c.Context, 10*time.Second); err != nil {
 						return err
 					}
 					if err := e.daemon.Stop(c.Context, 10*time.Second); err != nil {

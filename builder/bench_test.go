@@ -1,0 +1,76 @@
+package builder
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/moatc/moatc/deps"
+)
+
+// BenchmarkColdBuildSandboxed builds the same dependency list cold (a fresh buildkitd root:
+// no layer or cache-mount reuse) under moatc's sandbox (gVisor, the build network) and the
+// old way (runc, the host's network), alternating, and reports the ratio of the medians.
+// Run by `make bench`; the goal is at most 1.5x.
+//
+//	go test ./builder -run '^$' -bench ColdBuildSandboxed -benchtime 1x
+func BenchmarkColdBuildSandboxed(b *testing.B) {
+	if setupErr != nil {
+		b.Fatal(setupErr)
+	}
+	list := []string{"jq", "node", "npm:typescript", "go"}
+	var es []deps.Entry
+	for i, s := range list {
+		es = append(es, deps.Entry{Text: s, File: "moatc.yaml", Line: i + 1})
+	}
+	ds, err := deps.Parse(es)
+	if err != nil {
+		b.Fatal(err)
+	}
+	plan, err := deps.Resolve(ds)
+	if err != nil {
+		b.Fatal(err)
+	}
+	df := plan.Dockerfile("debian:bookworm-slim")
+	var sandboxed, open []time.Duration
+	for i := 0; i < b.N; i++ {
+		for _, sb := range []*Sandbox{nil, testDaemon.Sandbox} {
+			dir := filepath.Join(testDir, fmt.Sprintf("cold%d", i))
+			if sb != nil {
+				dir += "s"
+			}
+			d := &Daemon{Dir: dir, Prefix: prefix, ContainerdAddress: ctrdSock, Namespace: testNamespace, Sandbox: sb}
+			if err := d.Start(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			tag := fmt.Sprintf("moatc/run:cold-%d-%t", i, sb != nil)
+			if _, err := Build(context.Background(), d, Request{Dockerfile: df, Tag: tag, Mode: ModeQuiet, LogPath: filepath.Join(dir, "build.log")}); err != nil {
+				b.Fatal(err)
+			}
+			took := time.Since(start)
+			d.Stop(context.Background(), 20*time.Second)
+			os.RemoveAll(filepath.Join(dir, "root"))
+			if sb != nil {
+				sandboxed = append(sandboxed, took)
+			} else {
+				open = append(open, took)
+			}
+			fmt.Fprintf(os.Stderr, "cold build of %v, sandboxed %t: %.1fs\n", list, sb != nil, took.Seconds())
+		}
+	}
+	s, o := median(sandboxed), median(open)
+	b.ReportMetric(s.Seconds(), "s-sandboxed")
+	b.ReportMetric(o.Seconds(), "s-unsandboxed")
+	b.ReportMetric(s.Seconds()/o.Seconds(), "ratio")
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
