@@ -37,6 +37,7 @@ func (m *Manager) runDir(id string) string     { return filepath.Join(m.runsDir(
 func (m *Manager) ipamDir() string             { return filepath.Join(m.cfg.StateDir, "ipam") }
 func (m *Manager) cacheDir() string            { return filepath.Join(m.cfg.StateDir, "cache") }
 func (m *Manager) recordPath(id string) string { return filepath.Join(m.runDir(id), "network.json") }
+
 // ConfPath is where the conflist of network id is written.
 func (m *Manager) ConfPath(id string) string { return m.confPath(id) }
 
