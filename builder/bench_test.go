@@ -23,18 +23,7 @@ func BenchmarkColdBuildSandboxed(b *testing.B) {
 		b.Fatal(setupErr)
 	}
 	list := []string{"jq", "node", "npm:typescript", "go"}
-	var es []deps.Entry
-	for i, s := range list {
-		es = append(es, deps.Entry{Text: s, File: "moatc.yaml", Line: i + 1})
-	}
-	ds, err := deps.Parse(es)
-	if err != nil {
-		b.Fatal(err)
-	}
-	plan, err := deps.Resolve(ds)
-	if err != nil {
-		b.Fatal(err)
-	}
+	plan := planFor(b, deps.Default(), list...)
 	df := plan.Dockerfile("debian:bookworm-slim")
 	var sandboxed, open []time.Duration
 	for i := 0; i < b.N; i++ {

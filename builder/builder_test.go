@@ -89,7 +89,7 @@ func (fs *fileServer) registry(t *testing.T) *deps.Registry {
 	return r
 }
 
-func planFor(t *testing.T, r *deps.Registry, list ...string) *deps.Plan {
+func planFor(t testing.TB, r *deps.Registry, list ...string) *deps.Plan {
 	t.Helper()
 	var es []deps.Entry
 	for i, s := range list {

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -49,21 +48,14 @@ func TestBuildStepIsConfined(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("ip", "-4", "route", "get", "1.1.1.1").Output()
+	hostIP, err := testnet.HostAddr()
 	if err != nil {
 		t.Fatal(err)
-	}
-	f := strings.Fields(string(out))
-	hostIP := f[len(f)-1]
-	for i := range f {
-		if f[i] == "src" {
-			hostIP = f[i+1]
-		}
 	}
 	gw := bridgeAddr(t, "mc-"+testNetwork)
 	targets := []string{
 		"loopback=127.0.0.1:" + fmt.Sprint(loopPort),
-		"host=" + hostIP + ":" + fmt.Sprint(hostPort),
+		"host=" + hostIP.String() + ":" + fmt.Sprint(hostPort),
 		"gateway=" + gw + ":" + fmt.Sprint(hostPort),
 		"metadata=" + strings.TrimPrefix(metaURL, "http://"),
 		"outside=" + strings.TrimPrefix(filesURL, "http://"),

@@ -188,21 +188,13 @@ func mountsUnder(t *testing.T, dir string) []string {
 	return out
 }
 
-// hostAddr is the host's own address on its default route (not loopback, not a run's bridge).
 func hostAddr(t *testing.T) string {
 	t.Helper()
-	out, err := exec.Command("ip", "-4", "route", "get", "1.1.1.1").Output()
+	a, err := testnet.HostAddr()
 	if err != nil {
-		t.Fatalf("ip route get: %v", err)
+		t.Fatal(err)
 	}
-	f := strings.Fields(string(out))
-	for i := range f {
-		if f[i] == "src" && i+1 < len(f) {
-			return f[i+1]
-		}
-	}
-	t.Fatalf("no source address in %q", out)
-	return ""
+	return a.String()
 }
 
 // metadataServer stands for a cloud's metadata service: 169.254.169.254 in a netns of its

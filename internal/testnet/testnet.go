@@ -107,3 +107,19 @@ func (m *Machine) Close() error {
 	exec.Command("ip", "link", "del", "th-"+m.Name).Run() // gone with the netns, normally
 	return errors.Join(errs...)
 }
+
+// HostAddr is the host's own address on its default route: not loopback, not a bridge of
+// moatc's, the address another machine would reach it at.
+func HostAddr() (netip.Addr, error) {
+	out, err := exec.Command("ip", "-4", "route", "get", "1.1.1.1").Output()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("ip route get: %w", err)
+	}
+	f := strings.Fields(string(out))
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "src" {
+			return netip.ParseAddr(f[i+1])
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("no source address in %q", out)
+}
