@@ -239,6 +239,11 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 		err = fail(err)
 	}()
 
+	release, err := fw.hold()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	if err := createNetNS(netnsPath(runID)); err != nil {
 		return nil, fmt.Errorf("creating netns %s: %w", netnsPath(runID), err)
 	}
@@ -476,6 +481,11 @@ func (m *Manager) SetupShared(ctx context.Context, id string) (_ string, err err
 			err = fail(err)
 		}
 	}()
+	release, err := fw.hold()
+	if err != nil {
+		return "", err
+	}
+	defer release()
 	br := bridgeName(id)
 	for _, args := range [][]string{
 		{"link", "add", br, "type", "bridge"},

@@ -26,8 +26,12 @@ import (
 const (
 	chainInput   = "MOATC-INPUT"
 	chainForward = "MOATC-FORWARD"
-	// lockPath serializes changes to the shared chains across processes and moatc homes.
-	lockPath = "/run/moatc-firewall.lock"
+	// useLock is held shared by every Setup from before CNI ADD (the bridge plugin turns on
+	// forwarding there) until its rules are in, and exclusively by Prune: Prune never removes
+	// the chains or turns forwarding off under a network being made.
+	useLock = "/run/moatc-firewall.lock"
+	// editLock serializes changes to the shared chains across processes and moatc homes.
+	editLock = "/run/moatc-firewall-edit.lock"
 	// forwardingMark exists while ip_forward is on because moatc turned it on. Forwarding
 	// then serves moatc's bridges only: MOATC-FORWARD ends in a DROP for everything else, so
 	// the host does not start routing between its other interfaces. /run goes with a reboot,
@@ -159,10 +163,44 @@ func (fw firewall) apply(ctx context.Context, in []byte) error {
 	return nil
 }
 
-// add inserts a run's rules, making moatc's chains first where they are missing, and turns
-// on forwarding (egress needs it; the kernel default is off).
+// hold is called before a network is made and its release after its rules are in. It notes
+// whether forwarding was off before moatc (the bridge plugin turns it on at ADD), so that add
+// puts the guard in.
+func (fw firewall) hold() (release func(), err error) {
+	release, err = flock(useLock, unix.LOCK_SH)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := flock(editLock, unix.LOCK_EX)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	defer unlock()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("reading ip_forward: %w", err)
+	}
+	if strings.TrimSpace(string(b)) == "0" {
+		// Mark first: a crash in between leaves the guard on, never routing without it.
+		if err := os.WriteFile(forwardingMark, []byte("moatc turned net.ipv4.ip_forward on\n"), 0o644); err != nil {
+			release()
+			return nil, fmt.Errorf("turning on forwarding: %w", err)
+		}
+	}
+	// Egress needs forwarding; the kernel default is off.
+	if err := sysctl("net/ipv4/ip_forward", "1"); err != nil {
+		release()
+		return nil, err
+	}
+	return release, nil
+}
+
+// add inserts a run's rules, making moatc's chains first where they are missing. Call it
+// between hold and its release.
 func (fw firewall) add(ctx context.Context, r *record) error {
-	unlock, err := lockFirewall()
+	unlock, err := flock(editLock, unix.LOCK_EX)
 	if err != nil {
 		return err
 	}
@@ -177,12 +215,12 @@ func (fw firewall) add(ctx context.Context, r *record) error {
 	return nil
 }
 
-func lockFirewall() (func(), error) {
-	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+func flock(path string, how int) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("locking the firewall: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("locking the firewall: %w", err)
 	}
@@ -192,21 +230,8 @@ func lockFirewall() (func(), error) {
 const guardWhy = "moatc: forwarding was off before moatc; nothing but moatc's runs is forwarded"
 
 // ensure returns the filter lines that make moatc's chains, their jumps and the forwarding
-// guard where they are missing, and turns forwarding on. Call it under lockFirewall.
+// guard where they are missing. Call it under editLock.
 func (fw firewall) ensure(ctx context.Context) ([]string, error) {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
-	if err != nil {
-		return nil, fmt.Errorf("reading ip_forward: %w", err)
-	}
-	if strings.TrimSpace(string(b)) == "0" {
-		// Mark first: a crash in between leaves the guard on, never routing without it.
-		if err := os.WriteFile(forwardingMark, []byte("moatc turned net.ipv4.ip_forward on\n"), 0o644); err != nil {
-			return nil, fmt.Errorf("turning on forwarding: %w", err)
-		}
-		if err := sysctl("net/ipv4/ip_forward", "1"); err != nil {
-			return nil, err
-		}
-	}
 	_, marked := os.Stat(forwardingMark)
 	saved, err := fw.save(ctx, "filter")
 	if err != nil {
@@ -249,7 +274,12 @@ func Prune(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, nil // without iptables there is nothing to prune
 	}
-	unlock, err := lockFirewall()
+	unuse, err := flock(useLock, unix.LOCK_EX)
+	if err != nil {
+		return false, err
+	}
+	defer unuse()
+	unlock, err := flock(editLock, unix.LOCK_EX)
 	if err != nil {
 		return false, err
 	}

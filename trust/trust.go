@@ -67,8 +67,8 @@ func (e *UntrustedError) Error() string {
 	if e.Changed {
 		why = "the file changed since you trusted it"
 	}
-	fmt.Fprintf(&b, "%s sets %s, which widen what the workload can reach, and %s:\n",
-		e.File.Path, plural(len(e.File.PolicyKeys()), "a policy key", "policy keys"), why)
+	fmt.Fprintf(&b, "%s sets %s what the workload can reach, and %s:\n",
+		e.File.Path, plural(len(e.File.PolicyKeys()), "a policy key, which widens", "policy keys, which widen"), why)
 	for _, s := range e.File.Policy {
 		fmt.Fprintf(&b, "  %s: %s\n", e.File.Where(s), s)
 	}
