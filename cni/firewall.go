@@ -215,19 +215,28 @@ func (fw firewall) add(ctx context.Context, r *record) error {
 	return nil
 }
 
+// flock takes a lock (unix.LOCK_EX or LOCK_SH) on path, creating it, and returns its release.
 func flock(path string, how int) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("locking the firewall: %w", err)
+		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
-	if err := unix.Flock(int(f.Fd()), how); err != nil {
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("locking the firewall: %w", err)
+		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
 	return func() { f.Close() }, nil
 }
 
-const guardWhy = "moatc: forwarding was off before moatc; nothing but moatc's runs is forwarded"
+// guardWhy is the guard's comment; it has no quote or other character iptables-save escapes,
+// so the saved rule reads as it was written.
+const guardWhy = "moatc: forwarding was off before moatc and serves its runs only"
 
 // ensure returns the filter lines that make moatc's chains, their jumps and the forwarding
 // guard where they are missing. Call it under editLock.
@@ -248,7 +257,7 @@ func (fw firewall) ensure(ctx context.Context) ([]string, error) {
 		}
 	}
 	guard := fmt.Sprintf("-A %s -m comment --comment \"%s\" -j DROP", chainForward, guardWhy)
-	if marked == nil && !has(guard) {
+	if marked == nil && !slices.ContainsFunc(saved, func(l string) bool { return strings.Contains(l, guardWhy) }) {
 		out = append(out, guard)
 	}
 	return out, nil

@@ -50,21 +50,7 @@ func (m *Manager) lock() (func(), error) {
 	if err := os.MkdirAll(m.cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(m.cfg.StateDir, "lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
-	}
-	return func() { f.Close() }, nil // closing the fd releases the flock
+	return flock(filepath.Join(m.cfg.StateDir, "lock"), unix.LOCK_EX)
 }
 
 func (m *Manager) readRecord(id string) (*record, error) {

@@ -324,6 +324,12 @@ func TestForwardingServesOnlyRuns(t *testing.T) {
 	if fromLeft() {
 		t.Error("the host routes between its other interfaces since moatc turned forwarding on")
 	}
+	// Another run keeps one guard, not two.
+	mustRun(t, busyboxRun("runc", nil, ws, "true")...)
+	out, _ := exec.Command("iptables-save", "-t", "filter").Output()
+	if n := strings.Count(string(out), "forwarding was off before moatc"); n != 1 {
+		t.Errorf("%d forwarding guards after two runs, want 1:\n%s", n, out)
+	}
 	// clean puts forwarding back as moatc found it once no run needs it.
 	mustRun(t, "clean")
 	if b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(string(b)) != "0" {

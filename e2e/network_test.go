@@ -158,19 +158,15 @@ func TestNoIPv6SideDoor(t *testing.T) {
 // hostNetState counts what a run's network leaves on the host.
 func hostNetState(t *testing.T) string {
 	t.Helper()
-	count := func(name string, args ...string) int {
+	count := func(mark string, name string, args ...string) int {
 		out, _ := exec.Command(name, args...).Output()
-		n := 0
-		for _, l := range strings.Split(string(out), "\n") {
-			if strings.Contains(l, "moatc") || (name == "ip" && args[1] == "link" && strings.Contains(l, "veth")) {
-				n++
-			}
-		}
-		return n
+		return strings.Count(string(out), mark)
 	}
 	leases, _ := exec.Command("sh", "-c", "find "+home+"/cni/state/ipam -type f 2>/dev/null | wc -l").Output()
-	return fmt.Sprintf("netns=%d veths=%d iptables=%d leases=%s", count("ip", "netns", "list"),
-		count("ip", "-o", "link", "show", "type", "veth"), count("iptables-save"), strings.TrimSpace(string(leases)))
+	// Rules are counted by their run tag: moatc's shared chains come and go with the first
+	// run and the last clean, and are no run's leftover.
+	return fmt.Sprintf("netns=%d veths=%d iptables=%d leases=%s", count("moatc", "ip", "netns", "list"),
+		count("veth", "ip", "-o", "link", "show", "type", "veth"), count("moatc run ", "iptables-save"), strings.TrimSpace(string(leases)))
 }
 
 func TestNetworkCleanupAfterKill9(t *testing.T) {
