@@ -160,7 +160,13 @@ func hostNetState(t *testing.T) string {
 	t.Helper()
 	count := func(mark string, name string, args ...string) int {
 		out, _ := exec.Command(name, args...).Output()
-		return strings.Count(string(out), mark)
+		n := 0
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, mark) {
+				n++
+			}
+		}
+		return n
 	}
 	leases, _ := exec.Command("sh", "-c", "find "+home+"/cni/state/ipam -type f 2>/dev/null | wc -l").Output()
 	// Rules are counted by their run tag: moatc's shared chains come and go with the first
