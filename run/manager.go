@@ -168,16 +168,22 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 	}
 	req.Spec.Image = img.Name()
 	id := state.NewID()
-	name := req.Name
-	if name == "" {
-		name = defaultName(req.Workspace, id)
-	}
 	r := &state.Run{
-		ID: id, Name: name, Workspace: req.Workspace, Spec: req.Spec, State: state.Created,
+		ID: id, Name: req.Name, Workspace: req.Workspace, Spec: req.Spec, State: state.Created,
 		ContainerID: "moatc-" + id, Namespace: c.Namespace, Address: c.Address,
 		Created: time.Now().UTC(), Supervisor: state.Self(),
 	}
-	if err := m.Store.Create(r); err != nil {
+	// A default name carries 4 digits of the id; when another run has them too, more.
+	for _, n := range []int{4, 8, len(id)} {
+		if req.Name == "" {
+			r.Name = defaultName(req.Workspace, id[:n])
+		}
+		err = m.Store.Create(r)
+		if req.Name != "" || !errors.As(err, new(*state.NameInUseError)) {
+			break
+		}
+	}
+	if err != nil {
 		return nil, 0, err
 	}
 	if buildLog != "" {
@@ -196,7 +202,7 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 	return r, code, err
 }
 
-func defaultName(workspace, id string) string {
+func defaultName(workspace, suffix string) string {
 	base := strings.Trim(regexp.MustCompile(`[^a-zA-Z0-9_.-]+`).ReplaceAllString(filepath.Base(workspace), "-"), "-.")
 	if base == "" || !validName.MatchString(base) {
 		base = "run"
@@ -204,7 +210,7 @@ func defaultName(workspace, id string) string {
 	if len(base) > 40 {
 		base = base[:40]
 	}
-	return base + "-" + id[:4]
+	return base + "-" + suffix
 }
 
 // execute creates the container and task, supervises them to the end and records the result.
