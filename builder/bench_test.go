@@ -1,11 +1,14 @@
 package builder
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,7 +52,8 @@ func BenchmarkColdBuildSandboxed(b *testing.B) {
 			} else {
 				open = append(open, took)
 			}
-			fmt.Fprintf(os.Stderr, "cold build of %v, sandboxed %t: %.1fs\n", list, sb != nil, took.Seconds())
+			fmt.Fprintf(os.Stderr, "cold build of %v, sandboxed %t: %.1fs; slowest steps: %s\n", list, sb != nil, took.Seconds(),
+				slowest(filepath.Join(dir, "build.log"), 4))
 		}
 	}
 	s, o := median(sandboxed), median(open)
@@ -62,4 +66,41 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// slowest names the n slowest steps of a plain build log, with their times.
+func slowest(log string, n int) string {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return err.Error()
+	}
+	names, took := map[string]string{}, map[string]float64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 || !strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		if f[1] == "DONE" {
+			var s float64
+			fmt.Sscanf(strings.TrimSuffix(f[2], "s"), "%g", &s)
+			took[f[0]] = s
+		} else if strings.HasPrefix(f[1], "[") && names[f[0]] == "" {
+			names[f[0]] = strings.Join(f[1:], " ")
+		}
+	}
+	steps := make([]string, 0, len(took))
+	for k := range took {
+		steps = append(steps, k)
+	}
+	slices.SortFunc(steps, func(a, b string) int { return cmp.Compare(took[b], took[a]) })
+	var out []string
+	for _, k := range steps[:min(n, len(steps))] {
+		name := names[k]
+		name = regexp.MustCompile(`--mount=\S+\s*`).ReplaceAllString(name, "")
+		if len(name) > 70 {
+			name = name[:70] + "…"
+		}
+		out = append(out, fmt.Sprintf("%.1fs %s", took[k], name))
+	}
+	return strings.Join(out, "; ")
 }

@@ -18,7 +18,7 @@ declare -A median
 
 cleanup() {
   [ -n "${dockerd_pid:-}" ] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
-  ip link del moatcbench0 2>/dev/null
+  ip link del moatcbench0 2>/dev/null || true
   "$MOATC" clean >/dev/null 2>&1 || true
   "$MOATC" system stop --force >/dev/null 2>&1 || true
   rm -rf "$ws"
