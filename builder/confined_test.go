@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/moatc/moatc/deps"
 	"github.com/moatc/moatc/internal/testnet"
 )
 
@@ -104,4 +106,54 @@ func bridgeAddr(t *testing.T, name string) string {
 	}
 	t.Fatalf("%s has no IPv4 address", name)
 	return ""
+}
+
+// TestBuildCachesArePerWorkspace: a build step of one workspace (an npm postinstall, say)
+// writes into the apt lists cache mount moatc generates for it. The same workspace's next build
+// sees it; another workspace's build sees neither the cache nor a layer made with it (BuildKit
+// leaves cache mounts out of a step's cache key, so a step of workspace A could otherwise serve
+// workspace B). Without the scope (the control) the other build sees it: apt would trust it.
+func TestBuildCachesArePerWorkspace(t *testing.T) {
+	requireStack(t)
+	stamp := time.Now().UnixNano()
+	// The generator's own prelude (FROM, SHELL, ARGs) and apt lists mount, for a scope.
+	recipe := func(scope string) (prelude, mount string) {
+		p := planFor(t, deps.Default(), "jq")
+		p.Scope = scope
+		df := string(p.Dockerfile("debian:bookworm-slim"))
+		m := regexp.MustCompile(`--mount=(type=cache,id=moatc-apt-lists\S*)`).FindStringSubmatch(df)
+		if m == nil {
+			t.Fatalf("no apt lists cache mount in the Dockerfile of scope %q", scope)
+		}
+		return df[:strings.Index(df, "\nRUN ")+1], m[1]
+	}
+	file := fmt.Sprintf("/var/lib/apt/lists/moatc-test-poison-%d", stamp)
+	build := func(tag, scope, cmd string) {
+		t.Helper()
+		prelude, mount := recipe(scope)
+		df := fmt.Sprintf("%sRUN --mount=%s echo %d; %s\n", prelude, mount, stamp, cmd)
+		if _, err := Build(context.Background(), testDaemon, Request{Dockerfile: []byte(df), Tag: tag, Mode: ModeQuiet}); err != nil {
+			t.Fatalf("build %s: %v", tag, err)
+		}
+	}
+	seen := func(tag, scope string) string {
+		t.Helper()
+		build(tag, scope, fmt.Sprintf("cat %s > /seen 2>/dev/null || echo clean > /seen", file))
+		return run(t, "docker.io/"+tag, "cat", "/seen")
+	}
+	poison := fmt.Sprintf("echo poisoned > %s", file)
+	a, b := fmt.Sprintf("wsa%d", stamp), fmt.Sprintf("wsb%d", stamp)
+	build("moatc/run:poison-a", a, poison)
+	if got := seen("moatc/run:seen-a", a); got != "poisoned" {
+		t.Fatalf("the same workspace's next build does not see its cache (so the test proves nothing): %q", got)
+	}
+	// The very step that just saw the poison, built for workspace B.
+	if got := seen("moatc/run:seen-b", b); got != "clean" {
+		t.Errorf("another workspace's build sees the poisoned cache, or reuses a layer made with it: %q", got)
+	}
+	// Control: unscoped caches, as moatc had them, are shared.
+	build("moatc/run:poison-x", "", poison)
+	if got := seen("moatc/run:seen-y", ""); got != "poisoned" {
+		t.Errorf("control: an unscoped cache is not shared: %q", got)
+	}
 }

@@ -531,6 +531,10 @@ func TestCacheScope(t *testing.T) {
 	if strings.Contains(dn, "-ws") || a.Tag("debian:bookworm-slim") == b.Tag("debian:bookworm-slim") {
 		t.Errorf("tags of two scopes are equal, or an unscoped plan has scoped ids")
 	}
+	// BuildKit leaves cache mount ids out of step keys: the scope must be in every step's env.
+	if !strings.Contains(da, "\nARG MOATC_CACHE_SCOPE=wsaaaa\n") || strings.Index(da, "MOATC_CACHE_SCOPE") > strings.Index(da, "\nRUN ") {
+		t.Errorf("the scope is not an ARG before the first RUN:\n%s", da)
+	}
 	if !strings.Contains(db, "id=moatc-npm-wsbbbb,") {
 		t.Errorf("scope b:\n%s", db)
 	}
