@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -96,7 +95,7 @@ func slowest(log string, n int) string {
 	var out []string
 	for _, k := range steps[:min(n, len(steps))] {
 		name := names[k]
-		name = regexp.MustCompile(`--mount=\S+\s*`).ReplaceAllString(name, "")
+		name = reMountFlag.ReplaceAllString(name, "")
 		if len(name) > 70 {
 			name = name[:70] + "…"
 		}

@@ -154,7 +154,7 @@ func tearDown() error {
 		if err := testNets.Teardown(ctx, testNetwork); err != nil {
 			errs = append(errs, err)
 		}
-		if _, err := cni.Prune(ctx); err != nil {
+		if err := cni.Prune(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -39,6 +39,9 @@ const (
 	forwardingMark = "/run/moatc-forwarding"
 )
 
+// jumps are moatc's chains and the built-in chains that jump to them first thing.
+var jumps = []struct{ chain, from string }{{chainInput, "INPUT"}, {chainForward, "FORWARD"}}
+
 // linkLocal holds the cloud metadata address (169.254.169.254) and every other link-local one.
 const linkLocal = "169.254.0.0/16"
 
@@ -171,27 +174,28 @@ func (fw firewall) hold() (release func(), err error) {
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
 	unlock, err := flock(editLock, unix.LOCK_EX)
 	if err != nil {
-		release()
 		return nil, err
 	}
 	defer unlock()
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
 	if err != nil {
-		release()
 		return nil, fmt.Errorf("reading ip_forward: %w", err)
 	}
 	if strings.TrimSpace(string(b)) == "0" {
 		// Mark first: a crash in between leaves the guard on, never routing without it.
 		if err := os.WriteFile(forwardingMark, []byte("moatc turned net.ipv4.ip_forward on\n"), 0o644); err != nil {
-			release()
 			return nil, fmt.Errorf("turning on forwarding: %w", err)
 		}
 	}
 	// Egress needs forwarding; the kernel default is off.
 	if err := sysctl("net/ipv4/ip_forward", "1"); err != nil {
-		release()
 		return nil, err
 	}
 	return release, nil
@@ -248,7 +252,7 @@ func (fw firewall) ensure(ctx context.Context) ([]string, error) {
 	}
 	has := func(line string) bool { return slices.Contains(saved, line) }
 	var out []string
-	for _, c := range []struct{ chain, from string }{{chainInput, "INPUT"}, {chainForward, "FORWARD"}} {
+	for _, c := range jumps {
 		if !slices.ContainsFunc(saved, func(l string) bool { return strings.HasPrefix(l, ":"+c.chain+" ") }) {
 			out = append(out, ":"+c.chain+" - [0:0]")
 		}
@@ -276,55 +280,50 @@ func (fw firewall) save(ctx context.Context, table string) ([]string, error) {
 }
 
 // Prune removes moatc's chains, their jumps and the forwarding guard once no run of any moatc
-// home has rules in them, and turns forwarding off again if moatc turned it on. It reports
-// whether it removed them.
-func Prune(ctx context.Context) (bool, error) {
+// home has rules in them, and turns forwarding off again if moatc turned it on.
+func Prune(ctx context.Context) error {
 	fw, err := findFirewall()
 	if err != nil {
-		return false, nil // without iptables there is nothing to prune
+		return nil // without iptables there is nothing to prune
 	}
 	unuse, err := flock(useLock, unix.LOCK_EX)
 	if err != nil {
-		return false, err
+		return err
 	}
 	defer unuse()
 	unlock, err := flock(editLock, unix.LOCK_EX)
 	if err != nil {
-		return false, err
+		return err
 	}
 	defer unlock()
 	saved, err := fw.save(ctx, "filter")
 	if err != nil {
-		return false, err
+		return err
+	}
+	if slices.ContainsFunc(saved, func(l string) bool { return strings.Contains(l, "--comment \"moatc run ") }) {
+		return nil // a run (or a build network) still uses them
 	}
 	var del []string
-	for _, l := range saved {
-		if strings.Contains(l, "--comment \"moatc run ") {
-			return false, nil // a run (or a build network) still uses them
+	for _, c := range jumps {
+		if slices.Contains(saved, "-A "+c.from+" -j "+c.chain) {
+			del = append(del, "-D "+c.from+" -j "+c.chain)
 		}
-		for _, c := range []struct{ chain, from string }{{chainInput, "INPUT"}, {chainForward, "FORWARD"}} {
-			if l == "-A "+c.from+" -j "+c.chain {
-				del = append(del, "-D "+c.from+" -j "+c.chain)
-			}
-		}
-	}
-	for _, c := range []string{chainInput, chainForward} {
-		if slices.ContainsFunc(saved, func(l string) bool { return strings.HasPrefix(l, ":"+c+" ") }) {
-			del = append(del, "-F "+c, "-X "+c)
+		if slices.ContainsFunc(saved, func(l string) bool { return strings.HasPrefix(l, ":"+c.chain+" ") }) {
+			del = append(del, "-F "+c.chain, "-X "+c.chain)
 		}
 	}
 	if len(del) > 0 {
 		if err := fw.apply(ctx, []byte("*filter\n"+strings.Join(del, "\n")+"\nCOMMIT\n")); err != nil {
-			return false, fmt.Errorf("removing moatc's chains: %w", err)
+			return fmt.Errorf("removing moatc's chains: %w", err)
 		}
 	}
 	if _, err := os.Stat(forwardingMark); err == nil {
 		if err := sysctl("net/ipv4/ip_forward", "0"); err != nil {
-			return false, err
+			return err
 		}
 		os.Remove(forwardingMark)
 	}
-	return len(del) > 0, nil
+	return nil
 }
 
 // remove deletes a run's rules: the known set in one call when all are there, otherwise

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
@@ -24,36 +25,29 @@ var neededPlugins = []string{"bridge", "host-local", "loopback"}
 
 const cniVersion = "1.0.0" // the newest spec Debian's plugins (1.1.1) speak
 
-// PluginDir is the first plugin directory that has every plugin moatc needs.
+// PluginDir is the first plugin directory that has every plugin moatc needs (BuildKit takes
+// one directory; runs look in each).
 func (m *Manager) PluginDir() (string, error) {
 	if err := m.checkPlugins(); err != nil {
 		return "", err
 	}
 	for _, d := range m.cfg.PluginDirs {
-		all := true
-		for _, p := range neededPlugins {
-			if _, err := os.Stat(filepath.Join(d, p)); err != nil {
-				all = false
-			}
-		}
-		if all {
+		if !slices.ContainsFunc(neededPlugins, func(p string) bool { return !isPlugin(d, p) }) {
 			return d, nil
 		}
 	}
 	return "", fmt.Errorf("no single directory of %s holds all of %s; put the CNI plugins in one (cni_plugin_dir)", strings.Join(m.cfg.PluginDirs, ", "), strings.Join(neededPlugins, ", "))
 }
 
+func isPlugin(dir, name string) bool {
+	st, err := os.Stat(filepath.Join(dir, name))
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
+}
+
 func (m *Manager) checkPlugins() error {
 	var missing []string
 	for _, p := range neededPlugins {
-		found := false
-		for _, d := range m.cfg.PluginDirs {
-			if st, err := os.Stat(filepath.Join(d, p)); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if !slices.ContainsFunc(m.cfg.PluginDirs, func(d string) bool { return isPlugin(d, p) }) {
 			missing = append(missing, p)
 		}
 	}

@@ -257,7 +257,7 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 	}
 	if !dry {
 		// moatc's shared chains go once no run of any home uses them.
-		if _, err := cni.Prune(ctx); err != nil {
+		if err := cni.Prune(ctx); err != nil {
 			return rep, err
 		}
 	}

@@ -383,7 +383,11 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	task.Delete(bg)
 	outLog.flush()
 	errLog.flush()
-	rec.Close()
+	// A log that could not be written (a full disk, a failed rotation) is said, not hidden.
+	logErr := rec.Close()
+	if logErr != nil {
+		fmt.Fprintf(os.Stderr, "moatc: warning: recording the run's output: %v; its log is incomplete\n", logErr)
+	}
 	// The task is gone: the network and the container are released side by side.
 	netDown := make(chan struct{})
 	go func() {
@@ -402,6 +406,9 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	fin := time.Now().UTC()
 	m.Store.Update(r.ID, func(r *state.Run) error {
 		r.State, r.ExitCode, r.Finished = state.Stopped, &code, &fin
+		if logErr != nil {
+			r.Error = "recording the output failed, the log is incomplete: " + logErr.Error()
+		}
 		return nil
 	})
 	return code, nil

@@ -62,7 +62,7 @@ socket under --home) on first use and leaves it running for the next command.`,
 					if err := e.daemon.Stop(c.Context, 10*time.Second); err != nil {
 						return err
 					}
-					if _, err := cni.Prune(c.Context); err != nil {
+					if err := cni.Prune(c.Context); err != nil {
 						return err
 					}
 					fmt.Println("containerd stopped")
