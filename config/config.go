@@ -27,7 +27,7 @@ type File struct {
 	Image       string
 	Command     []string
 	Env         map[string]string
-	Mounts      []string
+	Mounts      []Item // HOST:CONTAINER[:ro|rw]
 	Interactive *bool
 	Sandbox     string // "", "gvisor" or "none"
 	Memory      int64  // bytes
@@ -166,7 +166,7 @@ func Parse(path string, data []byte) (*File, error) {
 				f.Env[v.Content[j].Value] = v.Content[j+1].Value
 			}
 		case "mounts":
-			err = strings_(v, &f.Mounts)
+			f.Mounts, err = items(v)
 		case "interactive":
 			var b bool
 			if err = v.Decode(&b); err == nil {

@@ -32,7 +32,7 @@ container:
 		t.Fatal(err)
 	}
 	want := &File{Path: "moatc.yaml", Name: "agent", Image: "busybox", Command: []string{"sh", "-c", "echo hi"},
-		Env: map[string]string{"A": "1", "B": "two"}, Mounts: []string{"../data:/data:ro"}, Sandbox: "none",
+		Env: map[string]string{"A": "1", "B": "two"}, Mounts: []Item{{"../data:/data:ro", 8}}, Sandbox: "none",
 		Memory: 512 << 20, CPUs: 1.5}
 	tr := true
 	want.Interactive = &tr

@@ -141,7 +141,7 @@ func TestMountCannotBeRedirectedOutOfTheWorkspace(t *testing.T) {
 	// The workload swaps data/ for a link to /etc between runs.
 	mustRun(t, busyboxRun("gvisor", nil, ws, "sh", "-c", "rm -rf /workspace/data && ln -s /etc /workspace/data")...)
 	r = moatcRun(t, opts{}, busyboxRun("gvisor", nil, ws, "cat", "/data/hostname")...)
-	if r.code != 125 || !strings.Contains(r.stderr, "leads out of the workspace") || r.stdout != "" {
+	if r.code != 125 || !strings.Contains(r.stderr, filepath.Join(ws, "moatc.yaml")+":1: mounts:") || !strings.Contains(r.stderr, "leads out of the workspace") || r.stdout != "" {
 		t.Fatalf("redirected mount: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
 	}
 	// A link that stays inside the workspace is followed, and what it leads to is mounted.

@@ -211,8 +211,14 @@ func buildRequest(c *cli.Context) (run.Request, error) {
 		}
 		s.Env = append(s.Env, k+"="+v)
 	}
-	mounts := append(append([]string{}, file.Mounts...), c.StringSlice("mount")...)
-	for _, m := range mounts {
+	for _, m := range file.Mounts {
+		mt, err := parseMount(ws, m.Text)
+		if err != nil {
+			return req, &config.Error{Path: file.Path, Line: m.Line, Key: "mounts", Msg: err.Error()}
+		}
+		s.Mounts = append(s.Mounts, mt)
+	}
+	for _, m := range c.StringSlice("mount") {
 		mt, err := parseMount(ws, m)
 		if err != nil {
 			return req, err
