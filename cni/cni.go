@@ -28,7 +28,10 @@
 //     for the run's HostPorts at its gateway, no traffic to other runs or link-local addresses,
 //     egress accepted and masqueraded by moatc's own rule (the bridge plugin's ipMasq is off: it
 //     leaks rules under gVisor), replies let back in, nothing else forwarded into the run. Runs
-//     reach the outside only.
+//     reach the outside only. Options.Listen opens moatc's own services (the run's proxy) on the
+//     gateway during Setup; their ports are accepted before the host is closed. Options.Strict
+//     drops everything forwarded from the bridge and opens no host ports: the run reaches its
+//     services alone (and its resolv.conf has no nameserver).
 //
 // Subnets are allocated under a flock on StateDir/lock, so concurrent Setups in any number of
 // processes get distinct subnets. Setup refuses a pool that overlaps a host route (other than
@@ -187,6 +190,13 @@ type Options struct {
 	Hostname  string     // the run's name in its hosts file; "" means the run id
 	Ports     []Port     // published ports
 	HostPorts []HostPort // host ports the run may reach at its gateway (moatc-host)
+	// Strict closes everything but Services: no egress, no DNS, no host ports (the proxy
+	// reaches what the policy allows on the run's behalf).
+	Strict bool
+	// Listen, if set, opens moatc's own services for the run on its gateway address once the
+	// address exists, and returns their ports; they are opened to the run before its rules
+	// go in. The caller owns what it opened (close it when Setup fails).
+	Listen func(gateway netip.Addr) ([]HostPort, error)
 }
 
 // Setup makes the network of a run, to be used by a container created after it. Published
@@ -221,7 +231,7 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 		}
 	}
 	m.step("ports")
-	rec, err := m.allocate(record{RunID: runID, Hostname: hostname, Ports: ports, HostPorts: o.HostPorts})
+	rec, err := m.allocate(record{RunID: runID, Hostname: hostname, Ports: ports, HostPorts: o.HostPorts, Strict: o.Strict})
 	if err != nil {
 		proxy.Close()
 		return nil, fail(err)
@@ -268,6 +278,15 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 			return nil, err
 		}
 	}
+	if o.Listen != nil {
+		if rec.Services, err = o.Listen(rec.Gateway); err != nil {
+			return nil, err
+		}
+		// Teardown removes the rules from the record: it must name the services too.
+		if err := m.writeRecord(rec); err != nil {
+			return nil, err
+		}
+	}
 	if err := fw.add(ctx, rec); err != nil {
 		return nil, err
 	}
@@ -277,6 +296,9 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 		return nil, fmt.Errorf("writing hosts file: %w", err)
 	}
 	resolv := resolvFile(readHostResolv(), os.ReadFile, m.cfg.DNS)
+	if o.Strict {
+		resolv = []byte("# written by moatc for this run\n# strict policy: no nameserver; moatc's proxy (HTTPS_PROXY) resolves the allowed hosts\n")
+	}
 	if err := writeAtomic(n.ResolvPath, resolv, 0o644, false); err != nil {
 		return nil, fmt.Errorf("writing resolv.conf: %w", err)
 	}
@@ -397,13 +419,20 @@ func (m *Manager) allocate(tmpl record) (*record, error) {
 	if err := os.Mkdir(m.runDir(runID), 0o700); err != nil {
 		return nil, err
 	}
-	b, _ := json.MarshalIndent(rec, "", "  ")
-	if err := writeAtomic(m.recordPath(runID), append(b, '\n'), 0o600, true); err != nil {
+	if err := m.writeRecord(rec); err != nil {
 		os.RemoveAll(m.runDir(runID))
-		return nil, fmt.Errorf("writing network record: %w", err)
+		return nil, err
 	}
 	os.WriteFile(filepath.Join(m.cfg.StateDir, "next"), []byte(strconv.Itoa(idx+1)), 0o600) // only a hint
 	return rec, nil
+}
+
+func (m *Manager) writeRecord(rec *record) error {
+	b, _ := json.MarshalIndent(rec, "", "  ")
+	if err := writeAtomic(m.recordPath(rec.RunID), append(b, '\n'), 0o600, true); err != nil {
+		return fmt.Errorf("writing network record: %w", err)
+	}
+	return nil
 }
 
 func subnetAt(pool netip.Prefix, i int) netip.Prefix {

@@ -66,30 +66,47 @@ func runRules(r *record) []rule {
 		{"filter", chainInput, "-i " + br + " -m conntrack --ctstate RELATED,ESTABLISHED", "ACCEPT",
 			"replies to the host's own connections (published ports)"},
 	}
-	for _, h := range r.HostPorts {
+	for _, h := range r.Services {
 		rules = append(rules, rule{"filter", chainInput, fmt.Sprintf("-i %s -d %s -p %s --dport %d", br, gw, h.Proto, h.Port), "ACCEPT",
-			fmt.Sprintf("host port %s opened for the run", h)})
+			fmt.Sprintf("moatc's service %s for the run (its proxy)", h)})
+	}
+	// Under a strict policy the host ports too are reached through the proxy only.
+	if !r.Strict {
+		for _, h := range r.HostPorts {
+			rules = append(rules, rule{"filter", chainInput, fmt.Sprintf("-i %s -d %s -p %s --dport %d", br, gw, h.Proto, h.Port), "ACCEPT",
+				fmt.Sprintf("host port %s opened for the run", h)})
+		}
 	}
 	rules = append(rules,
 		// The host's services (on any of its addresses) are closed to runs by default.
 		rule{"filter", chainInput, "-i " + br, "DROP", "the host is closed to the run"},
 		rule{"filter", chainForward, "-i " + br + " ! -s " + sub, "DROP",
-			"drop packets whose source is not the run's subnet"},
-		rule{"filter", chainForward, "-i " + br + " -d " + pool, "DROP",
-			"a run may not reach other runs"},
-		rule{"filter", chainForward, "-i " + br + " -d " + linkLocal, "DROP",
-			"no link-local or cloud metadata addresses"},
-		rule{"filter", chainForward, "-i " + br, "ACCEPT",
-			"egress, even where the FORWARD policy is DROP"},
+			"drop packets whose source is not the run's subnet"})
+	if r.Strict {
+		// Before the task exists, so the workload's first packet meets it: no DNS, no IPv4
+		// anywhere but the proxy (IPv6 is off on the bridge), whatever it does inside.
+		rules = append(rules, rule{"filter", chainForward, "-i " + br, "DROP",
+			"strict policy: the run reaches nothing but its proxy"})
+	} else {
+		rules = append(rules,
+			rule{"filter", chainForward, "-i " + br + " -d " + pool, "DROP",
+				"a run may not reach other runs"},
+			rule{"filter", chainForward, "-i " + br + " -d " + linkLocal, "DROP",
+				"no link-local or cloud metadata addresses"},
+			rule{"filter", chainForward, "-i " + br, "ACCEPT",
+				"egress, even where the FORWARD policy is DROP"})
+	}
+	rules = append(rules,
 		rule{"filter", chainForward, "-o " + br + " -m conntrack --ctstate RELATED,ESTABLISHED", "ACCEPT",
 			"replies to the run's own connections"},
 		// Published ports come in through the proxy from the host itself (OUTPUT, not FORWARD).
 		rule{"filter", chainForward, "-o " + br, "DROP",
-			"nothing else is forwarded into the run"},
+			"nothing else is forwarded into the run"})
+	if !r.Strict {
 		// moatc's own NAT rule: the bridge plugin's ipMasq rules leak under gVisor.
-		rule{"nat", "POSTROUTING", "-s " + sub + " ! -o " + br, "MASQUERADE",
-			"egress leaves with the host's address"},
-	)
+		rules = append(rules, rule{"nat", "POSTROUTING", "-s " + sub + " ! -o " + br, "MASQUERADE",
+			"egress leaves with the host's address"})
+	}
 	return rules
 }
 

@@ -25,7 +25,11 @@ type record struct {
 	Ports    []Port       `json:"ports,omitempty"`
 	// HostPorts are the host's ports the run may reach at Gateway; the rest of the host is closed.
 	HostPorts []HostPort `json:"host_ports,omitempty"`
-	MTU       int        `json:"mtu,omitempty"` // the uplink's; 0: the plugin's default
+	// Services are ports of moatc's own at Gateway (the run's proxy), open to the run.
+	Services []HostPort `json:"services,omitempty"`
+	// Strict: nothing is forwarded; the run reaches its Services and nothing else.
+	Strict bool `json:"strict,omitempty"`
+	MTU    int  `json:"mtu,omitempty"` // the uplink's; 0: the plugin's default
 	// Shared: another program (BuildKit) attaches containers; IPAM hands out .2 to .254.
 	Shared  bool      `json:"shared,omitempty"`
 	Created time.Time `json:"created"`

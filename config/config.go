@@ -9,12 +9,17 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/moatc/moatc/policy"
 )
+
+var grantName = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 
 // Names are the file names looked for in a workspace, in order.
 var Names = []string{"moatc.yaml", "agent.yaml", "moat.yaml"}
@@ -35,6 +40,9 @@ type File struct {
 	Ports       []Item // publish specs, [IP:]HOST:CONTAINER[/proto]
 	Network     string // "", "default" or "none"
 	HostPorts   []Item // network.host: host ports the run may reach, PORT[/tcp|udp]
+	NetPolicy   string // network.policy: "", "permissive" or "strict"
+	Allow       []Item // network.allow: hosts a strict run may reach, host, *.domain, host:port
+	Grants      []Item // grants: names of stored credentials the proxy adds for the run
 	Pids        int64  // container.pids: the most processes and threads at once
 	// Dependencies are the entries of `dependencies:`, each with its line for error messages.
 	Dependencies []Item
@@ -100,8 +108,27 @@ func (f *File) parseNetwork(v *yaml.Node, e func(*yaml.Node, string, string, ...
 				}
 				return e(val, key, "%v: write host ports as [8080, 5432, 53/udp]", err)
 			}
+		case "policy":
+			if err = scalar(val, &f.NetPolicy, "permissive or strict"); err == nil {
+				if _, perr := policy.ParseMode(f.NetPolicy); perr != nil {
+					return e(val, key, "%v", perr)
+				}
+			}
+		case "allow":
+			if f.Allow, err = items(val); err != nil {
+				var ce *Error
+				if errors.As(err, &ce) {
+					return e(&yaml.Node{Line: ce.Line}, key, "%s", ce.Msg)
+				}
+				return e(val, key, "%v: write hosts as [api.example.com, \"*.example.org\", example.net:8443]", err)
+			}
+			for _, it := range f.Allow {
+				if _, perr := policy.ParsePattern(it.Text); perr != nil {
+					return e(&yaml.Node{Line: it.Line}, key, "%v", perr)
+				}
+			}
 		default:
-			return e(k, key, "unknown key (known: network.mode, network.host)")
+			return e(k, key, "unknown key (known: network.mode, network.host, network.policy, network.allow)")
 		}
 		if err != nil {
 			return err
@@ -113,7 +140,7 @@ func (f *File) parseNetwork(v *yaml.Node, e func(*yaml.Node, string, string, ...
 // later lists keys moat users may have that moatc does not support yet: naming them beats a
 // confusing "unknown key".
 var later = map[string]bool{
-	"grants": true, "secrets": true, "services": true, "hooks": true,
+	"secrets": true, "services": true, "hooks": true,
 }
 
 // Parse parses the bytes of a config file found at path.
@@ -189,6 +216,14 @@ func Parse(path string, data []byte) (*File, error) {
 			err = scalar(v, &f.BaseImage, "an image reference such as debian:bookworm-slim")
 		case "network":
 			err = f.parseNetwork(v, e)
+		case "grants":
+			if f.Grants, err = items(v); err == nil {
+				for _, it := range f.Grants {
+					if !grantName.MatchString(it.Text) {
+						return nil, e(&yaml.Node{Line: it.Line}, key, "%q is not a grant name: write names stored with `moatc grant`, e.g. [github, anthropic]", it.Text)
+					}
+				}
+			}
 		default:
 			if later[key] {
 				return nil, e(k, key, "is not supported by this version of moatc yet; remove it to run")
@@ -244,7 +279,7 @@ func (f *File) parseContainer(v *yaml.Node, e func(*yaml.Node, string, string, .
 }
 
 func known() []string {
-	k := []string{"name", "image", "command", "env", "mounts", "interactive", "sandbox", "container", "ports", "network", "dependencies", "base_image"}
+	k := []string{"name", "image", "command", "env", "mounts", "interactive", "sandbox", "container", "ports", "network", "dependencies", "base_image", "grants"}
 	sort.Strings(k)
 	return k
 }
@@ -335,6 +370,9 @@ type Settings struct {
 	// lib/cni, /usr/lib/cni, /opt/cni/bin) and where per-run network configs go.
 	CNIPluginDir string `yaml:"cni_plugin_dir"`
 	CNIConfDir   string `yaml:"cni_conf_dir"`
+	// UpstreamCA is a PEM bundle runs' proxies trust for upstream servers besides the system's
+	// (a host behind a TLS-intercepting proxy of its own).
+	UpstreamCA string `yaml:"upstream_ca"`
 }
 
 // LoadSettings reads path; a missing file yields empty settings.
@@ -350,7 +388,7 @@ func LoadSettings(path string) (*Settings, error) {
 	dec := yaml.NewDecoder(strings.NewReader(string(b)))
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: %w (known keys: address, namespace, pool, cni_plugin_dir, cni_conf_dir)", path, err)
+		return nil, fmt.Errorf("%s: %w (known keys: address, namespace, pool, cni_plugin_dir, cni_conf_dir, upstream_ca)", path, err)
 	}
 	return s, nil
 }

@@ -59,7 +59,10 @@ func TestParseErrorsNameLineAndKey(t *testing.T) {
 		{"container:\n  cpus: -1\n", "f.yaml:2: container.cpus"},
 		{"container:\n  disk: 1g\n", "f.yaml:2: container.disk: unknown key"},
 		{"name: a\nname: b\n", "f.yaml:2: name: appears twice"},
-		{"grants: [github]\n", "f.yaml:1: grants: is not supported by this version of moatc yet"},
+		{"secrets: {A: b}\n", "f.yaml:1: secrets: is not supported by this version of moatc yet"},
+		{"grants: [GitHub]\n", "f.yaml:1: grants: \"GitHub\" is not a grant name"},
+		{"network:\n  policy: open\n", "f.yaml:2: network.policy: \"open\" is not a network policy"},
+		{"network:\n  allow:\n    - ok.example.com\n    - https://x.example.com/\n", "f.yaml:4: network.allow: allow entry \"https://x.example.com/\": give a host, not a URL"},
 		{"dependencies: node\n", "f.yaml:1: dependencies: must be a list"},
 		{"network: bridge\n", "f.yaml:1: network: \"bridge\" is not a network mode"},
 		{"- a\n", "f.yaml:1: the file must be a mapping"},
@@ -101,6 +104,9 @@ func TestPolicyKeys(t *testing.T) {
 		{"container:\n  pids: 100000\n", []string{"container.pids@2"}},
 		{"dependencies:\n  - git\n  - docker:host\n", []string{"dependencies@3"}},
 		{"dependencies: [docker:dind]\n", nil},
+		{"grants:\n  - github\n", []string{"grants@2"}},
+		// A strict policy and its allow list only narrow the default (permissive).
+		{"network:\n  policy: strict\n  allow: [api.example.com, \"*.example.org:443\"]\n", nil},
 	} {
 		f, err := Parse("f.yaml", []byte(c.in))
 		if err != nil {

@@ -52,6 +52,11 @@ func (f *File) classify(k, v *yaml.Node) {
 				}
 			}
 		}
+	case "grants":
+		// A grant hands the workload's requests a credential of the person's.
+		if len(f.Grants) > 0 {
+			add(v, "grants")
+		}
 	case "container":
 		for j := 0; j+1 < len(v.Content); j += 2 {
 			if v.Content[j].Value == "pids" && f.Pids > DefaultPids {

@@ -29,10 +29,11 @@ type Container struct {
 	Mounts      []specs.Mount
 	TTY         bool
 	Hostname    string
-	Memory      int64   // bytes; 0 is unlimited
-	CPUs        float64 // 0 is unlimited
-	Pids        int64   // the most processes and threads at once; 0 is unlimited
-	NetNS       string  // an existing network namespace; empty means a new, empty one
+	Memory      int64    // bytes; 0 is unlimited
+	CPUs        float64  // 0 is unlimited
+	Pids        int64    // the most processes and threads at once; 0 is unlimited
+	NetNS       string   // an existing network namespace; empty means a new, empty one
+	CapAdd      []string // capabilities beyond Docker's default set, e.g. CAP_NET_ADMIN
 }
 
 // CreateContainer creates the container and its rootfs snapshot, both labelled with the run.
@@ -66,6 +67,10 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 	if s.CPUs > 0 {
 		const period = 100000
 		spec = append(spec, oci.WithCPUCFS(int64(s.CPUs*period), period))
+	}
+	if len(s.CapAdd) > 0 {
+		// Before hardening: the seccomp profile opens the syscalls of the capabilities held.
+		spec = append(spec, oci.WithAddedCapabilities(s.CapAdd))
 	}
 	spec = append(spec, hardening()...)
 	spec = append(spec, s.Runtime.SpecOpts(s)...)

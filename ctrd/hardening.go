@@ -2,7 +2,9 @@ package ctrd
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/containerd/containerd/v2/contrib/apparmor"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
@@ -65,4 +67,21 @@ func gvisorHardening(c Container) []oci.SpecOpts {
 			oci.WithPidsLimit(2*c.Pids+512))
 	}
 	return opts
+}
+
+// capabilities are the names the kernel knows (capability.h), without CAP_.
+var capabilities = []string{"CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+	"SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+	"IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN",
+	"SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+	"AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND",
+	"AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE"}
+
+// ParseCapability turns NET_ADMIN, net_admin or CAP_NET_ADMIN into CAP_NET_ADMIN.
+func ParseCapability(s string) (string, error) {
+	n := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(s)), "CAP_")
+	if !slices.Contains(capabilities, n) {
+		return "", fmt.Errorf("%q is not a Linux capability: write a name such as NET_ADMIN or SYS_PTRACE (see capabilities(7))", s)
+	}
+	return "CAP_" + n, nil
 }

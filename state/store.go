@@ -55,6 +55,13 @@ type Spec struct {
 	Pids        int64    `json:"pids,omitempty"`       // the most processes and threads at once
 	HostPorts   []string `json:"host_ports,omitempty"` // host ports moatc-host opens, PORT/PROTO
 	LogMax      int64    `json:"log_max,omitempty"`    // the log's cap in bytes
+	CapAdd      []string `json:"cap_add,omitempty"`    // capabilities beyond Docker's default set
+	// Grants name stored credentials the run's proxy adds to its requests (never the values).
+	Grants []string `json:"grants,omitempty"`
+	Policy string   `json:"policy,omitempty"` // egress policy: permissive (default) or strict
+	Allow  []string `json:"allow,omitempty"`  // hosts a strict run may reach
+	// UpstreamCA is a PEM bundle the proxy trusts for upstream servers, besides the system's.
+	UpstreamCA string `json:"upstream_ca,omitempty"`
 }
 
 // Run is one run's metadata.json.

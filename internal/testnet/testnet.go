@@ -58,26 +58,46 @@ func New(name string, addr, hostAddr netip.Addr) (*Machine, error) {
 // Listen opens a TCP listener on the machine's address: a socket of its network namespace,
 // served by this process.
 func (m *Machine) Listen(port int) (net.Listener, error) {
+	var l net.Listener
+	err := m.inside(func() (err error) {
+		l, err = net.Listen("tcp4", netip.AddrPortFrom(m.Addr, uint16(port)).String())
+		return err
+	})
+	return l, err
+}
+
+// ListenUDP opens a UDP socket on the machine's address and port.
+func (m *Machine) ListenUDP(port int) (*net.UDPConn, error) {
+	var c *net.UDPConn
+	err := m.inside(func() (err error) {
+		c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(m.Addr, uint16(port))))
+		return err
+	})
+	return c, err
+}
+
+// inside runs f on a thread in the machine's network namespace: sockets f opens belong to it.
+func (m *Machine) inside(f func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	self, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer self.Close()
 	ns, err := os.Open("/run/netns/" + m.Name)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer ns.Close()
 	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-		return nil, fmt.Errorf("testnet %s: entering the netns: %w", m.Name, err)
+		return fmt.Errorf("testnet %s: entering the netns: %w", m.Name, err)
 	}
-	l, lerr := net.Listen("tcp4", netip.AddrPortFrom(m.Addr, uint16(port)).String())
+	ferr := f()
 	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
 		panic(fmt.Sprintf("testnet %s: leaving the netns: %v", m.Name, err)) // the thread is unusable
 	}
-	return l, lerr
+	return ferr
 }
 
 // Serve serves h over HTTP on the machine's address and port and returns its URL.
