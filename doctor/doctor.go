@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/grant"
+	"github.com/moatc/moatc/proxy"
 	"github.com/moatc/moatc/snapshot"
 )
 
@@ -29,6 +31,7 @@ type Options struct {
 	Conn   ctrd.Options
 	// Runtimes to probe with a container, e.g. gVisor and runc.
 	Runtimes []ctrd.Runtime
+	Home     string // moatc's home: its proxy CA and credential store are checked
 }
 
 // Run performs every check, in order.
@@ -105,6 +108,22 @@ func Run(ctx context.Context, o Options) []Check {
 		n := strings.TrimSpace(string(b))
 		return err == nil && n != "0", "max_user_namespaces=" + n
 	}, "sysctl user.max_user_namespaces=15000"))
+	if o.Home != "" {
+		ca := Check{Name: "proxy CA", OK: true, Detail: filepath.Join(o.Home, "proxy", "ca.pem")}
+		if err := proxy.CheckCA(filepath.Join(o.Home, "proxy")); err != nil {
+			ca.OK, ca.Detail, ca.Fix = false, err.Error(), "see the error; runs with a network cannot start until it is fixed"
+		} else if _, err := os.Stat(ca.Detail); err != nil {
+			ca.Detail = "not made yet: the first run with a network makes it"
+		}
+		add(ca)
+		st := Check{Name: "credential store", OK: true, Detail: filepath.Join(o.Home, "grants.json")}
+		if err := grant.Open(o.Home).Check(); err != nil {
+			st.OK, st.Detail, st.Fix = false, err.Error(), "see the error; `moatc grant list` shows what is stored"
+		} else if gs, err := grant.Open(o.Home).List(); err == nil {
+			st.Detail = fmt.Sprintf("%d grant(s) in %s", len(gs), st.Detail)
+		}
+		add(st)
+	}
 	kvm := Check{Name: "/dev/kvm", Optional: true}
 	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
 		f.Close()

@@ -145,6 +145,14 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 	if err := m.checkExposure(req.Workspace, req.Spec.Mounts); err != nil {
 		return nil, 0, err
 	}
+	if req.Spec.Network != "none" {
+		// An unknown grant, an unreadable store or a bad allow entry stops the run here.
+		if _, err := m.ResolveEgress(req.Spec); err != nil {
+			return nil, 0, err
+		}
+	} else if len(req.Spec.Grants) > 0 {
+		return nil, 0, fmt.Errorf("grants reach the network through the run's proxy: drop --network none, or the grants")
+	}
 	rt := m.Runtime(req.Spec)
 	if err := rt.Check(); err != nil {
 		return nil, 0, err
@@ -257,7 +265,15 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	netReleased := false
 	netReady := make(chan error, 1)
 	var nw *cni.Network
+	var eg *egress
 	if spec.Network != "none" {
+		// The run's proxy: grants decrypted, its port bound on the gateway during Setup.
+		if eg, err = m.newEgress(r); err != nil {
+			notify(err)
+			m.fail(r.ID, err, nil)
+			return 0, err
+		}
+		defer eg.close()
 		paths := m.Net.Paths(r.ID)
 		netns = paths.NetNSPath
 		mounts = append(mounts,
@@ -265,7 +281,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 			specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: paths.ResolvPath, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
 		go func() {
 			var err error
-			nw, err = m.setupNetwork(ctx, r)
+			nw, err = m.setupNetwork(ctx, r, eg)
 			netReady <- err
 		}()
 		// Every path out of here releases the network, after the container is gone.
@@ -281,10 +297,20 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		ID: r.ContainerID, RunID: r.ID, Role: ctrd.RoleWorkload, Image: img, Snapshotter: snapshot.Default(),
 		Runtime: m.Runtime(spec), Args: spec.Command, Env: spec.Env, Cwd: "/workspace", User: spec.User,
 		Mounts: mounts, TTY: spec.TTY, Hostname: r.Name, Memory: spec.Memory, CPUs: spec.CPUs, Pids: spec.Pids, NetNS: netns,
+		CapAdd: spec.CapAdd,
 	})
 	if netErr := <-netReady; err == nil && netErr != nil {
 		c.RemoveContainer(bg, r.ContainerID)
 		err = netErr
+	}
+	if err == nil && eg != nil {
+		// Before the task: the workload's first request already goes through the proxy.
+		if err = eg.start(bg, nw); err == nil {
+			err = eg.attach(ctx, ctr, img, nw)
+		}
+		if err != nil {
+			c.RemoveContainer(bg, r.ContainerID)
+		}
 	}
 	if err != nil {
 		notify(err)
@@ -472,7 +498,7 @@ func pick(vals ...string) string {
 }
 
 // setupNetwork gives run r its network and records its address and ports.
-func (m *Manager) setupNetwork(ctx context.Context, r *state.Run) (*cni.Network, error) {
+func (m *Manager) setupNetwork(ctx context.Context, r *state.Run, eg *egress) (*cni.Network, error) {
 	ports, err := parsePorts(r.Spec)
 	if err != nil {
 		return nil, err
@@ -485,7 +511,11 @@ func (m *Manager) setupNetwork(ctx context.Context, r *state.Run) (*cni.Network,
 		}
 		hostPorts = append(hostPorts, hp)
 	}
-	nw, err := m.Net.Setup(ctx, r.ID, cni.Options{Hostname: r.Name, Ports: ports, HostPorts: hostPorts})
+	o := cni.Options{Hostname: r.Name, Ports: ports, HostPorts: hostPorts}
+	if eg != nil {
+		o.Strict, o.Listen = eg.cfg.Policy.Strict, eg.listen
+	}
+	nw, err := m.Net.Setup(ctx, r.ID, o)
 	if err != nil {
 		return nil, err
 	}

@@ -26,7 +26,7 @@ and a probe container under each runtime), the CNI plugins, buildkitd, and kerne
 				return err
 			}
 			checks := doctor.Run(c.Context, doctor.Options{
-				Prefix: e.prefix, Conn: e.mgr.Conn,
+				Prefix: e.prefix, Conn: e.mgr.Conn, Home: e.home,
 				Runtimes: []ctrd.Runtime{e.mgr.Runtime(state.Spec{Runtime: "gvisor"}), ctrd.Runc{Prefix: e.prefix}},
 			})
 			if c.Bool("json") {

@@ -91,7 +91,7 @@ Examples:
 		},
 		Commands: []*cli.Command{
 			runCommand(), listCommand(), statusCommand(), logsCommand(), stopCommand(),
-			destroyCommand(), cleanCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), superviseCommand(),
+			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(),
 		},
 	}
 }

@@ -16,8 +16,10 @@ import (
 	"github.com/moatc/moatc/builder"
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
+	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/deps"
 	"github.com/moatc/moatc/mounts"
+	"github.com/moatc/moatc/policy"
 	"github.com/moatc/moatc/run"
 	"github.com/moatc/moatc/state"
 	"github.com/moatc/moatc/trust"
@@ -59,6 +61,12 @@ Flags come before PATH. Examples:
 			&cli.Int64Flag{Name: "pids-limit", Usage: fmt.Sprintf("the most processes and threads at once (default %d; -1 for no limit)", config.DefaultPids)},
 			&cli.StringSliceFlag{Name: "host-port", Usage: "let the run reach this host `PORT[/tcp|udp]` at moatc-host (the host is closed otherwise); repeatable"},
 			&cli.StringFlag{Name: "log-max", Usage: "cap on the run's recorded output, e.g. 10m (default 100m); older output is dropped first"},
+			&cli.StringSliceFlag{Name: "grant", Aliases: []string{"g"}, Usage: "let the run's proxy add the stored credential `NAME` to its requests (see 'moatc grant'); repeatable"},
+			&cli.StringFlag{Name: "policy", Usage: "egress policy: permissive (default: anything but the host and other runs) or strict (only allowed hosts, through the proxy)"},
+			&cli.StringSliceFlag{Name: "allow", Usage: "let a strict run reach `HOST` (api.example.com, *.example.com, host:port); implies --policy strict; repeatable"},
+			&cli.StringFlag{Name: "upstream-ca", Usage: "a PEM `FILE` of CAs the proxy trusts for upstream servers, besides the system's (default: upstream_ca in moatc's config.yaml)"},
+			&cli.StringSliceFlag{Name: "cap-add", Usage: "give the workload a capability beyond Docker's default set, e.g. `NET_ADMIN`; repeatable"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "show what the run would be (image, mounts, grants, policy, proxy, trust) and start nothing"},
 			&cli.BoolFlag{Name: "rebuild", Usage: "rebuild the dependency image even if the list is unchanged"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no build progress"},
 			&cli.BoolFlag{Name: "json", Usage: "print the run's record as JSON (with -d: instead of the id; otherwise after the command ends)"},
@@ -67,6 +75,9 @@ Flags come before PATH. Examples:
 			req, err := buildRequest(c)
 			if err != nil {
 				return err
+			}
+			if c.Bool("dry-run") {
+				return dryRun(c, req)
 			}
 			if req.Spec.Runtime == "runc" {
 				fmt.Fprintln(os.Stderr, "moatc: warning: running without the gVisor sandbox (runc): the workload shares the host kernel; reduced isolation")
@@ -294,10 +305,74 @@ func buildRequest(c *cli.Context) (run.Request, error) {
 		}
 		s.HostPorts = append(s.HostPorts, hp.String())
 	}
+	if err := egressRequest(c, file, s); err != nil {
+		return req, err
+	}
 	if len(s.HostPorts) > 0 && s.Network == "none" {
 		return req, usageError{fmt.Errorf("host ports cannot be opened with network none: drop --host-port/network.host or the network setting")}
 	}
 	return req, nil
+}
+
+// egressRequest fills in the grants, the policy, the upstream CA and extra capabilities.
+func egressRequest(c *cli.Context, file *config.File, s *state.Spec) error {
+	seen := map[string]bool{}
+	for _, g := range file.Grants {
+		if !seen[g.Text] {
+			s.Grants, seen[g.Text] = append(s.Grants, g.Text), true
+		}
+	}
+	for _, g := range c.StringSlice("grant") {
+		if !seen[g] {
+			s.Grants, seen[g] = append(s.Grants, g), true
+		}
+	}
+	for _, a := range file.Allow {
+		if _, err := policy.ParsePattern(a.Text); err != nil {
+			return &config.Error{Path: file.Path, Line: a.Line, Key: "network.allow", Msg: err.Error()}
+		}
+		s.Allow = append(s.Allow, a.Text)
+	}
+	for _, a := range c.StringSlice("allow") {
+		if _, err := policy.ParsePattern(a); err != nil {
+			return usageError{fmt.Errorf("--allow: %w", err)}
+		}
+		s.Allow = append(s.Allow, a)
+	}
+	s.Policy = pick(c.String("policy"), file.NetPolicy)
+	if s.Policy == "" && len(c.StringSlice("allow")) > 0 {
+		s.Policy = policy.Strict
+	}
+	s.Policy = pick(s.Policy, policy.Permissive)
+	if _, err := policy.ParseMode(s.Policy); err != nil {
+		return usageError{fmt.Errorf("--policy: %w", err)}
+	}
+	if s.Policy == policy.Permissive && len(c.StringSlice("allow")) > 0 {
+		return usageError{fmt.Errorf("--allow applies to a strict policy, and this run is permissive (which allows every host): drop --allow, or use --policy strict")}
+	}
+	s.UpstreamCA = c.String("upstream-ca")
+	if s.UpstreamCA == "" {
+		set, err := config.LoadSettings(filepath.Join(c.String("home"), "config.yaml"))
+		if err != nil {
+			return err
+		}
+		s.UpstreamCA = set.UpstreamCA
+	}
+	if s.UpstreamCA != "" {
+		abs, err := filepath.Abs(s.UpstreamCA)
+		if err != nil {
+			return err
+		}
+		s.UpstreamCA = abs
+	}
+	for _, cp := range c.StringSlice("cap-add") {
+		name, err := ctrd.ParseCapability(cp)
+		if err != nil {
+			return usageError{fmt.Errorf("--cap-add: %w", err)}
+		}
+		s.CapAdd = append(s.CapAdd, name)
+	}
+	return nil
 }
 
 // loadTrusted reads the workspace's config file and refuses it when it sets policy keys the
@@ -404,7 +479,7 @@ func isTerminal(f *os.File) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-func sortedKeys(m map[string]string) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/moatc/moatc/config"
+	"github.com/moatc/moatc/run"
+)
+
+// plan is `moatc run --dry-run`: the run as it would be made.
+type plan struct {
+	Workspace  string              `json:"workspace"`
+	Image      string              `json:"image"`
+	Built      *builtImage         `json:"built,omitempty"`
+	Command    []string            `json:"command"`
+	Runtime    string              `json:"runtime"`
+	User       string              `json:"user"`
+	Env        []string            `json:"env"` // names only: values may be secrets of the person's
+	Mounts     []string            `json:"mounts"`
+	Network    string              `json:"network"`
+	Policy     string              `json:"policy"`
+	Allowed    []string            `json:"allowed"`
+	Grants     map[string][]string `json:"grants"`
+	HostPorts  []string            `json:"host_ports"`
+	Published  []string            `json:"published"`
+	Proxy      *proxyPlan          `json:"proxy,omitempty"`
+	Config     string              `json:"config,omitempty"`
+	Trust      string              `json:"trust"`
+	PolicyKeys []string            `json:"policy_keys"`
+}
+
+type builtImage struct {
+	Base string `json:"base"`
+	Tag  string `json:"tag"`
+}
+
+type proxyPlan struct {
+	Env        []string `json:"env"`
+	CA         string   `json:"ca"`
+	Bundle     string   `json:"bundle"`
+	UpstreamCA string   `json:"upstream_ca"`
+}
+
+func dryRun(c *cli.Context, req run.Request) error {
+	s := req.Spec
+	p := plan{Workspace: req.Workspace, Image: s.Image, Command: s.Command, Runtime: s.Runtime, User: s.User,
+		Network: s.Network, Policy: s.Policy, Allowed: []string{}, Grants: map[string][]string{},
+		HostPorts: append([]string{}, s.HostPorts...), Published: append([]string{}, s.Publish...),
+		Env: []string{}, Mounts: []string{req.Workspace + " -> /workspace (rw)"}, Trust: "no config file", PolicyKeys: []string{}}
+	if s.Platform != "" {
+		p.Runtime += " (" + s.Platform + ")"
+	}
+	if req.Deps != nil {
+		_, base, tag, err := run.Plan(*req.Deps)
+		if err != nil {
+			return err
+		}
+		p.Image, p.Built = tag, &builtImage{Base: base, Tag: tag}
+	}
+	for _, kv := range s.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		p.Env = append(p.Env, k)
+	}
+	for _, m := range s.Mounts {
+		mode := "rw"
+		if m.ReadOnly {
+			mode = "ro"
+		}
+		p.Mounts = append(p.Mounts, fmt.Sprintf("%s -> %s (%s)", m.Host, m.Container, mode))
+	}
+	if s.Network != "none" {
+		mgr := &run.Manager{Dir: c.String("home")}
+		eg, err := mgr.ResolveEgress(s)
+		if err != nil {
+			return err
+		}
+		if eg.Policy.Strict {
+			for _, a := range eg.Policy.Allow {
+				p.Allowed = append(p.Allowed, a.String())
+			}
+		}
+		p.Grants = eg.GrantedHosts()
+		p.Proxy = &proxyPlan{Env: run.ProxyEnvNames(), CA: filepath.Join(c.String("home"), "proxy", "ca.pem") + " -> " + run.CAPath,
+			Bundle: "the image's roots plus moatc's CA -> " + run.BundlePath, UpstreamCA: "the system's roots"}
+		if s.UpstreamCA != "" {
+			p.Proxy.UpstreamCA += " and " + s.UpstreamCA
+		}
+	}
+	file, err := config.Load(req.Workspace)
+	if err != nil {
+		return err
+	}
+	if file.Path != "" {
+		p.Config = file.Path
+		p.PolicyKeys = append(p.PolicyKeys, file.PolicyKeys()...)
+		p.Trust = "no policy keys (nothing to trust)"
+		if len(p.PolicyKeys) > 0 {
+			p.Trust = "trusted" // buildRequest refused it otherwise
+		}
+	}
+	if c.Bool("json") {
+		return printJSON(p)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	row := func(k string, v ...string) {
+		if len(v) == 0 {
+			v = []string{"-"}
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", k, v[0])
+		for _, x := range v[1:] {
+			fmt.Fprintf(tw, "\t%s\n", x)
+		}
+	}
+	fmt.Println("moatc run --dry-run: nothing was started")
+	row("workspace:", p.Workspace)
+	if p.Built != nil {
+		row("image:", fmt.Sprintf("%s (built from the dependencies on %s)", p.Image, p.Built.Base))
+	} else {
+		row("image:", p.Image)
+	}
+	row("command:", config.Printable(strings.Join(p.Command, " "), 200))
+	row("runtime:", p.Runtime)
+	row("user:", p.User)
+	row("env:", strings.Join(p.Env, " "))
+	row("mounts:", p.Mounts...)
+	row("network:", p.Network)
+	if p.Proxy != nil {
+		row("policy:", p.Policy)
+		if p.Policy == "strict" {
+			row("allowed:", p.Allowed...)
+		}
+		var gs []string
+		for _, g := range sortedKeys(p.Grants) {
+			gs = append(gs, g+": "+strings.Join(p.Grants[g], ", "))
+		}
+		row("grants:", gs...)
+		row("proxy:", "moatc's proxy on the run's gateway, given as "+strings.Join(p.Proxy.Env[:4], ", "),
+			"CA: "+p.Proxy.CA, "bundle: "+p.Proxy.Bundle, "upstream trust: "+p.Proxy.UpstreamCA)
+	}
+	row("host ports:", p.HostPorts...)
+	row("published:", p.Published...)
+	if p.Config != "" {
+		row("config:", p.Config)
+	}
+	row("trust:", p.Trust)
+	return tw.Flush()
+}
