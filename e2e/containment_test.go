@@ -224,8 +224,15 @@ func text(s string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(s)) })
 }
 
-// reach is a shell line that prints "NAME open" or "NAME closed" for an HTTP URL.
+// reach is a shell line that prints "NAME open" or "NAME closed" for an HTTP URL, reached
+// directly (not through the run's proxy).
 func reach(name, url string) string {
+	return fmt.Sprintf("if timeout 5 wget -Y off -q -O /dev/null %s 2>/dev/null; then echo '%s open'; else echo '%s closed'; fi; ", url, name, name)
+}
+
+// reachProxied is reach through the run's proxy (busybox wget follows http_proxy): the proxy
+// must not be a way around the firewall.
+func reachProxied(name, url string) string {
 	return fmt.Sprintf("if timeout 5 wget -q -O /dev/null %s 2>/dev/null; then echo '%s open'; else echo '%s closed'; fi; ", url, name, name)
 }
 
@@ -247,19 +254,25 @@ func TestHostClosedToRuns(t *testing.T) {
 	open, closed := serveHost(t, "open-port"), serveHost(t, "closed-port")
 	meta := metadataServer(t)
 	addr := hostAddr(t)
-	script := reachAll([]string{"gateway-open", "gateway-closed", "host-address", "metadata"}, []string{
-		fmt.Sprintf("http://moatc-host:%d/", open), fmt.Sprintf("http://moatc-host:%d/", closed),
-		fmt.Sprintf("http://%s:%d/", addr, open), meta + "/"})
+	urls := []string{fmt.Sprintf("http://moatc-host:%d/", open), fmt.Sprintf("http://moatc-host:%d/", closed),
+		fmt.Sprintf("http://%s:%d/", addr, open), meta + "/"}
+	script := reachAll([]string{"gateway-open", "gateway-closed", "host-address", "metadata"}, urls)
+	proxied := ""
+	for i, n := range []string{"proxied-gateway-open", "proxied-gateway-closed", "proxied-host-address", "proxied-metadata"} {
+		proxied += reachProxied(n, urls[i])
+	}
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
-			r := moatcRun(t, opts{}, busyboxRun(rt, nil, ws, "sh", "-c", script)...)
-			want := "gateway-open closed\ngateway-closed closed\nhost-address closed\nmetadata closed\n"
+			r := moatcRun(t, opts{}, busyboxRun(rt, nil, ws, "sh", "-c", script+proxied)...)
+			want := "gateway-open closed\ngateway-closed closed\nhost-address closed\nmetadata closed\n" +
+				"proxied-gateway-open closed\nproxied-gateway-closed closed\nproxied-host-address closed\nproxied-metadata closed\n"
 			if r.code != 0 || r.stdout != want {
 				t.Errorf("no host port: exit %d stdout %q (want %q) stderr %q", r.code, r.stdout, want, r.stderr)
 			}
-			r = moatcRun(t, opts{}, busyboxRun(rt, []string{"--host-port", fmt.Sprint(open)}, ws, "sh", "-c", script)...)
-			want = "gateway-open open\ngateway-closed closed\nhost-address closed\nmetadata closed\n"
+			r = moatcRun(t, opts{}, busyboxRun(rt, []string{"--host-port", fmt.Sprint(open)}, ws, "sh", "-c", script+proxied)...)
+			want = "gateway-open open\ngateway-closed closed\nhost-address closed\nmetadata closed\n" +
+				"proxied-gateway-open open\nproxied-gateway-closed closed\nproxied-host-address closed\nproxied-metadata closed\n"
 			if r.code != 0 || r.stdout != want {
 				t.Errorf("--host-port %d: exit %d stdout %q (want %q) stderr %q", open, r.code, r.stdout, want, r.stderr)
 			}

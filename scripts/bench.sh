@@ -106,6 +106,24 @@ netcost "moatc run --no-sandbox -- true, networked" "moatc run --no-sandbox -- t
 row "moatc run -- true (gvisor), networked" "$MOATC" run --image busybox "$ws" -- true
 netcost "moatc run -- true (gvisor), networked" "moatc run -- true (gvisor)" gvisor
 
+# Strict egress (the run reaches its proxy only; rules in place before the task) against the
+# permissive default, start latency. Both have the proxy; strict differs in its rules.
+echo
+echo "== strict policy against permissive, start latency"
+startrow "start, runc, networked, --policy strict" "$MOATC" run --no-sandbox --policy strict --image debian:bookworm-slim "$ws" -- date +%s%N
+awk -v a="${median["start, runc, networked, --policy strict"]}" -v b="${median["start, runc, networked"]}" \
+  'BEGIN {printf "  strict adds %6.1f ms  (runc)\n", (a-b)*1000}'
+startrow "start, gvisor, networked, --policy strict" "$MOATC" run --policy strict --image debian:bookworm-slim "$ws" -- date +%s%N
+awk -v a="${median["start, gvisor, networked, --policy strict"]}" -v b="${median["start, gvisor, networked"]}" \
+  'BEGIN {printf "  strict adds %6.1f ms  (gvisor)\n", (a-b)*1000}'
+
+# The proxy against direct, in one process against one local HTTPS server: keep-alive
+# throughput (goal >= 70% of direct) and a new connection once the leaf is cached (goal within
+# 5 ms of direct).
+echo
+echo "== the credential proxy against direct"
+(cd "$here" && MOATC_BENCH=1 go test ./proxy -run '^TestBenchProxy$' -count=1 -v) 2>&1 | awk '/^ *proxy: / {sub(/^ +/, ""); print "  " $0}'
+
 # The dependency path when nothing changed: plan, hash and one image lookup (goal: <= 20 ms).
 echo
 echo "== dependency image, already built, against the same image named directly"
