@@ -270,6 +270,8 @@ func TestGrantReachesAPIButNotTheContainer(t *testing.T) {
 		// Without the secret, and with a wrong one.
 		fmt.Sprintf(`gw=$(getent hosts moatc-host | cut -d' ' -f1); port=${HTTPS_PROXY##*:}; echo "nosecret: $(curl -s -o /dev/null -w '%%{http_code}' --proxy http://$gw:$port http://moatc-host:%d/api)"`, p),
 		fmt.Sprintf(`echo "wrongsecret: $(curl -s -o /dev/null -w '%%{http_code}' --proxy http://moatc:wrong@$gw:$port http://moatc-host:%d/api)"`, p),
+		// A TLS server name other than the CONNECT host: no handshake, nothing sent.
+		fmt.Sprintf(`s=${HTTPS_PROXY#http://moatc:}; s=${s%%%%@*}; if echo | timeout 10 openssl s_client -proxy $gw:$port -proxy_user moatc -proxy_pass pass:$s -connect moatc-host:%d -servername evil.example >/dev/null 2>&1; then echo sni: accepted; else echo sni: refused; fi`, p),
 		// Everything the container holds, for the host to search.
 		`env > /workspace/env.txt; cat /proc/[0-9]*/environ > /workspace/environ.bin 2>/dev/null; cat /proc/[0-9]*/cmdline > /workspace/cmdline.bin 2>/dev/null`,
 		`tar -cf /workspace/fs.tar --exclude=./proc --exclude=./sys --exclude=./dev --exclude=./workspace -C / . 2>/dev/null`,
@@ -301,7 +303,7 @@ func TestGrantReachesAPIButNotTheContainer(t *testing.T) {
 			}
 			cmd.Wait()
 			out := stdout.String()
-			for _, want := range []string{"api: api-ok\n", "git: ok\n", "plain: 403\n", "redirect: api-ok\n", "nosecret: 407\n", "wrongsecret: 407\n"} {
+			for _, want := range []string{"api: api-ok\n", "git: ok\n", "plain: 403\n", "redirect: api-ok\n", "nosecret: 407\n", "wrongsecret: 407\n", "sni: refused\n"} {
 				if !strings.Contains(out, want) {
 					t.Errorf("missing %q in the run's output:\n%s\nstderr: %s", want, out, stderr.String())
 				}
@@ -362,7 +364,7 @@ func TestGrantReachesAPIButNotTheContainer(t *testing.T) {
 			if strings.Contains(raw, tok) {
 				t.Error("the token is in network.jsonl")
 			}
-			var allowed, auth, plain int
+			var allowed, auth, plain, mismatch int
 			for _, e := range entries {
 				switch e.Decision {
 				case "allowed":
@@ -374,10 +376,12 @@ func TestGrantReachesAPIButNotTheContainer(t *testing.T) {
 					auth++
 				case "refused-plain-http":
 					plain++
+				case "refused-mismatch":
+					mismatch++
 				}
 			}
-			if allowed < 4 || auth < 2 || plain != 1 {
-				t.Errorf("trace: %d allowed, %d denied-auth, %d plain-http refused; want >= 4, >= 2, 1:\n%s", allowed, auth, plain, raw)
+			if allowed < 4 || auth < 2 || plain != 1 || mismatch != 2 {
+				t.Errorf("trace: %d allowed, %d denied-auth, %d plain-http refused, %d mismatches; want >= 4, >= 2, 1, 2 (Host, SNI):\n%s", allowed, auth, plain, mismatch, raw)
 			}
 			table := mustRun(t, "trace", name).stdout
 			if !strings.Contains(table, "DECISION") || !strings.Contains(table, "fakeapi") {
@@ -605,5 +609,59 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestDetachedRunProxyAndTraceFollow: a detached run's proxy lives in its supervisor, grants
+// included; `moatc trace -f` prints requests as they come and returns when the run ends.
+func TestDetachedRunProxyAndTraceFollow(t *testing.T) {
+	img := toolsImage(t)
+	api := newFakeAPI(t)
+	tok := newToken(t, "detachedapi")
+	ws := workspace(t)
+	p := api.port
+	mustRun(t, "run", "-d", "-n", "traced", "--image", img, "--grant", "detachedapi", "--host-port", fmt.Sprint(p),
+		"--upstream-ca", api.caFile, ws, "--", "sh", "-c",
+		fmt.Sprintf("for i in 1 2 3; do curl -s -o /dev/null https://moatc-host:%d/api; sleep 1; done", p))
+	defer moatcRun(t, opts{}, "destroy", "--force", "traced")
+	r := moatcRun(t, opts{}, "trace", "-f", "--json", "traced")
+	if r.code != 0 || strings.Count(r.stdout, "\n") != 3 || strings.Count(r.stdout, `"grant":"detachedapi"`) != 3 {
+		t.Fatalf("trace -f: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if st := status(t, "traced"); st.State != "stopped" {
+		t.Errorf("trace -f returned while the run is %s", st.State)
+	}
+	rq := api.requests()
+	if len(rq) != 3 {
+		t.Fatalf("the API saw %d requests, want 3", len(rq))
+	}
+	for _, q := range rq {
+		if q.Authorization != "Bearer "+tok {
+			t.Errorf("a detached run's request carried %q", q.Authorization)
+		}
+	}
+}
+
+// TestCorruptCredentialStoreStopsRun: a run that asks for a grant from a store it cannot read
+// stops before anything is made, and the store is left as it was.
+func TestCorruptCredentialStoreStopsRun(t *testing.T) {
+	requireStack(t)
+	other := t.TempDir() // a home of its own: nothing here may touch the suite's store
+	os.WriteFile(filepath.Join(other, "grants.json"), []byte(`{"version":1,"grants":[{"name":"x"`), 0o600)
+	ws := workspace(t)
+	r := moatcRun(t, opts{env: []string{"MOATC_HOME=" + other}}, busyboxRun("gvisor", []string{"--grant", "x"}, ws, "true")...)
+	if r.code != 125 || !strings.Contains(r.stderr, "grants.json") {
+		t.Errorf("corrupt store: exit %d stderr %q", r.code, r.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(other, "grants.json")); string(b) != `{"version":1,"grants":[{"name":"x"` {
+		t.Errorf("the corrupt store was rewritten: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(other, "runs")); err == nil {
+		if ents, _ := os.ReadDir(filepath.Join(other, "runs")); len(ents) > 0 {
+			t.Errorf("a refused run left %d records", len(ents))
+		}
+	}
+	if _, err := os.Stat(filepath.Join(other, "containerd", "containerd.sock")); err == nil {
+		t.Error("a refused run started a containerd")
 	}
 }
