@@ -27,13 +27,37 @@ func TestDoctor(t *testing.T) {
 			t.Errorf("check %s failed on the CI machine: %s", c.Name, c.Detail)
 		}
 	}
-	for _, want := range []string{"containerd reachable", "probe run under gvisor", "probe run under runc", "runsc", "containerd-shim-runsc-v1", "CNI plugins", "buildkitd", "kernel: overlayfs", "/dev/kvm"} {
+	for _, want := range []string{"containerd reachable", "probe run under gvisor", "probe run under runc", "runsc", "containerd-shim-runsc-v1", "CNI plugins", "buildkitd", "kernel: overlayfs", "/dev/kvm", "proxy CA", "credential store"} {
 		if !seen[want] {
 			t.Errorf("doctor has no %q check", want)
 		}
 	}
 	if r.code != 0 {
 		t.Errorf("doctor exit %d on a working stack", r.code)
+	}
+	// A credential store writable by others, and a CA key readable by them: both said, with the exit 1.
+	bh := filepath.Join(t.TempDir(), "home")
+	os.MkdirAll(filepath.Join(bh, "proxy"), 0o700)
+	os.WriteFile(filepath.Join(bh, "grants.json"), []byte(`{"version":1,"grants":[]}`), 0o666)
+	os.Chmod(filepath.Join(bh, "grants.json"), 0o666)
+	os.WriteFile(filepath.Join(bh, "proxy", "ca-key.pem"), []byte("not a key"), 0o644)
+	os.WriteFile(filepath.Join(bh, "proxy", "ca.pem"), []byte("not a cert"), 0o644)
+	// A containerd address that is not there: this home must not start a daemon of its own.
+	sick := moatcRun(t, opts{}, "--home", bh, "--address", filepath.Join(bh, "none.sock"), "doctor", "--json")
+	var sickChecks []struct {
+		Name   string
+		OK     bool
+		Detail string
+	}
+	json.Unmarshal([]byte(sick.stdout), &sickChecks)
+	failed := map[string]bool{}
+	for _, c := range sickChecks {
+		if !c.OK {
+			failed[c.Name] = true
+		}
+	}
+	if !failed["proxy CA"] || !failed["credential store"] || sick.code != 1 {
+		t.Errorf("doctor with a broken CA and store: exit %d\n%s", sick.code, sick.stdout)
 	}
 	// A prefix without the stack: every missing part fails with its fix, and the exit is 1.
 	fake := t.TempDir()

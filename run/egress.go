@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -198,7 +200,7 @@ func (e *egress) start(ctx context.Context, nw *cni.Network) error {
 		Listener: e.ln, Secret: e.secret, Client: nw.IP, Policy: e.cfg.Policy, Credentials: e.cfg.Credentials,
 		Hosts: map[string]netip.Addr{cni.GatewayName: nw.Gateway},
 		Check: destinationCheck(e.m.Net.Pool(), nw.Gateway, hostPorts),
-		CA:    e.ca, RootCAs: e.cfg.RootCAs, Upstream: upstream, Trace: tf, Logf: logf,
+		CA:    e.ca, RootCAs: e.cfg.RootCAs, Upstream: upstream, Trace: &cappedTrace{w: tf, max: traceMax(e.run.Spec)}, Logf: logf,
 	})
 	if err != nil {
 		tf.Close()
@@ -280,6 +282,39 @@ func (m *Manager) imageRoots(ctx context.Context, img containerd.Image, key stri
 		}
 	}
 	return found, b, nil
+}
+
+// traceMax caps a run's network.jsonl like its log: a workload sending requests forever (or
+// 407s by the million) cannot fill the disk through the trace.
+func traceMax(s state.Spec) int64 {
+	if s.LogMax > 0 {
+		return s.LogMax
+	}
+	return DefaultLogMax
+}
+
+// cappedTrace writes whole batches of trace lines until max, then one line saying the rest
+// was dropped.
+type cappedTrace struct {
+	w       io.Writer
+	max, n  int64
+	dropped bool
+}
+
+func (c *cappedTrace) Write(p []byte) (int, error) {
+	if c.dropped {
+		return len(p), nil
+	}
+	if c.n+int64(len(p)) > c.max {
+		c.dropped = true
+		mark, _ := json.Marshal(proxy.Entry{Time: time.Now().UTC(), Decision: "trace-full",
+			Error: fmt.Sprintf("the trace reached its cap of %d bytes (--log-max); later requests are not recorded", c.max)})
+		c.w.Write(append(mark, '\n'))
+		return len(p), nil
+	}
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // close stops the proxy (or frees its port when it never started).

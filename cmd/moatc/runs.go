@@ -111,6 +111,18 @@ func statusCommand() *cli.Command {
 				row("Mount", m.Host+" -> "+m.Container+" ("+mode+")"+from)
 			}
 			row("Network", r.Spec.Network)
+			if r.Spec.Network != "none" {
+				row("Policy", pick(r.Spec.Policy, "permissive"))
+				for _, a := range r.Spec.Allow {
+					row("Allowed", a)
+				}
+				for _, g := range r.Spec.Grants {
+					row("Grant", g)
+				}
+				if fileExists(filepath.Join(e.mgr.Store.Dir(r.ID), "network.jsonl")) {
+					row("Trace", filepath.Join(e.mgr.Store.Dir(r.ID), "network.jsonl")+" (moatc trace "+r.Name+")")
+				}
+			}
 			for _, h := range r.Spec.HostPorts {
 				row("Host port", "moatc-host:"+h)
 			}
