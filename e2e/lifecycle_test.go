@@ -304,3 +304,29 @@ func TestSignalsForwarded(t *testing.T) {
 		}
 	}
 }
+
+// TestClosedStdoutDoesNotEndTheRun: `moatc run -- seq ... | head -1` once killed moatc with
+// SIGPIPE and left the run recorded running with seq blocked. The run goes to its real end:
+// recorded stopped 0, its whole output in the log.
+func TestClosedStdoutDoesNotEndTheRun(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			name := "sigpipe-" + rt
+			args := strings.Join(append([]string{moatc}, busyboxRun(rt, []string{"-n", name}, ws, "seq", "1", "200000")...), " ")
+			out, err := exec.Command("bash", "-c", "set -o pipefail; "+args+" 2>/dev/null | head -1").Output()
+			if err != nil || string(out) != "1\n" {
+				t.Fatalf("moatc run | head -1: %v, output %q", err, out)
+			}
+			st := status(t, name)
+			if st.State != "stopped" || st.ExitCode == nil || *st.ExitCode != 0 {
+				t.Fatalf("the run is %s (exit %v, %s), want stopped 0", st.State, st.ExitCode, st.Error)
+			}
+			logs := mustRun(t, "logs", name).stdout
+			if n := strings.Count(logs, "\n"); n != 200000 || !strings.HasSuffix(logs, "\n200000\n") {
+				t.Errorf("the log has %d lines, want all 200000", n)
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -87,6 +88,11 @@ Flags come before PATH. Examples:
 				return err
 			}
 			defer e.mgr.Close()
+			// A reader that goes away (`moatc run -- seq 1 1000000 | head -1`) must not end moatc
+			// with SIGPIPE and orphan the run: with the signal caught, writes to the closed pipe
+			// fail with EPIPE instead, the output still goes to the log and the run to its end.
+			// Caught, not ignored: an ignored SIGPIPE would be inherited by what moatc starts.
+			signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 			stdio := run.Stdio{Out: os.Stdout, Err: os.Stderr}
 			if !req.Spec.Detach {
 				stdio.In = stdinFor(req.Spec)
