@@ -51,17 +51,45 @@ func Answering(socket string) bool {
 	return true
 }
 
-// Pid returns the daemon's pid when it runs.
+// Pid returns the daemon's pid when it runs. The pid file holds the pid and the process's
+// start time: after a reboot, or once the daemon died, the pid may belong to another process,
+// which must never be taken for the daemon (and signalled by Stop).
 func (p *Process) Pid() (int, bool) {
 	b, err := os.ReadFile(p.PidPath())
 	if err != nil {
 		return 0, false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || syscall.Kill(pid, 0) != nil {
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	if len(f) >= 2 {
+		start, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil || !(&state.Process{Pid: pid, Start: start}).Alive() {
+			return 0, false
+		}
+		return pid, true
+	}
+	// A pid file of an older moatc, without the start time: the process must at least be
+	// running the daemon's binary.
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != filepath.Base(p.Binary) {
 		return 0, false
 	}
 	return pid, true
+}
+
+// pidFile is the pid file's content for process pid.
+func pidFile(pid int) ([]byte, error) {
+	pr, err := state.ProcessOf(pid)
+	if err != nil {
+		return nil, err
+	}
+	return fmt.Appendf(nil, "%d %d\n", pid, pr.Start), nil
 }
 
 // Started returns when the daemon was started.
@@ -110,7 +138,15 @@ func (p *Process) Start(ctx context.Context, prepare func() error) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", p.Name, err)
 	}
-	if err := state.WriteFile(p.PidPath(), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
+	content, err := pidFile(cmd.Process.Pid)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return fmt.Errorf("starting %s: %w", p.Name, err)
+	}
+	if err := state.WriteFile(p.PidPath(), content, 0o600); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
 		return err
 	}
 	exited := make(chan error, 1)
@@ -146,8 +182,9 @@ func (p *Process) Stop(ctx context.Context, grace time.Duration) error {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("stopping %s (pid %d): %w", p.Name, pid, err)
 	}
+	self, _ := state.ProcessOf(pid)
 	deadline := time.Now().Add(grace)
-	for syscall.Kill(pid, 0) == nil {
+	for self.Alive() {
 		if time.Now().After(deadline) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
