@@ -398,9 +398,18 @@ func (m *Manager) allocate(tmpl record) (*record, error) {
 	}
 	idx := -1
 	// Round robin from the last allocation, so a subnet freed a moment ago (conntrack entries,
-	// ARP caches elsewhere) is the last to be reused.
+	// ARP caches elsewhere) is the last to be reused. The claim makes it ours against other
+	// homes sharing the pool.
 	for i := 0; i < total; i++ {
-		if j := (start + i) % total; !used[subnetAt(pool, j)] {
+		j := (start + i) % total
+		if used[subnetAt(pool, j)] {
+			continue
+		}
+		ok, err := m.claimSubnet(subnetAt(pool, j), runID)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
 			idx = j
 			break
 		}
@@ -408,19 +417,22 @@ func (m *Manager) allocate(tmpl record) (*record, error) {
 	if idx < 0 {
 		return nil, fmt.Errorf("network pool %s is full (%d runs have networks); remove stopped runs' networks with `moatc clean` or configure a larger pool (%s)", pool, total, PoolEnv)
 	}
+	sub := subnetAt(pool, idx)
 	if err := prepareNetnsDir(); err != nil {
+		os.Remove(claimPath(sub))
 		return nil, err
 	}
-	sub := subnetAt(pool, idx)
 	gw := sub.Addr().Next()
 	rec := &tmpl
 	rec.Pool, rec.Subnet, rec.Gateway, rec.IP = pool, sub, gw, gw.Next()
 	rec.MTU, rec.Created, rec.PID = mtu, time.Now().UTC(), os.Getpid()
 	if err := os.Mkdir(m.runDir(runID), 0o700); err != nil {
+		os.Remove(claimPath(sub))
 		return nil, err
 	}
 	if err := m.writeRecord(rec); err != nil {
 		os.RemoveAll(m.runDir(runID))
+		os.Remove(claimPath(sub))
 		return nil, err
 	}
 	os.WriteFile(filepath.Join(m.cfg.StateDir, "next"), []byte(strconv.Itoa(idx+1)), 0o600) // only a hint
@@ -614,6 +626,11 @@ func (m *Manager) teardown(ctx context.Context, runID string, rec *record, detac
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	// The claim goes before the record: a crash in between leaves a claim that is stale (no
+	// record, no bridge), which the next allocation takes over.
+	if err := m.releaseClaims(runID); err != nil {
+		return err
+	}
 	return os.RemoveAll(m.runDir(runID))
 }
 
@@ -653,13 +670,15 @@ func (m *Manager) Leftovers() ([]string, error) {
 	if err := add(m.ipamDir(), "moatc-", ""); err != nil {
 		return nil, fmt.Errorf("listing network leftovers: %w", err)
 	}
+	// Bridges and rules are host-wide: those of networks another home claims are its own.
+	others := m.othersClaims()
 	ifs, err := net.Interfaces()
 	if err != nil {
 		return nil, fmt.Errorf("listing network leftovers: %w", err)
 	}
 	for _, i := range ifs {
 		id, ok := strings.CutPrefix(i.Name, "mc-")
-		if !ok || checkRunID(id) != nil {
+		if !ok || checkRunID(id) != nil || others[id] {
 			continue
 		}
 		addrs, _ := i.Addrs()
@@ -675,6 +694,9 @@ func (m *Manager) Leftovers() ([]string, error) {
 			return nil, fmt.Errorf("listing network leftovers: %w", err)
 		}
 		for id, rules := range found {
+			if others[id] {
+				continue
+			}
 			for _, r := range rules {
 				if inPool(r.text, m.cfg.Pool) {
 					ids[id] = true

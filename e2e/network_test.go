@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -229,5 +231,53 @@ func TestNetworkParallelDistinctAddresses(t *testing.T) {
 	}
 	if after := hostNetState(t); after != before {
 		t.Errorf("20 runs left network state: %s, before: %s", after, before)
+	}
+}
+
+// TestHomesSharingAPoolLeaveEachOtherAlone: `moatc clean` in one home once removed the networks
+// of another home's live runs on the same pool. Here a second home runs a detached workload
+// while this one cleans, and its network survives whole.
+func TestHomesSharingAPoolLeaveEachOtherAlone(t *testing.T) {
+	requireStack(t)
+	other, err := os.MkdirTemp("/tmp", "moatc-other-") // short: containerd's socket path
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"MOATC_HOME=" + other}
+	in := func(args ...string) result { return moatcRun(t, opts{env: env}, args...) }
+	defer func() {
+		in("destroy", "--force", "neighbour")
+		in("clean")
+		in("system", "stop", "--force")
+		os.RemoveAll(other)
+	}()
+	if r := in("image", "import", prefix+"/images/busybox.oci.tar"); r.code != 0 {
+		t.Fatalf("import into the other home: %s", r.stderr)
+	}
+	ws := workspace(t)
+	if r := in(busyboxRun("runc", []string{"-d", "-n", "neighbour"}, ws, "sh", "-c", "echo up; sleep 300")...); r.code != 0 {
+		t.Fatalf("a run in the other home: exit %d %s", r.code, r.stderr)
+	}
+	var st runRecord
+	json.Unmarshal([]byte(in("status", "--json", "neighbour").stdout), &st)
+	bridge := "mc-" + st.ID
+	if _, err := net.InterfaceByName(bridge); err != nil {
+		t.Fatalf("the other home's run has no bridge %s: %v", bridge, err)
+	}
+	// This home cleans, and runs at the same moment (same pool): neither touches the other.
+	var wg sync.WaitGroup
+	wg.Go(func() { mustRun(t, "clean") })
+	wg.Go(func() { mustRun(t, busyboxRun("runc", nil, workspace(t), "true")...) })
+	wg.Wait()
+	if _, err := net.InterfaceByName(bridge); err != nil {
+		t.Errorf("this home's clean removed the other home's bridge: %v", err)
+	}
+	rules, _ := exec.Command("iptables-save").Output()
+	if !strings.Contains(string(rules), "moatc run "+st.ID+":") {
+		t.Error("this home's clean removed the other home's rules")
+	}
+	json.Unmarshal([]byte(in("status", "--json", "neighbour").stdout), &st)
+	if st.State != "running" {
+		t.Errorf("the other home's run is %s", st.State)
 	}
 }

@@ -238,6 +238,10 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 		if active[id] || (id == m.BuildNetwork() && building) {
 			continue
 		}
+		// A run started since the list above has its network before it is ever listed again.
+		if r, err := m.Store.Get(id); err == nil && r.Active() {
+			continue
+		}
 		rep.Networks = append(rep.Networks, id)
 		if !dry {
 			if err := m.Net.Teardown(ctx, id); err != nil {
