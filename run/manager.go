@@ -192,6 +192,9 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 		}
 	}
 	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			err = fmt.Errorf("%w; free space in %s (df -h %s) and run again", err, m.Store.Dir(""), m.Store.Dir(""))
+		}
 		return nil, 0, err
 	}
 	if buildLog != "" {
@@ -332,6 +335,11 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	if spec.TTY {
 		outLog = rec.stream("tty")
 	}
+	if m.stopRequested(r.ID) {
+		rec.Close()
+		c.RemoveContainer(bg, r.ContainerID)
+		return m.stoppedBeforeStart(r.ID, notify)
+	}
 	var task containerd.Task
 	taskReady := make(chan struct{})
 	var stdin io.Reader
@@ -368,6 +376,15 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 			task.Resize(ctx, uint32(sz.Width), uint32(sz.Height))
 		}
 	}
+	// `moatc stop` of a run not started yet: it is not started.
+	if m.stopRequested(r.ID) {
+		task.Delete(bg, containerd.WithProcessKill)
+		outLog.flush()
+		errLog.flush()
+		rec.Close()
+		c.RemoveContainer(bg, r.ContainerID)
+		return m.stoppedBeforeStart(r.ID, notify)
+	}
 	statusC, err := task.Wait(bg)
 	if err == nil {
 		err = task.Start(ctx)
@@ -384,13 +401,25 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		return 0, err
 	}
 	now := time.Now().UTC()
-	m.Store.Update(r.ID, func(r *state.Run) error {
+	if _, err := m.Store.Update(r.ID, func(r *state.Run) error {
 		if r.State == state.Created {
 			r.State = state.Running
 		}
 		r.Pid, r.Started = int(task.Pid()), &now
 		return nil
-	})
+	}); err != nil {
+		// A run that cannot be recorded is not left running unrecorded.
+		task.Kill(bg, syscall.SIGKILL, containerd.WithKillAll)
+		<-statusC
+		task.Delete(bg)
+		outLog.flush()
+		errLog.flush()
+		rec.Close()
+		c.RemoveContainer(bg, r.ContainerID)
+		err = m.recordError("the start of run "+r.ID, err)
+		notify(err)
+		return 0, err
+	}
 	notify(nil)
 
 	stopSignals := m.forwardSignals(bg, task, stdio.Console)
@@ -406,7 +435,6 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	case <-drained:
 	case <-time.After(30 * time.Second):
 	}
-	task.Delete(bg)
 	outLog.flush()
 	errLog.flush()
 	// A log that could not be written (a full disk, a failed rotation) is said, not hidden.
@@ -414,6 +442,19 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	if logErr != nil {
 		fmt.Fprintf(os.Stderr, "moatc: warning: recording the run's output: %v; its log is incomplete\n", logErr)
 	}
+	// The end is recorded before the task goes: if it cannot be, the stopped task keeps its
+	// exit status in containerd, and the next moatc command records the real end from there.
+	fin := time.Now().UTC()
+	if _, err := m.Store.Update(r.ID, func(r *state.Run) error {
+		r.State, r.ExitCode, r.Finished = state.Stopped, &code, &fin
+		if logErr != nil {
+			r.Error = "recording the output failed, the log is incomplete: " + logErr.Error()
+		}
+		return nil
+	}); err != nil {
+		return code, m.recordError(fmt.Sprintf("the end of run %s (exit code %d)", r.ID, code), err)
+	}
+	task.Delete(bg)
 	// The task is gone: the network and the container are released side by side.
 	netDown := make(chan struct{})
 	go func() {
@@ -429,12 +470,34 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	}
 	<-netDown
 	netReleased = true
+	return code, nil
+}
+
+// recordError says that what could not be recorded, and what to do: on a full disk, free
+// space where the runs are kept.
+func (m *Manager) recordError(what string, err error) error {
+	fix := "see the error, then run any moatc command (it records what it can from containerd)"
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		fix = fmt.Sprintf("free space in %s (df -h %s), then run any moatc command: it records the run from containerd", m.Store.Dir(""), m.Store.Dir(""))
+	}
+	return fmt.Errorf("recording %s failed: %w; %s", what, err, fix)
+}
+
+// stopRequested reports whether `moatc stop` marked run id before its workload started.
+func (m *Manager) stopRequested(id string) bool {
+	cur, err := m.Store.Get(id)
+	return err == nil && cur.State == state.Stopping
+}
+
+// stoppedBeforeStart records that run id was stopped before its workload started (as if by
+// SIGTERM: 143) and says so to whoever waits for the start.
+func (m *Manager) stoppedBeforeStart(id string, notify func(error)) (int, error) {
+	code := 143
+	why := "the run was stopped (moatc stop) before its workload started"
+	notify(&ExitError{Code: code, Err: errors.New(why)})
 	fin := time.Now().UTC()
-	m.Store.Update(r.ID, func(r *state.Run) error {
-		r.State, r.ExitCode, r.Finished = state.Stopped, &code, &fin
-		if logErr != nil {
-			r.Error = "recording the output failed, the log is incomplete: " + logErr.Error()
-		}
+	m.Store.Update(id, func(r *state.Run) error {
+		r.State, r.ExitCode, r.Finished, r.Error = state.Stopped, &code, &fin, why
 		return nil
 	})
 	return code, nil

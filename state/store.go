@@ -168,7 +168,33 @@ func (s *Store) Create(r *Run) error {
 	if err := os.Mkdir(s.Dir(r.ID), 0o700); err != nil {
 		return fmt.Errorf("creating run directory: %w", err)
 	}
-	return writeJSON(filepath.Join(s.Dir(r.ID), "metadata.json"), r)
+	if err := writeJSON(filepath.Join(s.Dir(r.ID), "metadata.json"), r); err != nil {
+		os.RemoveAll(s.Dir(r.ID)) // no half-made run left behind
+		return fmt.Errorf("writing the record of run %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// Incomplete lists run directories without a readable record that are older than age: runs
+// whose creation failed half-way (a full disk, a crash), which List cannot show.
+func (s *Store) Incomplete(age time.Duration) ([]string, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("listing runs: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if _, err := s.Get(e.Name()); err == nil {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > age {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
 }
 
 // Get reads run id.
