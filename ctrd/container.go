@@ -124,13 +124,17 @@ func (c *Client) RemoveContainer(ctx context.Context, id string) (Removal, error
 			code := st.ExitStatus
 			rm.Exit = &code
 		} else if err == nil {
-			rm.WasRunning = true
+			// A task created but never started ran nothing of the workload.
+			rm.WasRunning = st.Status != containerd.Created
 			if wait, werr := task.Wait(ctx); werr == nil {
-				task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
-				select {
-				case <-wait:
-				case <-time.After(10 * time.Second):
+				// runsc cannot signal a container that was created but never started
+				// ("cannot signal container in state created"), and a created task cannot
+				// be deleted either: its sandbox is killed from the host instead, and the
+				// shim reaps it like any sandbox exit.
+				if st.Status != containerd.Created || !killTaskProcess(task.Pid(), id) {
+					task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
 				}
+				waitStopped(ctx, task, wait, 10*time.Second)
 			}
 		}
 		// Killed and waited for above: a plain delete (WithProcessKill would wait again, unbounded).
@@ -144,6 +148,37 @@ func (c *Client) RemoveContainer(ctx context.Context, id string) (Removal, error
 		return rm, fmt.Errorf("deleting container %s: %w", id, err)
 	}
 	return rm, nil
+}
+
+// killTaskProcess kills the process of container id's task if it is a gVisor sandbox (whose
+// command line ends with the id), and says whether it did.
+func killTaskProcess(pid uint32, id string) bool {
+	if pid == 0 {
+		return false
+	}
+	return killIf(int(pid), func(argv []string) bool { return len(argv) > 1 && argv[len(argv)-1] == id })
+}
+
+// waitStopped waits up to d for the task to end: its exit, or a status saying so (the
+// shim may record the end of a task that never started without publishing it to waiters).
+func waitStopped(ctx context.Context, task containerd.Task, wait <-chan containerd.ExitStatus, d time.Duration) {
+	deadline := time.After(d)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-wait:
+			return
+		case <-deadline:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if st, err := task.Status(ctx); err == nil && st.Status == containerd.Stopped {
+				return
+			}
+		}
+	}
 }
 
 // Owned lists moatc's containers (by label) and the run each belongs to.

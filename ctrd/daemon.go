@@ -33,6 +33,12 @@ func (d *Daemon) Address() string { return filepath.Join(d.Dir, "containerd.sock
 // Binary is the containerd executable used.
 func (d *Daemon) Binary() string { return filepath.Join(d.Prefix, "bin", "containerd") }
 
+// TaskDir is where the daemon keeps the task bundles (one directory per container) of
+// namespace ns.
+func (d *Daemon) TaskDir(ns string) string {
+	return filepath.Join(d.Dir, "state", "io.containerd.runtime.v2.task", ns)
+}
+
 func (d *Daemon) configPath() string { return filepath.Join(d.Dir, "config.toml") }
 
 func (d *Daemon) process() *daemon.Process {

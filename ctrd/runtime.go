@@ -69,9 +69,11 @@ func (Runc) SpecOpts(c Container) []oci.SpecOpts {
 
 // GVisor runs containers in gVisor's user-space kernel through the io.containerd.runsc.v1
 // shim. The runsc configuration is a TOML file moatc writes and passes per container.
+// runsc keeps its state (one entry per sandbox) under StateRoot, one directory per moatc
+// home, so everything a home's runs started can be found again (see sandboxes.go).
 type GVisor struct {
 	Prefix   string
-	Dir      string // where the runsc config files go
+	Dir      string // where the runsc config files go: the home's runsc directory
 	Platform string // systrap (default), kvm or ptrace
 	Debug    bool   // runsc debug logs next to the config
 	// ForBuild configures runsc for BuildKit's RUN steps: their writes go straight to the
@@ -141,7 +143,7 @@ func (g GVisor) Config() (string, error) {
 	}
 	sort.Strings(keys)
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Written by moatc.\nbinary_name = %q\n\n[runsc_config]\n", bin)
+	fmt.Fprintf(&b, "# Written by moatc.\nbinary_name = %q\nroot = %q\n\n[runsc_config]\n", bin, g.StateRoot())
 	for _, k := range keys {
 		fmt.Fprintf(&b, "  %s = %q\n", k, flags[k])
 	}
@@ -177,6 +179,10 @@ func (g GVisor) ConfigFile() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// runsc makes its root itself; the owner file says which home a root belongs to.
+	if err := g.makeStateRoot(); err != nil {
+		return "", err
+	}
 	path := g.configPath(cfg)
 	if _, err := os.Stat(path); err != nil {
 		if err := os.MkdirAll(g.Dir, 0o700); err != nil {
@@ -196,6 +202,43 @@ func (g GVisor) ConfigPath() string {
 		return ""
 	}
 	return g.configPath(cfg)
+}
+
+// runscStateBase holds the runsc state roots of every moatc home on the host. It is on
+// /run, like runsc's own default: the state describes processes, and goes with them at boot.
+const runscStateBase = "/run/moatc/runsc"
+
+// runscOwnerFile, in a state root, names the home whose root it is (for people and doctor).
+const runscOwnerFile = "home"
+
+// StateRoot is the runsc root of this home's sandboxes (runsc state, locks and control
+// sockets), passed to the shim as the runsc `root` option; the shim adds the containerd
+// namespace below it. One per home (named by a hash of Dir), so that one home's clean-up
+// never touches another's, and all of a home's sandboxes can be found even when containerd
+// lost track of them. Short, so runsc's control socket path stays under the 108-byte limit.
+func (g GVisor) StateRoot() string {
+	dir, err := filepath.Abs(g.Dir)
+	if err != nil {
+		dir = filepath.Clean(g.Dir)
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return filepath.Join(runscStateBase, hex.EncodeToString(sum[:8]))
+}
+
+func (g GVisor) makeStateRoot() error {
+	root := g.StateRoot()
+	owner := filepath.Join(root, runscOwnerFile)
+	if _, err := os.Stat(owner); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		return fmt.Errorf("making runsc's state directory: %w", err)
+	}
+	dir, err := filepath.Abs(g.Dir)
+	if err != nil {
+		dir = g.Dir
+	}
+	return state.WriteFile(owner, []byte(filepath.Dir(dir)+"\n"), 0o644)
 }
 
 func (g GVisor) configPath(cfg string) string {
