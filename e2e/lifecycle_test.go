@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -328,5 +329,61 @@ func TestClosedStdoutDoesNotEndTheRun(t *testing.T) {
 				t.Errorf("the log has %d lines, want all 200000", n)
 			}
 		})
+	}
+}
+
+// TestStopBeforeStart: `moatc stop` of a run still being created once printed its id while the
+// run went on to start. Now the workload never starts: the run is recorded stopped (143), and
+// `moatc run` exits 143 without the workload's output.
+func TestStopBeforeStart(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	for attempt := 1; ; attempt++ {
+		name := fmt.Sprintf("early-stop-%d", attempt)
+		cmd := exec.Command(moatc, busyboxRun("gvisor", []string{"-n", name}, ws, "echo", "workload-started")...)
+		var out strings.Builder
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		caught := false
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if r := moatcRun(t, opts{}, "status", "--json", name); r.code == 0 && strings.Contains(r.stdout, `"state": "created"`) {
+				caught = true
+				break
+			} else if r.code == 0 && !strings.Contains(r.stdout, `"state": "created"`) {
+				break // started already: too late for this attempt
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if !caught {
+			cmd.Wait()
+			if attempt == 10 {
+				t.Fatal("never saw a run in state created in 10 attempts")
+			}
+			continue
+		}
+		stop := moatcRun(t, opts{}, "stop", name)
+		err := cmd.Wait()
+		if stop.code != 0 {
+			t.Fatalf("stop: exit %d %s", stop.code, stop.stderr)
+		}
+		st := status(t, name)
+		if st.State == "stopped" && st.ExitCode != nil && *st.ExitCode == 0 && strings.Contains(out.String(), "workload-started") {
+			// The task had started between the status and the stop: it ended normally.
+			if attempt == 10 {
+				t.Fatal("the run started before every stop in 10 attempts")
+			}
+			continue
+		}
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 143 || strings.Contains(out.String(), "workload-started") {
+			t.Errorf("moatc run: %v, output %q; want exit 143 and no output", err, out.String())
+		}
+		if st.State != "stopped" || st.ExitCode == nil || *st.ExitCode != 143 || !strings.Contains(st.Error, "before its workload started") {
+			t.Errorf("record: %s exit %v %q", st.State, st.ExitCode, st.Error)
+		}
+		return
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -36,6 +37,8 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
+	// gVisor sandboxes of runs killed while being created live on outside containerd's view.
+	m.SweepAbandoned(ctx, runs)
 	return nil
 }
 
@@ -98,12 +101,36 @@ func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*s
 	if err != nil {
 		return nil, err
 	}
-	m.Store.Update(r.ID, func(r *state.Run) error {
-		if r.State == state.Running {
+	r, err = m.Store.Update(r.ID, func(r *state.Run) error {
+		if r.State == state.Running || r.State == state.Created {
 			r.State = state.Stopping
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, fmt.Errorf("stopping run %s: %w", ref, err)
+	}
+	// A run not started yet is not started at all: its supervisor sees the mark before it
+	// starts the task. If it started meanwhile, it is signalled below like any other.
+	for r.Started == nil {
+		if !r.Active() {
+			return r, nil
+		}
+		if !r.Supervisor.Alive() {
+			if err := m.finalizeAbandoned(ctx, r.ID); err != nil {
+				return nil, err
+			}
+			return m.Store.Get(r.ID)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if r, err = m.Store.Get(r.ID); err != nil {
+			return nil, err
+		}
+	}
 	ctr, err := c.LoadContainer(ctx, r.ContainerID)
 	if err == nil {
 		if task, terr := ctr.Task(ctx, nil); terr == nil {
@@ -152,6 +179,15 @@ func (e *ActiveError) Error() string {
 // Destroy removes a run: its container and snapshot if any are left, and its record and log.
 func (m *Manager) Destroy(ctx context.Context, ref string, force bool) (*state.Run, error) {
 	r, err := m.Store.Find(ref)
+	if errors.Is(err, state.ErrNotFound) {
+		// A run whose creation failed half-way has a directory but no record: by its id.
+		if half, _ := m.Store.Incomplete(0); slices.Contains(half, ref) {
+			if err := m.removeLeftovers(ctx, ref, "moatc-"+ref); err != nil {
+				return nil, err
+			}
+			return &state.Run{ID: ref}, m.Store.Remove(ref)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -204,11 +240,12 @@ type CleanReport struct {
 	Networks   []string `json:"networks"`
 	Containers []string `json:"containers"`
 	Snapshots  []string `json:"snapshots"`
+	Sandboxes  []string `json:"sandboxes"` // gVisor sandboxes, shims and runsc state no run accounts for
 }
 
 // Clean removes finished runs and whatever moatc created that no run record accounts for.
 func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
-	rep := &CleanReport{Runs: []string{}, Networks: []string{}, Containers: []string{}, Snapshots: []string{}}
+	rep := &CleanReport{Runs: []string{}, Networks: []string{}, Containers: []string{}, Snapshots: []string{}, Sandboxes: []string{}}
 	runs, err := m.Store.List()
 	if err != nil {
 		return nil, err
@@ -225,6 +262,23 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 				return rep, err
 			}
 			if err := m.Store.Remove(r.ID); err != nil {
+				return rep, err
+			}
+		}
+	}
+	// Directories of runs whose creation failed half-way (older than a minute: not a run
+	// being created right now).
+	half, err := m.Store.Incomplete(time.Minute)
+	if err != nil {
+		return rep, err
+	}
+	for _, id := range half {
+		rep.Runs = append(rep.Runs, id)
+		if !dry {
+			if err := m.removeLeftovers(ctx, id, "moatc-"+id); err != nil {
+				return rep, err
+			}
+			if err := m.Store.Remove(id); err != nil {
 				return rep, err
 			}
 		}
@@ -266,7 +320,8 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 		}
 	}
 	if !m.daemonReachable() {
-		return rep, nil
+		rep.Sandboxes, err = m.SweepSandboxes(ctx, dry)
+		return rep, err
 	}
 	c, err := m.Client(ctx)
 	if err != nil {
@@ -276,8 +331,13 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	// Runs started since the list above are spared: their records are read again.
+	startedSince := func(runID string) bool {
+		cur, err := m.Store.Get(runID)
+		return err == nil && cur.Active()
+	}
 	for ctrID, runID := range owned {
-		if active[runID] {
+		if active[runID] || startedSince(runID) {
 			continue
 		}
 		rep.Containers = append(rep.Containers, ctrID)
@@ -292,7 +352,7 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 		return rep, err
 	}
 	for name, runID := range snaps {
-		if active[runID] {
+		if active[runID] || startedSince(runID) {
 			continue
 		}
 		if _, ok := owned[name]; ok {
@@ -305,5 +365,6 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 			}
 		}
 	}
-	return rep, nil
+	rep.Sandboxes, err = m.SweepSandboxes(ctx, dry)
+	return rep, err
 }

@@ -62,6 +62,12 @@ socket under --home) on first use and leaves it running for the next command.`,
 					if err := e.daemon.Stop(c.Context, 10*time.Second); err != nil {
 						return err
 					}
+					if _, err := e.mgr.SweepSandboxes(c.Context, false); err != nil {
+						return err
+					}
+					if err := e.mgr.PruneSandboxRoot(); err != nil {
+						return err
+					}
 					if err := cni.Prune(c.Context); err != nil {
 						return err
 					}
