@@ -237,16 +237,20 @@ func (e *egress) attach(ctx context.Context, ctr containerd.Container, img conta
 	if err != nil {
 		return err
 	}
-	bundle := filepath.Join(e.m.Store.Dir(e.run.ID), "ca-bundle.pem")
-	data := append(append(roots, '\n'), e.ca.CertPEM()...)
-	if err := state.WriteFile(bundle, data, 0o644); err != nil {
+	// One directory for both files: under gVisor each bind mount costs the start time.
+	dir := filepath.Join(e.m.Store.Dir(e.run.ID), "ca")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("writing the run's CA bundle: %w", err)
+	}
+	bundle := filepath.Join(dir, filepath.Base(BundlePath))
+	if err := state.WriteFile(filepath.Join(dir, filepath.Base(CAPath)), e.ca.CertPEM(), 0o644); err != nil {
+		return fmt.Errorf("writing the run's CA certificate: %w", err)
+	}
+	if err := state.WriteFile(bundle, append(append(roots, '\n'), e.ca.CertPEM()...), 0o644); err != nil {
 		return fmt.Errorf("writing the run's CA bundle: %w", err)
 	}
 	ro := []string{"rbind", "ro", "nosuid", "nodev", "noexec"}
-	mounts := []specs.Mount{
-		{Destination: CAPath, Type: "bind", Source: e.ca.CertPath(), Options: ro},
-		{Destination: BundlePath, Type: "bind", Source: bundle, Options: ro},
-	}
+	mounts := []specs.Mount{{Destination: filepath.Dir(CAPath), Type: "bind", Source: dir, Options: ro}}
 	if found != "" {
 		mounts = append(mounts, specs.Mount{Destination: found, Type: "bind", Source: bundle, Options: ro})
 	}
