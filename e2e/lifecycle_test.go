@@ -387,3 +387,39 @@ func TestStopBeforeStart(t *testing.T) {
 		return
 	}
 }
+
+// TestContainerdRestartKeepsRuns: a containerd restart (`system stop --force`, an upgrade, a
+// crash) was recorded as every running workload exiting 255, and the tasks, still running in
+// their shims, were killed later. Now the supervisor waits for containerd to answer again,
+// follows the task anew and records its real exit; the output goes on being recorded.
+func TestContainerdRestartKeepsRuns(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	for _, rt := range runtimes {
+		mustRun(t, busyboxRun(rt, []string{"-d", "-n", "restart-" + rt, "--network", "none"}, ws,
+			"sh", "-c", "for i in $(seq 1 8); do echo line-$i; sleep 1; done; exit 7")...)
+	}
+	time.Sleep(time.Second)
+	mustRun(t, "system", "stop", "--force")
+	time.Sleep(2 * time.Second)
+	mustRun(t, "system", "start")
+	for _, rt := range runtimes {
+		name := "restart-" + rt
+		deadline := time.Now().Add(60 * time.Second)
+		st := status(t, name)
+		for st.State != "stopped" && st.State != "failed" && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+			st = status(t, name)
+		}
+		if st.State != "stopped" || st.ExitCode == nil || *st.ExitCode != 7 {
+			t.Errorf("%s: after a containerd restart the run is %s (exit %v, %q), want stopped 7", rt, st.State, st.ExitCode, st.Error)
+		}
+		logs := mustRun(t, "logs", name).stdout
+		for i := 1; i <= 8; i++ {
+			if !strings.Contains(logs, fmt.Sprintf("line-%d\n", i)) {
+				t.Errorf("%s: line-%d missing from the log:\n%s", rt, i, logs)
+				break
+			}
+		}
+	}
+}

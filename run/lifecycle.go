@@ -19,6 +19,9 @@ import (
 	"github.com/moatc/moatc/state"
 )
 
+// reconcileBudget bounds the time one abandoned run may take from a command's reconcile.
+const reconcileBudget = 15 * time.Second
+
 // Reconcile brings records up to date with reality; every moatc command calls it first. An
 // active run whose supervisor is gone (moatc killed with -9, a crash) is finalized: a task
 // that ended gets its exit code; one still running is stopped and the run marked failed, so
@@ -32,8 +35,12 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		if r.Active() && !r.Supervisor.Alive() {
 			// One run that cannot be finalized now (a hung shim) must not block every command:
 			// say so, and try again next time.
-			if err := m.finalizeAbandoned(ctx, r.ID); err != nil {
-				fmt.Fprintf(os.Stderr, "moatc: warning: run %s lost its supervisor and could not be cleaned up yet: %v\n", r.ID, err)
+			// Bounded: a hung shim must not hold up every command.
+			fctx, cancel := context.WithTimeout(ctx, reconcileBudget)
+			err := m.finalizeAbandoned(fctx, r.ID)
+			cancel()
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "moatc: warning: run %s lost its supervisor and could not be cleaned up yet (the next moatc command tries again; `moatc destroy --force %s` to give up on it): %v\n", r.ID, r.ID, err)
 			}
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/console"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/moatc/moatc/cni"
@@ -425,15 +426,36 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	stopSignals := m.forwardSignals(bg, task, stdio.Console)
 	status := <-statusC
 	stopSignals()
+	taskIO := task.IO()
+	if status.Error() != nil {
+		// containerd went away (a restart, an upgrade, `system stop --force`) while the task
+		// runs on in its shim: follow it again once containerd answers. The end is recorded
+		// only from a real exit status.
+		var lost error
+		if task, status, lost = m.rewait(bg, r, stdio.Console, status.Error()); lost != nil {
+			outLog.flush()
+			errLog.flush()
+			rec.Close()
+			m.fail(r.ID, lost, nil)
+			return 0, lost
+		}
+		if nc, err := m.Client(bg); err == nil {
+			c = nc // the connection rewait made
+		}
+	}
 	code := int(status.ExitCode())
 	// Drain the output before Delete: containerd v2.4's client closes the FIFOs in Delete
 	// (cio's Cancel), cutting off whatever a slow reader had not copied yet. The shim closes
 	// its ends once the container's processes are gone; the timeout covers a stuck shim.
 	drained := make(chan struct{})
-	go func() { task.IO().Wait(); close(drained) }()
+	go func() { taskIO.Wait(); close(drained) }()
 	select {
 	case <-drained:
 	case <-time.After(30 * time.Second):
+	}
+	if task.IO() != taskIO {
+		taskIO.Cancel() // the task was followed again without IO: its FIFOs go here
+		taskIO.Close()
 	}
 	outLog.flush()
 	errLog.flush()
@@ -481,6 +503,65 @@ func (m *Manager) recordError(what string, err error) error {
 		fix = fmt.Sprintf("free space in %s (df -h %s), then run any moatc command: it records the run from containerd", m.Store.Dir(""), m.Store.Dir(""))
 	}
 	return fmt.Errorf("recording %s failed: %w; %s", what, err, fix)
+}
+
+// rewait follows run r's task again after its wait failed with cause: it waits for containerd
+// to answer (never starting the managed one: someone stopped it), loads the task without
+// touching its IO (moatc still holds the FIFOs) and waits on it, as often as containerd goes
+// away. It returns the task and its real exit status, or why the run is lost.
+func (m *Manager) rewait(ctx context.Context, r *state.Run, con console.Console, cause error) (containerd.Task, containerd.ExitStatus, error) {
+	fmt.Fprintf(os.Stderr, "moatc: lost containerd while following run %s (%v); the workload runs on: waiting for containerd to answer again\n", r.Name, cause)
+	for {
+		time.Sleep(250 * time.Millisecond)
+		c, err := m.reconnect(ctx)
+		if err != nil {
+			continue
+		}
+		ctr, err := c.LoadContainer(ctx, r.ContainerID)
+		if errdefs.IsNotFound(err) {
+			return nil, containerd.ExitStatus{}, fmt.Errorf("containerd came back without the run's container %s; its end is unknown", r.ContainerID)
+		}
+		if err != nil {
+			continue
+		}
+		task, err := ctr.Task(ctx, nil)
+		if errdefs.IsNotFound(err) {
+			return nil, containerd.ExitStatus{}, fmt.Errorf("containerd came back without the run's task; its end is unknown")
+		}
+		if err != nil {
+			continue
+		}
+		statusC, err := task.Wait(ctx)
+		if err != nil {
+			continue
+		}
+		stop := m.forwardSignals(ctx, task, con)
+		st := <-statusC
+		stop()
+		if st.Error() == nil {
+			return task, st, nil
+		}
+	}
+}
+
+// reconnect replaces the manager's containerd connection with a new one, once containerd
+// answers. The managed containerd is not started from here.
+func (m *Manager) reconnect(ctx context.Context) (*ctrd.Client, error) {
+	if m.Conn.Address == "" && m.Conn.Daemon != nil && !m.Conn.Daemon.Answering() {
+		return nil, errors.New("containerd is not answering")
+	}
+	c, err := ctrd.Connect(ctx, m.Conn)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	old := m.client
+	m.client = c
+	m.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return c, nil
 }
 
 // stopRequested reports whether `moatc stop` marked run id before its workload started.
