@@ -423,3 +423,37 @@ func TestContainerdRestartKeepsRuns(t *testing.T) {
 		}
 	}
 }
+
+// TestDetachedRunOutlivesItsSupervisor: a detached run died with its `moatc _supervise`
+// process (the next reconcile killed the workload). Now the next command hands it to a new
+// supervisor: the output goes on into the log, the run's proxy is served again, and the real
+// exit code is recorded.
+func TestDetachedRunOutlivesItsSupervisor(t *testing.T) {
+	requireStack(t)
+	port := serveHost(t, "host")
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			name := "adopted-" + rt
+			mustRun(t, busyboxRun(rt, []string{"-d", "-n", name, "--host-port", fmt.Sprint(port)}, ws, "sh", "-c",
+				fmt.Sprintf("for i in $(seq 1 8); do echo line-$i; wget -q -O /dev/null http://moatc-host:%d/ && echo fetched-$i; sleep 1; done; exit 5", port))...)
+			waitLog(t, name, "fetched-2")
+			st := status(t, name)
+			killSupervisor(t, st.ID)
+			mustRun(t, "list") // the reconcile that adopts it
+			deadline := time.Now().Add(60 * time.Second)
+			for st = status(t, name); st.State == "running" && time.Now().Before(deadline); st = status(t, name) {
+				time.Sleep(200 * time.Millisecond)
+			}
+			if st.State != "stopped" || st.ExitCode == nil || *st.ExitCode != 5 {
+				t.Fatalf("after its supervisor was killed the run is %s (exit %v, %q), want stopped 5", st.State, st.ExitCode, st.Error)
+			}
+			logs := mustRun(t, "logs", name).stdout
+			for _, want := range []string{"line-1\n", "line-8\n", "fetched-8\n"} {
+				if !strings.Contains(logs, want) {
+					t.Errorf("%q missing from the log (the proxy and the output must go on):\n%s", want, logs)
+				}
+			}
+		})
+	}
+}

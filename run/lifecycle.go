@@ -55,6 +55,10 @@ func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
 		if !r.Active() || r.Supervisor.Alive() {
 			return nil
 		}
+		// A detached run whose task still runs gets a new supervisor rather than its end.
+		if m.adoptable(r) && m.adopt(ctx, r) {
+			return nil
+		}
 		cl, err := m.Client(ctx)
 		if err != nil {
 			return err

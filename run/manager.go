@@ -423,7 +423,22 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	}
 	notify(nil)
 
-	stopSignals := m.forwardSignals(bg, task, stdio.Console)
+	code, released, err := m.follow(bg, r, task, statusC, stdio.Console, rec, outLog, errLog)
+	netReleased = released
+	return code, err
+}
+
+// follow supervises a started task to its end: it forwards signals, waits (through containerd
+// restarts), drains the output into the log, records the end, and removes the task, the
+// container and the network. It reports whether the network was released; when the end
+// cannot be recorded, the task and container stay for the next command to record.
+func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task, statusC <-chan containerd.ExitStatus,
+	con console.Console, rec *recorder, outLog, errLog *lineWriter) (int, bool, error) {
+	c, err := m.Client(bg)
+	if err != nil {
+		return 0, false, err
+	}
+	stopSignals := m.forwardSignals(bg, task, con)
 	status := <-statusC
 	stopSignals()
 	taskIO := task.IO()
@@ -432,12 +447,12 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		// runs on in its shim: follow it again once containerd answers. The end is recorded
 		// only from a real exit status.
 		var lost error
-		if task, status, lost = m.rewait(bg, r, stdio.Console, status.Error()); lost != nil {
+		if task, status, lost = m.rewait(bg, r, con, status.Error()); lost != nil {
 			outLog.flush()
 			errLog.flush()
 			rec.Close()
 			m.fail(r.ID, lost, nil)
-			return 0, lost
+			return 0, false, lost
 		}
 		if nc, err := m.Client(bg); err == nil {
 			c = nc // the connection rewait made
@@ -474,13 +489,13 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		}
 		return nil
 	}); err != nil {
-		return code, m.recordError(fmt.Sprintf("the end of run %s (exit code %d)", r.ID, code), err)
+		return code, false, m.recordError(fmt.Sprintf("the end of run %s (exit code %d)", r.ID, code), err)
 	}
 	task.Delete(bg)
 	// The task is gone: the network and the container are released side by side.
 	netDown := make(chan struct{})
 	go func() {
-		if spec.Network != "none" {
+		if r.Spec.Network != "none" {
 			if err := m.Net.Release(bg, r.ID); err != nil {
 				fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
 			}
@@ -491,8 +506,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
 	}
 	<-netDown
-	netReleased = true
-	return code, nil
+	return code, true, nil
 }
 
 // recordError says that what could not be recorded, and what to do: on a full disk, free

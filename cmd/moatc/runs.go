@@ -285,12 +285,16 @@ func superviseCommand() *cli.Command {
 		Name:   "_supervise",
 		Hidden: true,
 		Usage:  "supervise a detached run (started by moatc run -d)",
+		Flags:  []cli.Flag{&cli.BoolFlag{Name: "adopt", Usage: "take over a running run whose supervisor died"}},
 		Action: func(c *cli.Context) error {
 			e, err := setup(c)
 			if err != nil {
 				return err
 			}
 			defer e.mgr.Close()
+			if c.Bool("adopt") {
+				return e.mgr.Adopt(c.Context, c.Args().First())
+			}
 			return e.mgr.Supervise(c.Context, c.Args().First(), os.NewFile(3, "ready"))
 		},
 	}
