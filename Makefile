@@ -33,6 +33,7 @@ test: setup vet build
 	MOATC=$(CURDIR)/$(BIN) bash scripts/base-images.sh --tars-only
 	cd shim && $(GO) vet ./... && $(GO) test -count=1 ./...
 	$(GO) test -count=1 -p 1 -timeout 40m ./...
+	$(GO) test -race -count=1 ./proxy ./grant ./policy ./run ./state
 
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)

@@ -234,10 +234,15 @@ func (r *recorder) Close() error {
 type lineWriter struct {
 	r    *recorder
 	name string
-	buf  []byte
+	// mu: the IO copy may still write after a drain timed out, while the end of the run
+	// flushes the same buffer.
+	mu  sync.Mutex
+	buf []byte
 }
 
 func (l *lineWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	n := len(p)
 	// Whole chunks reach the file at once, so `moatc logs -f` sees output as it comes.
 	defer l.r.flush()
@@ -265,6 +270,8 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 
 // flush records a last line that had no newline.
 func (l *lineWriter) flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if len(l.buf) > 0 {
 		l.r.line(l.name, l.buf, true)
 		l.buf = nil

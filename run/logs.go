@@ -137,6 +137,7 @@ type logReader struct {
 	queued        *os.File // log.jsonl, while f is the log.1.jsonl before it
 	rotated       bool     // f is no longer log.jsonl: read to its end, then move on
 	pos           count    // output read, or known dropped, so far
+	partial       []byte   // the start of a line not yet ended
 }
 
 func openLog(path string) (*logReader, error) {
@@ -205,13 +206,14 @@ func (lr *logReader) use(f *os.File) {
 	lr.f, lr.rotated = f, false
 	lr.fi, _ = f.Stat()
 	lr.rd.Reset(f)
+	lr.partial = nil // the end of the file before was torn: it never completes
 }
 
 // next returns the next line of output, or a moatc line for output that was dropped before
 // it. io.EOF means there is nothing more for now.
 func (lr *logReader) next() (Line, error) {
 	for {
-		l, err := readLine(lr.rd)
+		l, err := lr.readLine()
 		if err == nil {
 			if l.Mark == nil {
 				if l.Stream != markStream {
@@ -279,16 +281,19 @@ func (lr *logReader) Close() error {
 	return lr.f.Close()
 }
 
-// readLine reads one complete JSON line. A line caught half-written is completed by waiting
-// briefly for the rest; the recorder always ends lines, so this is short.
-func readLine(rd *bufio.Reader) (Line, error) {
+// readLine reads one complete JSON line. A line not yet ended (being written, or torn by a
+// crash or a full disk) is kept and completed by a later call: io.EOF until then, so neither
+// logs nor logs -f stalls on it.
+func (lr *logReader) readLine() (Line, error) {
 	var l Line
-	b, err := rd.ReadBytes('\n')
-	for tries := 0; err == io.EOF && len(b) > 0 && tries < 500; tries++ {
-		time.Sleep(10 * time.Millisecond)
-		var more []byte
-		more, err = rd.ReadBytes('\n')
-		b = append(b, more...)
+	b, err := lr.rd.ReadBytes('\n')
+	if len(lr.partial) > 0 {
+		b = append(lr.partial, b...)
+		lr.partial = nil
+	}
+	if err == io.EOF && len(b) > 0 {
+		lr.partial = b
+		return l, io.EOF
 	}
 	if err != nil {
 		return l, err
