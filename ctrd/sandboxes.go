@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moatc/moatc/mounts"
 )
 
 // A gVisor sandbox outlives what containerd knows of it when the client dies during task
@@ -671,30 +673,11 @@ func unmountIfMounted(path string) {
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
-		if len(f) > 4 && unescapeMountPath(f[4]) == path {
+		if len(f) > 4 && mounts.Unescape(f[4]) == path {
 			unix.Unmount(path, unix.MNT_DETACH)
 			return
 		}
 	}
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space, ...).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // PruneStateRoot removes the home's runsc root if no sandbox has anything in it: empty
