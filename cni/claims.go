@@ -105,7 +105,7 @@ func (m *Manager) releaseClaims(id string) error {
 	}
 	for _, e := range ents {
 		p := filepath.Join(claimsDir, e.Name())
-		if c, err := readClaim(p); err == nil && c.RunID == id && c.StateDir == m.cfg.StateDir {
+		if c, err := readClaim(p); err == nil && c.RunID == id && (c.StateDir == m.cfg.StateDir || c.orphaned()) {
 			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("releasing the claim on subnet %s: %w", e.Name(), err)
 			}
@@ -114,14 +114,21 @@ func (m *Manager) releaseClaims(id string) error {
 	return nil
 }
 
-// othersClaims returns the run ids whose networks another home claims.
+// othersClaims returns the run ids whose networks another home claims. A home that no longer
+// exists cannot clean up after itself: its networks are anyone's to remove.
 func (m *Manager) othersClaims() map[string]bool {
 	out := map[string]bool{}
 	ents, _ := os.ReadDir(claimsDir)
 	for _, e := range ents {
-		if c, err := readClaim(filepath.Join(claimsDir, e.Name())); err == nil && c.StateDir != m.cfg.StateDir {
+		if c, err := readClaim(filepath.Join(claimsDir, e.Name())); err == nil && c.StateDir != m.cfg.StateDir && !c.orphaned() {
 			out[c.RunID] = true
 		}
 	}
 	return out
+}
+
+// orphaned reports whether the claiming home is gone (its network state directory removed).
+func (c *claim) orphaned() bool {
+	_, err := os.Stat(c.StateDir)
+	return errors.Is(err, os.ErrNotExist)
 }

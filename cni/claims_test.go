@@ -80,6 +80,16 @@ func TestHomesSharingAPool(t *testing.T) {
 	if ok, err := other.claimSubnet(stale, "taker"); err != nil || !ok {
 		t.Errorf("a stale claim was not taken over: %v %v", ok, err)
 	}
+	// A claim of a home that no longer exists is anyone's to clean; a live home's is not.
+	orphan := netip.MustParsePrefix("10.250.98.0/24")
+	os.WriteFile(claimPath(orphan), []byte(`{"state_dir":"/nonexistent","run_id":"orph"}`), 0o644)
+	defer os.Remove(claimPath(orphan))
+	if other.othersClaims()["orph"] {
+		t.Error("a deleted home's claim keeps its network from being cleaned")
+	}
+	if !a.m.othersClaims()[bIDs[0]] {
+		t.Error("a live home's claim is not respected")
+	}
 	other.releaseClaims("taker")
 	if _, err := os.Stat(claimPath(stale)); err == nil {
 		t.Error("releaseClaims left the claim")

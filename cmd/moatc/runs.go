@@ -267,12 +267,12 @@ func cleanCommand() *cli.Command {
 			for _, g := range []struct {
 				what  string
 				items []string
-			}{{"run", rep.Runs}, {"container", rep.Containers}, {"snapshot", rep.Snapshots}, {"sandbox", rep.Sandboxes}} {
+			}{{"run", rep.Runs}, {"container", rep.Containers}, {"network", rep.Networks}, {"snapshot", rep.Snapshots}, {"sandbox", rep.Sandboxes}} {
 				for _, i := range g.items {
 					fmt.Printf("%s %s %s\n", verb, g.what, i)
 				}
 			}
-			if len(rep.Runs)+len(rep.Containers)+len(rep.Snapshots)+len(rep.Sandboxes) == 0 {
+			if len(rep.Runs)+len(rep.Networks)+len(rep.Containers)+len(rep.Snapshots)+len(rep.Sandboxes) == 0 {
 				fmt.Println("nothing to clean")
 			}
 			return nil
