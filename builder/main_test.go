@@ -166,6 +166,10 @@ func tearDown() error {
 	// Shims of containers a failed test left behind are killed by their socket directory
 	// under /run/containerd: only those whose command line names this test's state dir.
 	killShims()
+	// runsc's state root for this test home, under /run: empty now, it goes too.
+	if err := (ctrd.GVisor{Prefix: prefix, Dir: filepath.Join(testDir, "runsc")}).PruneStateRoot(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := unmountUnder(testDir); err != nil {
 		errs = append(errs, err)
 	}
