@@ -118,12 +118,12 @@ func TestCABroken(t *testing.T) {
 		setup func(dir string)
 		want  string
 	}{
-		"corrupt cert":   {func(dir string) { os.WriteFile(filepath.Join(dir, caCertFile), []byte("junk"), 0o644) }, "parse certificate"},
-		"corrupt key":    {func(dir string) { os.WriteFile(filepath.Join(dir, caKeyFile), []byte("junk"), 0o600) }, "parse key"},
-		"mismatch":       {func(dir string) { os.WriteFile(filepath.Join(dir, caCertFile), otherCert, 0o644) }, "does not match"},
-		"cert missing":   {func(dir string) { os.Remove(filepath.Join(dir, caCertFile)) }, "missing"},
-		"key missing":    {func(dir string) { os.Remove(filepath.Join(dir, caKeyFile)) }, "missing"},
-		"expired":        {writeExpiredCA, "expired"},
+		"corrupt cert": {func(dir string) { os.WriteFile(filepath.Join(dir, caCertFile), []byte("junk"), 0o644) }, "parse certificate"},
+		"corrupt key":  {func(dir string) { os.WriteFile(filepath.Join(dir, caKeyFile), []byte("junk"), 0o600) }, "parse key"},
+		"mismatch":     {func(dir string) { os.WriteFile(filepath.Join(dir, caCertFile), otherCert, 0o644) }, "does not match"},
+		"cert missing": {func(dir string) { os.Remove(filepath.Join(dir, caCertFile)) }, "missing"},
+		"key missing":  {func(dir string) { os.Remove(filepath.Join(dir, caKeyFile)) }, "missing"},
+		"expired":      {writeExpiredCA, "expired"},
 		// A directory where the key should be: unreadable even for root, who reads any file.
 		"key unreadable": {func(dir string) {
 			os.Remove(filepath.Join(dir, caKeyFile))
