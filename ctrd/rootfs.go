@@ -26,43 +26,50 @@ func (c *Client) ReadRootfsFile(ctx context.Context, snapshotter, key string, pa
 	}
 	var found string
 	var data []byte
-	err = mount.WithReadonlyTempMount(ctx, mounts, func(root string) error {
-		rootFd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(rootFd)
-		for _, p := range paths {
-			fd, err := unix.Openat2(rootFd, p, &unix.OpenHow{
-				Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK,
-				Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
-			})
-			if err != nil {
-				continue
-			}
-			f := os.NewFile(uintptr(fd), p)
-			st, err := f.Stat()
-			if err != nil || !st.Mode().IsRegular() {
-				f.Close()
-				continue
-			}
-			data, err = io.ReadAll(io.LimitReader(f, max+1))
-			f.Close()
-			if err != nil {
-				return err
-			}
-			if int64(len(data)) > max {
-				return fmt.Errorf("%s is larger than %d bytes", p, max)
-			}
-			found = p
-			return nil
-		}
-		return nil
+	err = mount.WithReadonlyTempMount(ctx, mounts, func(root string) (err error) {
+		found, data, err = readInRoot(root, paths, max)
+		return err
 	})
 	if err != nil {
 		return "", nil, fmt.Errorf("reading the rootfs of %s: %w", key, err)
 	}
 	return found, data, nil
+}
+
+// readInRoot reads the first of paths that is a regular file under root, resolving every
+// path and link inside root (RESOLVE_IN_ROOT): an absolute link or ../ names root's own
+// files. Nothing but a regular file is opened for reading (a FIFO would block).
+func readInRoot(root string, paths []string, max int64) (string, []byte, error) {
+	rootFd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", nil, err
+	}
+	defer unix.Close(rootFd)
+	for _, p := range paths {
+		fd, err := unix.Openat2(rootFd, p, &unix.OpenHow{
+			Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK,
+			Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+		})
+		if err != nil {
+			continue
+		}
+		f := os.NewFile(uintptr(fd), p)
+		st, err := f.Stat()
+		if err != nil || !st.Mode().IsRegular() {
+			f.Close()
+			continue
+		}
+		data, err := io.ReadAll(io.LimitReader(f, max+1))
+		f.Close()
+		if err != nil {
+			return "", nil, err
+		}
+		if int64(len(data)) > max {
+			return "", nil, fmt.Errorf("%s is larger than %d bytes", p, max)
+		}
+		return p, data, nil
+	}
+	return "", nil, nil
 }
 
 // AddToSpec adds environment variables and mounts to a created container's spec; the task

@@ -122,7 +122,7 @@ awk -v a="${median["start, gvisor, networked, --policy strict"]}" -v b="${median
 # 5 ms of direct).
 echo
 echo "== the credential proxy against direct"
-(cd "$here" && MOATC_BENCH=1 go test ./proxy -run '^TestBenchProxy$' -count=1 -v) 2>&1 | awk '/^ *proxy: / {sub(/^ +/, ""); print "  " $0}'
+(cd "$here" && go test ./proxy -run '^$' -bench '^BenchmarkProxy$' -benchtime 1x -count=1) 2>&1 | awk '/^proxy: / {print "  " $0}'
 
 # The dependency path when nothing changed: plan, hash and one image lookup (goal: <= 20 ms).
 echo

@@ -86,7 +86,7 @@ func dryRun(c *cli.Context, req run.Request) error {
 			}
 		}
 		p.Grants = eg.GrantedHosts()
-		p.Proxy = &proxyPlan{Env: run.ProxyEnvNames(), CA: filepath.Join(c.String("home"), "proxy", "ca.pem") + " -> " + run.CAPath,
+		p.Proxy = &proxyPlan{Env: run.ProxyEnvNames(), CA: "moatc's CA (" + filepath.Join(c.String("home"), "proxy", "ca.pem") + ", public certificate only) -> " + run.CAPath,
 			Bundle: "the image's roots plus moatc's CA -> " + run.BundlePath, UpstreamCA: "the system's roots"}
 		if s.UpstreamCA != "" {
 			p.Proxy.UpstreamCA += " and " + s.UpstreamCA
