@@ -21,7 +21,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/moatc/moatc/state"
 )
 
 const (
@@ -72,7 +72,7 @@ func LoadCA(dir string) (*CA, error) {
 	}
 	if !haveCert || !haveKey {
 		// Missing or half made: another moatc may be making it right now.
-		unlock, err := lockFile(filepath.Join(dir, caLockFile))
+		unlock, err := state.Lock(filepath.Join(dir, caLockFile))
 		if err != nil {
 			return nil, err
 		}
@@ -254,10 +254,10 @@ func createCA(dir string) (*CA, error) {
 		return nil, fmt.Errorf("make CA: encode key: %w", err)
 	}
 	// Key first: a crash in between leaves a key without a certificate, which loading reports.
-	if err := writeAtomic(dir, caKeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := state.WriteFile(filepath.Join(dir, caKeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(dir, caCertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := state.WriteFile(filepath.Join(dir, caCertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return nil, err
 	}
 	if d, err := os.Open(dir); err == nil {
@@ -268,56 +268,6 @@ func createCA(dir string) (*CA, error) {
 		}
 	}
 	return readCA(dir)
-}
-
-func writeAtomic(dir, name string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(dir, "."+name+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("make CA: write %s: %w", name, err)
-	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("make CA: write %s: %w", name, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		return fail(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("make CA: write %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("make CA: write %s: %w", name, err)
-	}
-	return nil
-}
-
-// lockFile takes an exclusive flock on path, creating it, and returns its release.
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
 }
 
 func serial() *big.Int {
