@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -456,4 +457,72 @@ func TestDetachedRunOutlivesItsSupervisor(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHungShimDoesNotHangCommands: a run whose supervisor is gone and whose shim does not
+// answer (stopped with SIGSTOP here) must not hold up every command: `moatc list` gives up on
+// it within its budget, says so, and lists the runs; the run is left alone (a slow shim is not
+// a dead one), and once the shim answers again the next command hands the run to a new
+// supervisor, which records its real end.
+func TestHungShimDoesNotHangCommands(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	name := "hung-shim"
+	id := strings.TrimSpace(mustRun(t, busyboxRun("runc", []string{"-d", "-n", name, "--network", "none"}, ws, "sh", "-c",
+		"i=0; while [ $i -lt 60 ]; do echo beat-$i; i=$((i+1)); sleep 0.5; done; exit 6")...).stdout)
+	waitLog(t, name, "beat-1\n")
+	shim := shimOf(t, "moatc-"+id)
+	if err := syscall.Kill(shim, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(shim, syscall.SIGCONT)
+	killSupervisor(t, id)
+
+	r := moatcRun(t, opts{}, "list")
+	if r.code != 0 || !strings.Contains(r.stdout, name) || !strings.Contains(r.stderr, "could not be cleaned up yet") {
+		t.Fatalf("list with a hung shim: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	}
+	if st := status(t, name); st.State != "running" {
+		t.Fatalf("the run of the hung shim was recorded %s (%q): a slow shim is not a dead one", st.State, st.Error)
+	}
+	syscall.Kill(shim, syscall.SIGCONT)
+	deadline := time.Now().Add(90 * time.Second)
+	st := status(t, name) // adopts it
+	for st.State == "running" && time.Now().Before(deadline) {
+		time.Sleep(300 * time.Millisecond)
+		st = status(t, name)
+	}
+	if st.State != "stopped" || st.ExitCode == nil || *st.ExitCode != 6 {
+		t.Fatalf("after the shim answered again the run is %s (exit %v, %q), want stopped 6", st.State, st.ExitCode, st.Error)
+	}
+	if logs := mustRun(t, "logs", name).stdout; !strings.HasSuffix(logs, "beat-59\n") {
+		t.Errorf("the log does not end with beat-59:\n%s", tailOf(logs))
+	}
+}
+
+// shimOf returns the pid of the shim process serving container id.
+func shimOf(t *testing.T, id string) int {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if !strings.Contains(args[0], "containerd-shim") {
+			continue
+		}
+		for i, a := range args {
+			if a == "-id" && i+1 < len(args) && args[i+1] == id {
+				return pid
+			}
+		}
+	}
+	t.Fatalf("no shim serves %s", id)
+	return 0
 }

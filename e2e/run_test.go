@@ -68,10 +68,16 @@ func TestStdinPiped(t *testing.T) {
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ws := workspace(t)
-			args := busyboxRun(rt, []string{}, ws, "sh", "-c", "tr a-z A-Z; echo done")
+			args := busyboxRun(rt, []string{"-i"}, ws, "sh", "-c", "tr a-z A-Z; echo done")
 			r := moatcRun(t, opts{stdin: "hello\nworld\n"}, args...)
 			if r.code != 0 || r.stdout != "HELLO\nWORLD\ndone\n" {
 				t.Fatalf("exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+			}
+			// Without -i, as with Docker, stdin is not the workload's: it reads EOF.
+			args = busyboxRun(rt, []string{}, ws, "sh", "-c", "tr a-z A-Z; echo done")
+			r = moatcRun(t, opts{stdin: "hello\nworld\n"}, args...)
+			if r.code != 0 || r.stdout != "done\n" {
+				t.Fatalf("without -i: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
 			}
 		})
 	}

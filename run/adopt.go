@@ -14,15 +14,15 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
 
 	"github.com/moatc/moatc/state"
 )
 
 // A detached run outlives its supervisor: when `moatc _supervise` dies (killed -9, out of
-// memory) while the task runs, the next moatc command hands the run to a new supervisor. That
-// one attaches to the task's output where the old one left off (what the workload wrote
-// meanwhile waits in the pipe), serves the run's proxy again on the same port with the same
-// secret, and records the real end. A foreground run is not adopted: its person is gone with
+// memory) while the task runs, the next moatc command hands the run to a new supervisor. The
+// output never stopped (the shim's logger writes it: see logger.go); the new supervisor serves
+// the run's proxy again on the same port with the same secret, and records the real end. A foreground run is not adopted: its person is gone with
 // the moatc they killed, and it is stopped as before.
 
 // adoptable reports whether run r, whose supervisor is gone, may get a new one.
@@ -31,44 +31,56 @@ func (m *Manager) adoptable(r *state.Run) bool {
 }
 
 // adopt starts a new supervisor for r when its task still runs, and names it in r (the
-// caller holds r's record lock and writes r). It reports whether it did.
-func (m *Manager) adopt(ctx context.Context, r *state.Run) bool {
+// caller holds r's record lock and writes r). It reports whether it did; an error means it
+// cannot tell whether the task runs (containerd or the shim does not answer), and nothing
+// may be removed yet.
+func (m *Manager) adopt(ctx context.Context, r *state.Run) (bool, error) {
 	c, err := m.Client(ctx)
 	if err != nil {
-		return false
+		return false, err
 	}
 	ctr, err := c.LoadContainer(ctx, r.ContainerID)
+	if errdefs.IsNotFound(err) {
+		return false, nil
+	}
 	if err != nil {
-		return false
+		return false, err
 	}
 	task, err := ctr.Task(ctx, nil)
-	if err != nil {
-		return false
+	if errdefs.IsNotFound(err) {
+		return false, nil
 	}
-	if st, err := task.Status(ctx); err != nil || st.Status != containerd.Running {
-		return false
+	if err != nil {
+		return false, err
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		return false, fmt.Errorf("asking the state of the run's task: %w", err)
+	}
+	if st.Status != containerd.Running {
+		return false, nil
 	}
 	argv := m.SuperviseCommand(r.ID)
 	argv = append(append(argv[:len(argv)-1:len(argv)-1], "--adopt"), r.ID)
 	logf, err := os.OpenFile(filepath.Join(m.Store.Dir(r.ID), "supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return false
+		return false, fmt.Errorf("starting a new supervisor: %w", err)
 	}
 	defer logf.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return false
+		return false, fmt.Errorf("starting a new supervisor: %w", err)
 	}
 	p, err := state.ProcessOf(cmd.Process.Pid)
 	cmd.Process.Release()
 	if err != nil {
-		return false
+		return false, fmt.Errorf("starting a new supervisor: %w", err)
 	}
 	r.Supervisor = p
 	fmt.Fprintf(os.Stderr, "moatc: run %s lost its supervisor; a new one (pid %d) follows it\n", r.Name, p.Pid)
-	return true
+	return true, nil
 }
 
 // Adopt supervises detached run id after its first supervisor died: the body of
@@ -90,14 +102,19 @@ func (m *Manager) Adopt(ctx context.Context, id string) error {
 	if err != nil {
 		return m.lose(bg, r, fmt.Errorf("loading the run's container: %w", err))
 	}
-	rec, err := newRecorder(m.Store.LogPath(r.ID), r.Spec.LogMax)
-	if err != nil {
-		return m.lose(bg, r, fmt.Errorf("opening the run's log: %w", err))
+	o := &runOutput{dir: m.Store.Dir(r.ID)}
+	var task containerd.Task
+	if r.Output == "shim" {
+		// The shim's logger has kept recording all along: nothing to attach to.
+		task, err = ctr.Task(ctx, nil)
+	} else {
+		if o.rec, err = newRecorder(m.Store.LogPath(r.ID), r.Spec.LogMax); err != nil {
+			return m.lose(bg, r, fmt.Errorf("opening the run's log: %w", err))
+		}
+		task, err = ctr.Task(ctx, cio.NewAttach(cio.WithStreams(nil, o.rec.stream("stdout"), o.rec.stream("stderr"))))
 	}
-	outLog, errLog := rec.stream("stdout"), rec.stream("stderr")
-	task, err := ctr.Task(ctx, cio.NewAttach(cio.WithStreams(nil, outLog, errLog)))
 	if err != nil {
-		rec.Close()
+		o.abort()
 		return m.lose(bg, r, fmt.Errorf("attaching to the run's output: %w", err))
 	}
 	if r.Spec.Network != "none" {
@@ -109,10 +126,10 @@ func (m *Manager) Adopt(ctx context.Context, id string) error {
 	}
 	statusC, err := task.Wait(bg)
 	if err != nil {
-		rec.Close()
+		o.abort()
 		return m.lose(bg, r, fmt.Errorf("waiting on the run's task: %w", err))
 	}
-	_, _, err = m.follow(bg, r, task, statusC, nil, rec, outLog, errLog)
+	_, _, err = m.follow(bg, r, task, statusC, nil, o)
 	return err
 }
 

@@ -56,8 +56,13 @@ func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
 			return nil
 		}
 		// A detached run whose task still runs gets a new supervisor rather than its end.
-		if m.adoptable(r) && m.adopt(ctx, r) {
-			return nil
+		if m.adoptable(r) {
+			// Only a task known not to run is removed: a shim that does not answer may be
+			// slow, not gone.
+			adopted, err := m.adopt(ctx, r)
+			if err != nil || adopted {
+				return err
+			}
 		}
 		cl, err := m.Client(ctx)
 		if err != nil {
@@ -83,7 +88,10 @@ func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
 		case rm.Exit != nil && !rm.WasRunning:
 			code := int(*rm.Exit)
 			r.State, r.ExitCode = state.Stopped, &code
-			r.Error = who + " exited before recording the end of the run; the log may be incomplete"
+			r.Error = who + " exited before recording the end of the run; its end was recorded from containerd"
+			if r.Output != "shim" {
+				r.Error += "; the log may be incomplete"
+			}
 		case rm.WasRunning:
 			r.State = state.Failed
 			code := 137
@@ -92,6 +100,10 @@ func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
 		default:
 			r.State = state.Failed
 			r.Error = who + " exited before the container started"
+		}
+		// The task is deleted: a shim-owned log is whole, and says what it could not keep.
+		if st, ok := readLogStatus(m.Store.Dir(r.ID)); ok && st.lostError() != nil {
+			r.Error += "; recording the output failed, the log is incomplete: " + st.lostError().Error()
 		}
 		return nil
 	})

@@ -1,9 +1,10 @@
 package run
 
 import (
-	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,66 +12,98 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 )
 
 // DefaultLogMax is the cap on a run's log files on disk when its spec sets none.
 const DefaultLogMax = 100 << 20
 
-// markStream is the stream of moatc's own lines in a log.
+// A run's log (output.log) is a sequence of records, each a header and the bytes of one read
+// of one stream, exactly as the workload wrote them:
+//
+//	stream  1 byte   1 stdout, 2 stderr, 3 tty, 4 moatc (a JSON note from moatc)
+//	time    8 bytes  big-endian Unix nanoseconds
+//	length  4 bytes  big-endian, at most maxChunk
+//	data    length bytes
+//
+// Binary output comes back byte for byte, and the log is the output plus 13 bytes a read
+// (JSON lines made it 4x the output). A record is written with one write, and a write that
+// fails is cut back off, so a record is whole or absent, never torn in the middle of a file.
+const (
+	headerLen = 13
+	maxChunk  = 1 << 20
+)
+
+// Streams of a log record.
+const (
+	streamStdout byte = 1 + iota
+	streamStderr
+	streamTTY
+	streamMoatc
+)
+
+// markStream is the name of moatc's own records.
 const markStream = "moatc"
 
-// Line is one line of a run's log (log.jsonl).
-type Line struct {
-	Time   time.Time `json:"time"`
-	Stream string    `json:"stream"` // stdout, stderr or tty; moatc for moatc's own lines
-	Text   string    `json:"line"`
-	// Partial marks output that ended without a newline.
-	Partial bool `json:"partial,omitempty"`
-	// Mark is set on the moatc line that begins each log file after a rotation.
-	Mark *Mark `json:"mark,omitempty"`
+var streamNames = map[byte]string{streamStdout: "stdout", streamStderr: "stderr", streamTTY: "tty", streamMoatc: markStream}
+
+// chunk is one record of a run's log.
+type chunk struct {
+	Time   time.Time
+	Stream string // stdout, stderr, tty, or moatc for moatc's own notes
+	Data   []byte // the output; for a moatc record, the note's text
+	// Mark is set on the moatc record that begins each log file after a rotation, and on one
+	// that follows output that could not be written.
+	Mark *Mark
 }
 
-// Mark says where a log file begins in the run's output, so a reader that has seen less
-// output than that knows the difference was dropped, and how much.
+// note is the payload of a moatc record.
+type note struct {
+	Text string `json:"text"`
+	Mark *Mark  `json:"mark,omitempty"`
+}
+
+// Mark says where a log file (or what follows a failed write) begins in the run's output,
+// so a reader that has seen less output than that knows the difference was dropped, and why.
 type Mark struct {
-	Cap   int64 `json:"cap"`   // the cap on the log files, in bytes
-	Bytes int64 `json:"bytes"` // output recorded before this file: bytes
-	Lines int64 `json:"lines"` // and newlines
+	Cap    int64  `json:"cap"`              // the cap on the log files, in bytes
+	Bytes  int64  `json:"bytes"`            // output recorded before this point: bytes
+	Lines  int64  `json:"lines"`            // and newlines
+	Reason string `json:"reason,omitempty"` // why output was dropped, when not the cap
 }
 
 // count is an amount of output: its bytes (newlines included) and newlines.
 type count struct{ bytes, lines int64 }
 
-func (c *count) add(l Line) {
-	c.bytes += int64(len(l.Text))
-	if !l.Partial {
-		c.bytes++
-		c.lines++
-	}
+func (c *count) add(p []byte) {
+	c.bytes += int64(len(p))
+	c.lines += int64(bytes.Count(p, []byte{'\n'}))
 }
 
-func (c *count) sub(o count) { c.bytes -= o.bytes; c.lines -= o.lines }
+func (c *count) plus(o count) { c.bytes += o.bytes; c.lines += o.lines }
+func (c *count) sub(o count)  { c.bytes -= o.bytes; c.lines -= o.lines }
 
-// recorder writes timestamped lines of several streams to a run's log. To stay under its cap
-// it keeps the end of the output: when log.jsonl reaches half the cap it becomes
-// log.1.jsonl, replacing the older one, and a new log.jsonl begins with a mark.
+// recorder writes the output of a run's streams to its log. To stay under its cap it keeps
+// the end of the output: when output.log reaches half the cap it becomes output.1.log,
+// replacing the older one, and a new output.log begins with a mark.
 type recorder struct {
 	mu      sync.Mutex
 	path    string
 	oldPath string
 	max     int64
 	f       *os.File
-	w       *bufio.Writer
-	buf     bytes.Buffer
-	enc     *json.Encoder
-	size    int64 // bytes in log.jsonl; counted, so writes need no stat
-	hasOut  bool  // log.jsonl holds output, not just its mark
-	start   count // output before log.jsonl
-	oldOut  count // output in log.1.jsonl
-	total   count // output recorded
+	buf     []byte
+	size    int64 // bytes in output.log; counted, so writes need no stat
+	hasOut  bool  // output.log holds output, not just its mark
+	start   count // output before output.log
+	oldOut  count // output in output.1.log
+	total   count // output recorded, or dropped for the cap
 	dropped count // output in files removed
-	err     error // a rotation failed: nothing more is recorded
+	// lost is output that could not be written (a full disk), since the last mark; err is
+	// the first such failure, kept for Close.
+	lost    count
+	lostAll count
+	err     error
+	closed  bool
 }
 
 // newRecorder opens the log at path. max caps the bytes its files take together; 0 means
@@ -88,84 +121,116 @@ func newRecorder(path string, max int64) (*recorder, error) {
 		f.Close()
 		return nil, err
 	}
-	r := &recorder{path: path, oldPath: rotatedPath(path), max: max, f: f, w: bufio.NewWriterSize(f, 64<<10),
-		size: fi.Size(), hasOut: fi.Size() > 0}
-	r.enc = json.NewEncoder(&r.buf)
-	// Escaping <, > and & would make the log bigger for nothing.
-	r.enc.SetEscapeHTML(false)
-	return r, nil
+	return &recorder{path: path, oldPath: rotatedPath(path), max: max, f: f, size: fi.Size(), hasOut: fi.Size() > 0}, nil
 }
 
-// rotatedPath returns the name a log file takes when it rotates: log.jsonl -> log.1.jsonl.
+// rotatedPath returns the name a log file takes when it rotates: output.log -> output.1.log.
 func rotatedPath(path string) string {
 	ext := filepath.Ext(path)
 	return strings.TrimSuffix(path, ext) + ".1" + ext
 }
 
-func (r *recorder) line(stream string, b []byte, partial bool) {
+// write records p as output of stream s, in records of at most maxChunk bytes.
+func (r *recorder) write(s byte, p []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.err != nil {
-		return
+	// A record is at most a quarter of the cap, so one file never passes half of it.
+	for len(p) > 0 {
+		n := min(len(p), maxChunk, int(r.max/4))
+		r.record(s, p[:n])
+		p = p[n:]
 	}
-	l := Line{Time: time.Now().UTC(), Stream: stream, Text: validText(b), Partial: partial}
-	r.buf.Reset()
-	r.enc.Encode(l)
-	n := int64(r.buf.Len())
-	if r.hasOut && r.size+n > r.max/2 {
-		if r.err = r.rotate(); r.err != nil {
-			return
-		}
-	}
-	r.w.Write(r.buf.Bytes())
-	r.size += n
-	r.hasOut = true
-	r.total.add(l)
 }
 
-// rotate moves log.jsonl to log.1.jsonl and starts a new log.jsonl with a mark.
+func (r *recorder) record(s byte, p []byte) {
+	if r.closed {
+		return
+	}
+	n := int64(headerLen + len(p))
+	if r.f != nil && r.hasOut && r.size+n > r.max/2 {
+		if err := r.rotate(); err != nil {
+			r.fail(err)
+		}
+	}
+	if r.f != nil && r.lost.bytes > 0 {
+		// Output was lost before this (a full disk): say so first, if that can be written now.
+		text := fmt.Sprintf("output lost: %d bytes (%d lines) could not be written to the log: %v", r.lost.bytes, r.lost.lines, r.err)
+		if r.append(streamMoatc, r.noteBytes(text, &Mark{Cap: r.max, Bytes: r.total.bytes, Lines: r.total.lines, Reason: text})) == nil {
+			r.lost = count{}
+		}
+	}
+	var c count
+	c.add(p)
+	if r.f == nil || r.lost.bytes > 0 || r.append(s, p) != nil {
+		r.lost.plus(c)
+		r.lostAll.plus(c)
+	}
+	r.total.plus(c)
+}
+
+// append writes one record with one write; a write that fails is cut back off the file.
+func (r *recorder) append(s byte, p []byte) error {
+	r.buf = appendRecord(r.buf[:0], s, time.Now(), p)
+	if _, err := r.f.Write(r.buf); err != nil {
+		if terr := r.f.Truncate(r.size); terr != nil {
+			// The file cannot be made whole again: nothing more goes into it.
+			r.f.Close()
+			r.f = nil
+		}
+		r.fail(err)
+		return err
+	}
+	r.size += int64(len(r.buf))
+	if s != streamMoatc {
+		r.hasOut = true
+	}
+	// Keep the buffer from pinning a maxChunk-sized array between large writes.
+	if cap(r.buf) > 128<<10 {
+		r.buf = nil
+	}
+	return nil
+}
+
+func (r *recorder) fail(err error) {
+	if r.err == nil {
+		r.err = err
+	}
+}
+
+func appendRecord(b []byte, s byte, t time.Time, p []byte) []byte {
+	b = append(b, s)
+	b = binary.BigEndian.AppendUint64(b, uint64(t.UnixNano()))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
+	return append(b, p...)
+}
+
+func (r *recorder) noteBytes(text string, m *Mark) []byte {
+	b, _ := json.Marshal(note{Text: text, Mark: m})
+	return b
+}
+
+// rotate moves output.log to output.1.log and starts a new output.log with a mark.
 func (r *recorder) rotate() error {
-	// A failed flush (a full disk) loses lines, but the rotation that frees space goes on.
-	r.w.Flush()
 	r.f.Close()
-	r.f, r.w = nil, nil
+	r.f = nil
 	cur := r.total
 	cur.sub(r.start)
-	r.dropped.bytes += r.oldOut.bytes
-	r.dropped.lines += r.oldOut.lines
+	r.dropped.plus(r.oldOut)
 	r.oldOut = cur
 	if err := os.Rename(r.path, r.oldPath); err != nil {
 		return fmt.Errorf("rotating the run's log: %w", err)
-	}
-	if r.size > r.max/2 {
-		// A single line bigger than half the cap: keeping it would break the cap. It is
-		// renamed first so that log.1.jsonl only ever moves forward for readers.
-		if err := os.Remove(r.oldPath); err != nil {
-			return fmt.Errorf("rotating the run's log: %w", err)
-		}
-		r.dropped.bytes += cur.bytes
-		r.dropped.lines += cur.lines
-		r.oldOut = count{}
 	}
 	f, err := os.OpenFile(r.path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("rotating the run's log: %w", err)
 	}
-	r.f, r.w = f, bufio.NewWriterSize(f, 64<<10)
+	r.f, r.size, r.hasOut = f, 0, false
 	r.start = r.total
 	text := fmt.Sprintf("log rotated: it reached half its cap of %s; earlier output is in %s", formatSize(r.max), filepath.Base(r.oldPath))
 	if r.dropped.bytes > 0 {
 		text = droppedText(r.max, r.dropped)
 	}
-	b, err := json.Marshal(Line{Time: time.Now().UTC(), Stream: markStream, Text: text,
-		Mark: &Mark{Cap: r.max, Bytes: r.total.bytes, Lines: r.total.lines}})
-	if err != nil {
-		return err
-	}
-	b = append(b, '\n')
-	r.w.Write(b)
-	r.size, r.hasOut = int64(len(b)), false
-	return nil
+	return r.append(streamMoatc, r.noteBytes(text, &Mark{Cap: r.max, Bytes: r.total.bytes, Lines: r.total.lines}))
 }
 
 func droppedText(max int64, c count) string {
@@ -184,103 +249,69 @@ func formatSize(n int64) string {
 	return fmt.Sprintf("%d bytes", n)
 }
 
-// validText returns b with each invalid UTF-8 byte replaced as encoding/json would replace
-// it, so the output the recorder counts is the output a reader decodes.
-func validText(b []byte) string {
-	if utf8.Valid(b) {
-		return string(b)
-	}
-	var s strings.Builder
-	for len(b) > 0 {
-		c, n := utf8.DecodeRune(b)
-		if c == utf8.RuneError && n == 1 {
-			s.WriteString("\uFFFD")
-		} else {
-			s.Write(b[:n])
+// stream returns a writer of one stream's output: "stdout", "stderr" or "tty".
+func (r *recorder) stream(name string) *streamWriter {
+	for s, n := range streamNames {
+		if n == name {
+			return &streamWriter{r: r, s: s}
 		}
-		b = b[n:]
 	}
-	return s.String()
+	panic("run: unknown log stream " + name)
 }
 
-// stream returns a writer that splits what it is given into lines of one stream.
-func (r *recorder) stream(name string) *lineWriter { return &lineWriter{r: r, name: name} }
-
-func (r *recorder) flush() {
-	r.mu.Lock()
-	if r.w != nil {
-		r.w.Flush()
+// lostError says what output could not be written, or nil when all of it was.
+func (r *recorder) lostError() error {
+	if r.lostAll.bytes == 0 && r.err == nil {
+		return nil
 	}
-	r.mu.Unlock()
+	return fmt.Errorf("%d bytes (%d lines) of output could not be written to the log: %w", r.lostAll.bytes, r.lostAll.lines, r.err)
 }
 
+// Close ends the log. Its error says what output could not be written, if any.
 func (r *recorder) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.f == nil {
-		return r.err
+	if r.closed {
+		return r.lostError()
 	}
-	err := r.w.Flush()
-	if cerr := r.f.Close(); err == nil {
-		err = cerr
-	}
-	r.f, r.w = nil, nil
-	if r.err == nil {
-		r.err = os.ErrClosed
-	}
-	return err
-}
-
-type lineWriter struct {
-	r    *recorder
-	name string
-	// mu: the IO copy may still write after a drain timed out, while the end of the run
-	// flushes the same buffer.
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (l *lineWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := len(p)
-	// Whole chunks reach the file at once, so `moatc logs -f` sees output as it comes.
-	defer l.r.flush()
-	for {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			l.buf = append(l.buf, p...)
-			// Bound memory for output that never ends a line.
-			if len(l.buf) >= 64<<10 {
-				l.r.line(l.name, l.buf, true)
-				l.buf = l.buf[:0]
-			}
-			return n, nil
+	r.closed = true
+	if r.f != nil {
+		if err := r.f.Close(); err != nil {
+			r.fail(err)
 		}
-		if len(l.buf) > 0 {
-			l.buf = append(l.buf, p[:i]...)
-			l.r.line(l.name, l.buf, false)
-			l.buf = l.buf[:0]
-		} else {
-			l.r.line(l.name, p[:i], false)
-		}
-		p = p[i+1:]
+		r.f = nil
 	}
+	return r.lostError()
 }
 
-// flush records a last line that had no newline.
-func (l *lineWriter) flush() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.buf) > 0 {
-		l.r.line(l.name, l.buf, true)
-		l.buf = nil
+// streamWriter records what it is given as one stream's output. Every write is a record of
+// its own on disk at once, so `moatc logs -f` sees output as it comes.
+type streamWriter struct {
+	r *recorder
+	s byte
+}
+
+func (w *streamWriter) Write(p []byte) (int, error) {
+	w.r.write(w.s, p)
+	return len(p), nil
+}
+
+// errDamaged is a record header no recorder writes: the file was changed by something else.
+var errDamaged = errors.New("the log is damaged")
+
+// parseHeader reads a record header: the stream's name and the data's length.
+func parseHeader(h []byte) (stream string, t time.Time, n int, err error) {
+	name, ok := streamNames[h[0]]
+	n = int(binary.BigEndian.Uint32(h[9:13]))
+	if !ok || n > maxChunk {
+		return "", time.Time{}, 0, errDamaged
 	}
+	return name, time.Unix(0, int64(binary.BigEndian.Uint64(h[1:9]))).UTC(), n, nil
 }
 
 // tee returns a writer to the log and, best effort, to out: a closed terminal or pipe on the
 // caller's side must not stop the recording.
-func tee(out io.Writer, l *lineWriter) io.Writer {
+func tee(out io.Writer, l *streamWriter) io.Writer {
 	if out == nil {
 		return l
 	}
@@ -289,7 +320,7 @@ func tee(out io.Writer, l *lineWriter) io.Writer {
 
 type teeWriter struct {
 	out    io.Writer
-	log    *lineWriter
+	log    *streamWriter
 	outErr error
 }
 

@@ -2,11 +2,14 @@ package run
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/moatc/moatc/state"
@@ -19,15 +22,21 @@ type LogOptions struct {
 	Timestamps bool
 }
 
-// Logs prints a run's recorded output: stdout lines to out, stderr lines to errw, so the two
-// stay separate. Where output was dropped to keep the log under its cap, a "moatc: output
-// dropped" line goes to errw.
+// Logs prints a run's recorded output: stdout to out, stderr to errw, so the two stay
+// separate, byte for byte as the workload wrote them. Where output was dropped to keep the log
+// under its cap, or lost to a full disk, a "moatc: ..." line goes to errw.
 func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw io.Writer) error {
 	r, err := m.Store.Find(ref)
 	if err != nil {
 		return err
 	}
 	path := m.Store.LogPath(r.ID)
+	var w *logWatch
+	if o.Follow {
+		// Before the first read, so no write between the read and the wait is missed.
+		w = watchLog(filepath.Dir(path))
+		defer w.Close()
+	}
 	var lr *logReader
 	for {
 		lr, err = openLog(path)
@@ -41,63 +50,38 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 		if cur, gerr := m.Store.Get(r.ID); !o.Follow || gerr != nil || !cur.Active() {
 			return nil
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := w.wait(ctx); err != nil {
 			return err
 		}
 	}
 	defer lr.Close()
-	print := func(l Line) {
-		if l.Stream == markStream {
-			io.WriteString(errw, "moatc: "+l.Text+"\n")
-			return
-		}
-		w := out
-		if l.Stream == "stderr" {
-			w = errw
-		}
-		if o.Timestamps {
-			io.WriteString(w, l.Time.Format(time.RFC3339Nano)+" ")
-		}
-		io.WriteString(w, l.Text)
-		if !l.Partial {
-			io.WriteString(w, "\n")
-		}
-	}
+	p := newPrinter(out, errw, o.Timestamps)
 	if o.Tail > 0 {
-		// Marks do not count as lines; those right before the first line shown are kept.
-		var ring []Line
-		n := 0
+		t := &tailer{n: o.Tail}
 		for {
-			l, err := lr.next()
+			c, err := lr.next()
 			if err == io.EOF {
 				break
 			}
 			if err != nil {
 				return err
 			}
-			if l.Stream != markStream {
-				if n == o.Tail {
-					for ring[0].Stream == markStream {
-						ring = ring[1:]
-					}
-					ring = ring[1:]
-				} else {
-					n++
-				}
-			}
-			ring = append(ring, l)
+			t.add(c)
 		}
-		for _, l := range ring {
-			print(l)
+		for _, c := range t.result() {
+			p.print(c)
 		}
 	}
 	for {
-		l, err := lr.next()
+		c, err := lr.next()
 		if err == nil {
-			print(l)
+			p.print(c)
 			continue
 		}
 		if err != io.EOF {
+			return err
+		}
+		if err := p.flush(); err != nil {
 			return err
 		}
 		if !o.Follow {
@@ -108,36 +92,175 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 			return gerr
 		}
 		if !cur.Active() {
-			// The record is final only after the log was flushed: drain what is left.
-			for {
-				l, err := lr.next()
-				if err == io.EOF {
-					return nil
-				}
-				if err != nil {
-					return err
-				}
-				print(l)
+			// The shim's logger finishes once the task is deleted, right after the end is
+			// recorded: wait for it (bounded), then drain what is left.
+			st, ok := readLogStatus(m.Store.Dir(r.ID))
+			if !ok || st.Done || cur.Finished == nil || time.Since(*cur.Finished) > logFinishWait {
+				return lr.drain(p)
 			}
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := w.wait(ctx); err != nil {
 			return err
 		}
 	}
 }
 
-// logReader reads a run's log across rotations: log.1.jsonl, then log.jsonl, then each file
-// that replaces it while it reads. It relies on the recorder's order: a file is renamed to
-// log.1.jsonl only after its last write, and log.1.jsonl only ever holds a newer file.
+// logFinishWait bounds how long `logs -f` waits, after a run's end, for its logger to finish:
+// the shim gives a logger about 12 s before it kills it.
+const logFinishWait = 15 * time.Second
+
+// drain prints what is left in the log.
+func (lr *logReader) drain(p *printer) error {
+	for {
+		c, err := lr.next()
+		if err == io.EOF {
+			return p.flush()
+		}
+		if err != nil {
+			return err
+		}
+		p.print(c)
+	}
+}
+
+// printer writes log records to two writers, buffered: the caller flushes when it waits.
+type printer struct {
+	out, errw  *bufio.Writer
+	timestamps bool
+	midLine    map[string]bool // the stream's last byte printed was not a newline
+}
+
+func newPrinter(out, errw io.Writer, timestamps bool) *printer {
+	return &printer{out: bufio.NewWriterSize(out, 64<<10), errw: bufio.NewWriterSize(errw, 4<<10), timestamps: timestamps, midLine: map[string]bool{}}
+}
+
+func (p *printer) print(c chunk) {
+	if c.Stream == markStream {
+		// Its own line, after whatever was printed on stdout so far.
+		p.out.Flush()
+		p.errw.WriteString("moatc: " + string(c.Data) + "\n")
+		p.errw.Flush()
+		return
+	}
+	w := p.out
+	if c.Stream == "stderr" {
+		w = p.errw
+	}
+	if !p.timestamps {
+		w.Write(c.Data)
+		return
+	}
+	// Each line begins with the time of the read that brought its first byte.
+	ts := c.Time.Format(time.RFC3339Nano) + " "
+	data := c.Data
+	for len(data) > 0 {
+		if !p.midLine[c.Stream] {
+			w.WriteString(ts)
+		}
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			w.Write(data)
+			p.midLine[c.Stream] = true
+			return
+		}
+		w.Write(data[:i+1])
+		p.midLine[c.Stream] = false
+		data = data[i+1:]
+	}
+}
+
+func (p *printer) flush() error {
+	if err := p.out.Flush(); err != nil {
+		return err
+	}
+	return p.errw.Flush()
+}
+
+// tailer keeps the records that hold the last n lines of the output, and the moatc notes
+// right before them.
+type tailer struct {
+	n     int
+	ring  []chunk
+	lines []int // newlines in each record of ring
+	rest  int   // newlines in ring[1:]
+}
+
+func (t *tailer) add(c chunk) {
+	nl := 0
+	if c.Stream != markStream {
+		nl = bytes.Count(c.Data, []byte{'\n'})
+	}
+	if len(t.ring) > 0 {
+		t.rest += nl
+	}
+	t.ring, t.lines = append(t.ring, c), append(t.lines, nl)
+	// With more than n newlines after the first record, the last n lines begin after it.
+	for len(t.ring) > 1 && t.rest > t.n+1 {
+		t.ring, t.lines = t.ring[1:], t.lines[1:]
+		t.rest -= t.lines[0]
+	}
+}
+
+// result returns the last n lines: the records from the one where they begin, that one cut
+// to their beginning.
+func (t *tailer) result() []chunk {
+	// The last n lines begin after the nth newline from the end, not counting one that ends
+	// the output.
+	need := t.n
+	last := true
+	for k := len(t.ring) - 1; k >= 0; k-- {
+		c := t.ring[k]
+		if c.Stream == markStream {
+			continue
+		}
+		d := c.Data
+		for i := len(d) - 1; i >= 0; i-- {
+			if d[i] != '\n' {
+				last = false
+				continue
+			}
+			if last {
+				last = false
+				continue
+			}
+			if need--; need == 0 {
+				return t.from(k, i+1)
+			}
+		}
+	}
+	return t.ring
+}
+
+// from returns ring from byte off of record k; when that is a record's beginning, the moatc
+// notes right before it come too.
+func (t *tailer) from(k, off int) []chunk {
+	if off == len(t.ring[k].Data) {
+		k, off = k+1, 0
+	}
+	if off > 0 {
+		c := t.ring[k]
+		c.Data = c.Data[off:]
+		return append([]chunk{c}, t.ring[k+1:]...)
+	}
+	for k > 0 && t.ring[k-1].Stream == markStream {
+		k--
+	}
+	return t.ring[k:]
+}
+
+// logReader reads a run's log across rotations: output.1.log, then output.log, then each
+// file that replaces it while it reads. It relies on the recorder's order: a file is renamed
+// to output.1.log only after its last write, and output.1.log only ever holds a newer file.
 type logReader struct {
 	path, oldPath string
 	f             *os.File
-	fi            os.FileInfo // f's, to tell when log.jsonl is another file
+	fi            os.FileInfo // f's, to tell when output.log is another file
 	rd            *bufio.Reader
-	queued        *os.File // log.jsonl, while f is the log.1.jsonl before it
-	rotated       bool     // f is no longer log.jsonl: read to its end, then move on
+	off           int64    // bytes of f read: where a damaged record is
+	queued        *os.File // output.log, while f is the output.1.log before it
+	rotated       bool     // f is no longer output.log: read to its end, then move on
 	pos           count    // output read, or known dropped, so far
-	partial       []byte   // the start of a line not yet ended
+	partial       []byte   // the start of a record not yet whole
 }
 
 func openLog(path string) (*logReader, error) {
@@ -150,7 +273,7 @@ func openLog(path string) (*logReader, error) {
 	return lr, nil
 }
 
-// openPair opens log.1.jsonl (nil when there is none) and log.jsonl as they were at one
+// openPair opens output.1.log (nil when there is none) and output.log as they were at one
 // moment, so the first comes right before the second.
 func (lr *logReader) openPair() (old, cur *os.File, err error) {
 	for tries := 0; ; tries++ {
@@ -173,7 +296,7 @@ func (lr *logReader) openPair() (old, cur *os.File, err error) {
 			cur.Close()
 			return nil, nil, err
 		}
-		// Still log.jsonl after old was opened: no rotation came between the two opens.
+		// Still output.log after old was opened: no rotation came between the two opens.
 		fi, ferr := cur.Stat()
 		pi, perr := os.Stat(lr.path)
 		if ferr == nil && perr == nil && os.SameFile(fi, pi) {
@@ -203,42 +326,41 @@ func (lr *logReader) use(f *os.File) {
 	if lr.f != nil {
 		lr.f.Close()
 	}
-	lr.f, lr.rotated = f, false
+	lr.f, lr.rotated, lr.off = f, false, 0
 	lr.fi, _ = f.Stat()
 	lr.rd.Reset(f)
 	lr.partial = nil // the end of the file before was torn: it never completes
 }
 
-// next returns the next line of output, or a moatc line for output that was dropped before
-// it. io.EOF means there is nothing more for now.
-func (lr *logReader) next() (Line, error) {
+// next returns the next record of output, or a moatc note, for output that was dropped before
+// it among others. io.EOF means there is nothing more for now.
+func (lr *logReader) next() (chunk, error) {
 	for {
-		l, err := lr.readLine()
+		c, err := lr.readRecord()
 		if err == nil {
-			if l.Mark == nil {
-				if l.Stream != markStream {
-					lr.pos.add(l)
+			if c.Mark == nil {
+				if c.Stream != markStream {
+					lr.pos.add(c.Data)
 				}
-				return l, nil
+				return c, nil
 			}
-			gap := count{l.Mark.Bytes, l.Mark.Lines}
+			gap := count{c.Mark.Bytes, c.Mark.Lines}
 			gap.sub(lr.pos)
-			if gap.bytes < 0 {
-				gap = count{}
-			}
-			lr.pos = count{l.Mark.Bytes, l.Mark.Lines}
+			lr.pos = count{c.Mark.Bytes, c.Mark.Lines}
 			if gap.bytes > 0 {
-				return Line{Time: l.Time, Stream: markStream, Text: droppedText(l.Mark.Cap, gap)}, nil
+				text := droppedText(c.Mark.Cap, gap)
+				if c.Mark.Reason != "" {
+					text = c.Mark.Reason
+				}
+				return chunk{Time: c.Time, Stream: markStream, Data: []byte(text)}, nil
 			}
 			continue
 		}
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &se) || errors.As(err, &te) {
-			continue // a damaged line
+		if errors.Is(err, errDamaged) {
+			return chunk{}, fmt.Errorf("reading %s: %w at byte %d (not written by moatc)", lr.f.Name(), err, lr.off)
 		}
 		if err != io.EOF {
-			return Line{}, err
+			return chunk{}, err
 		}
 		if lr.queued != nil {
 			lr.use(lr.queued)
@@ -248,10 +370,10 @@ func (lr *logReader) next() (Line, error) {
 		if !lr.rotated {
 			pi, err := os.Stat(lr.path)
 			if err != nil && !errors.Is(err, os.ErrNotExist) {
-				return Line{}, err
+				return chunk{}, err
 			}
 			if err == nil && os.SameFile(lr.fi, pi) {
-				return Line{}, io.EOF
+				return chunk{}, io.EOF
 			}
 			// Renamed after its last write: read what is left, then move on.
 			lr.rotated = true
@@ -259,10 +381,10 @@ func (lr *logReader) next() (Line, error) {
 		}
 		old, cur, err := lr.openPair()
 		if errors.Is(err, os.ErrNotExist) {
-			return Line{}, io.EOF // the new file is not there yet, or the run was removed
+			return chunk{}, io.EOF // the new file is not there yet, or the run was removed
 		}
 		if err != nil {
-			return Line{}, err
+			return chunk{}, err
 		}
 		if old != nil {
 			if fi, err := old.Stat(); err != nil || os.SameFile(fi, lr.fi) {
@@ -281,24 +403,51 @@ func (lr *logReader) Close() error {
 	return lr.f.Close()
 }
 
-// readLine reads one complete JSON line. A line not yet ended (being written, or torn by a
-// crash or a full disk) is kept and completed by a later call: io.EOF until then, so neither
-// logs nor logs -f stalls on it.
-func (lr *logReader) readLine() (Line, error) {
-	var l Line
-	b, err := lr.rd.ReadBytes('\n')
-	if len(lr.partial) > 0 {
-		b = append(lr.partial, b...)
-		lr.partial = nil
+// readRecord reads one whole record. One not yet whole (being written, or cut by a crash) is
+// kept and completed by a later call: io.EOF until then, so neither logs nor logs -f stalls.
+func (lr *logReader) readRecord() (chunk, error) {
+	need := headerLen
+	if len(lr.partial) >= headerLen {
+		_, _, n, err := parseHeader(lr.partial)
+		if err != nil {
+			return chunk{}, err
+		}
+		need += n
 	}
-	if err == io.EOF && len(b) > 0 {
-		lr.partial = b
-		return l, io.EOF
+	for len(lr.partial) < need {
+		if len(lr.partial) == 0 {
+			lr.partial = make([]byte, 0, headerLen)
+		}
+		k, err := io.ReadFull(lr.rd, lr.partial[len(lr.partial):need])
+		lr.partial = lr.partial[:len(lr.partial)+k]
+		if err == io.ErrUnexpectedEOF {
+			err = io.EOF
+		}
+		if err != nil {
+			return chunk{}, err
+		}
+		if need == headerLen {
+			_, _, n, err := parseHeader(lr.partial)
+			if err != nil {
+				return chunk{}, err
+			}
+			need += n
+			lr.partial = append(make([]byte, 0, need), lr.partial...)
+		}
 	}
-	if err != nil {
-		return l, err
+	b := lr.partial
+	lr.partial = nil
+	lr.off += int64(len(b))
+	stream, t, _, _ := parseHeader(b)
+	c := chunk{Time: t, Stream: stream, Data: b[headerLen:]}
+	if stream == markStream {
+		var n note
+		if err := json.Unmarshal(c.Data, &n); err != nil {
+			return chunk{}, errDamaged
+		}
+		c.Data, c.Mark = []byte(n.Text), n.Mark
 	}
-	return l, json.Unmarshal(b, &l)
+	return c, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

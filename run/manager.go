@@ -41,6 +41,9 @@ type Manager struct {
 	// SuperviseCommand returns the argv that runs `moatc _supervise ID` with this manager's
 	// settings; detached runs are handed to that process.
 	SuperviseCommand func(id string) []string
+	// Logger is the moatc binary the shim runs as a run's logger (`moatc _log`); default the
+	// running executable.
+	Logger string
 
 	mu     sync.Mutex
 	client *ctrd.Client
@@ -324,52 +327,79 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	if nw != nil && nw.Proxy != nil {
 		go nw.Proxy.Serve(bg)
 	}
-	rec, err := newRecorder(m.Store.LogPath(r.ID), r.Spec.LogMax)
+	// The shim owns the output of a run with no stdin or terminal of moatc's; moatc records
+	// that of an interactive one itself.
+	logPath := m.Store.LogPath(r.ID)
+	o := &runOutput{dir: m.Store.Dir(r.ID)}
+	if stdio.In == nil && stdio.Console == nil {
+		err = prepareLog(logPath)
+	} else {
+		o.rec, err = newRecorder(logPath, r.Spec.LogMax)
+	}
 	if err != nil {
 		c.RemoveContainer(bg, r.ContainerID)
 		err = fmt.Errorf("opening the run's log: %w", err)
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			err = m.recordError("the run's output", err)
+		}
 		notify(err)
 		m.fail(r.ID, err, nil)
 		return 0, err
 	}
-	outLog, errLog := rec.stream("stdout"), rec.stream("stderr")
-	if spec.TTY {
-		outLog = rec.stream("tty")
-	}
 	if m.stopRequested(r.ID) {
-		rec.Close()
+		o.abort()
 		c.RemoveContainer(bg, r.ContainerID)
 		return m.stoppedBeforeStart(r.ID, notify)
 	}
 	var task containerd.Task
+	var creator cio.Creator
 	taskReady := make(chan struct{})
-	var stdin io.Reader
-	if stdio.In != nil {
-		// At EOF the shim must be told to close the workload's stdin, or it never sees EOF.
-		stdin = &stdinCloser{r: stdio.In, close: func() {
-			<-taskReady
-			if task != nil {
-				task.CloseIO(bg, containerd.WithStdinCloser)
-			}
-		}}
+	if o.rec == nil {
+		exe, err := m.loggerPath()
+		if err != nil {
+			c.RemoveContainer(bg, r.ContainerID)
+			notify(err)
+			m.fail(r.ID, err, nil)
+			return 0, err
+		}
+		creator = shimLog(exe, logPath, r.Spec.LogMax, spec.TTY)
+	} else {
+		var stdin io.Reader
+		if stdio.In != nil {
+			// At EOF the shim must be told to close the workload's stdin, or it never sees EOF.
+			stdin = &stdinCloser{r: stdio.In, close: func() {
+				<-taskReady
+				if task != nil {
+					task.CloseIO(bg, containerd.WithStdinCloser)
+				}
+			}}
+		}
+		outLog, errLog := o.rec.stream("stdout"), o.rec.stream("stderr")
+		if spec.TTY {
+			outLog = o.rec.stream("tty")
+		}
+		ioOpts := []cio.Opt{cio.WithStreams(stdin, tee(stdio.Out, outLog), tee(stdio.Err, errLog))}
+		if spec.TTY {
+			ioOpts = append(ioOpts, cio.WithTerminal)
+		}
+		creator = cio.NewCreator(ioOpts...)
 	}
-	ioOpts := []cio.Opt{cio.WithStreams(stdin, tee(stdio.Out, outLog), tee(stdio.Err, errLog))}
-	if spec.TTY {
-		ioOpts = append(ioOpts, cio.WithTerminal)
-	}
-	task, err = ctr.NewTask(ctx, cio.NewCreator(ioOpts...))
+	task, err = ctr.NewTask(ctx, creator)
 	close(taskReady)
 	// runc has made the container's mounts, and gVisor's gofer its own: the pins can go.
 	if uerr := mountpin.Unpin(pins); uerr != nil {
 		fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", uerr)
 	}
 	if err != nil {
-		rec.Close()
+		o.abort()
 		c.RemoveContainer(bg, r.ContainerID)
 		err = startError(err)
 		notify(err)
 		m.fail(r.ID, err, exitCodeOf(err))
 		return 0, err
+	}
+	if o.rec == nil && (stdio.Out != nil || stdio.Err != nil) {
+		o.tail = tailOutput(logPath, stdio.Out, stdio.Err)
 	}
 	if stdio.Console != nil {
 		// Size the TTY before the command starts, so its first look at the size is right.
@@ -380,9 +410,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	// `moatc stop` of a run not started yet: it is not started.
 	if m.stopRequested(r.ID) {
 		task.Delete(bg, containerd.WithProcessKill)
-		outLog.flush()
-		errLog.flush()
-		rec.Close()
+		o.abort()
 		c.RemoveContainer(bg, r.ContainerID)
 		return m.stoppedBeforeStart(r.ID, notify)
 	}
@@ -392,9 +420,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	}
 	if err != nil {
 		task.Delete(bg, containerd.WithProcessKill)
-		outLog.flush()
-		errLog.flush()
-		rec.Close()
+		o.abort()
 		c.RemoveContainer(bg, r.ContainerID)
 		err = startError(err)
 		notify(err)
@@ -407,15 +433,14 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 			r.State = state.Running
 		}
 		r.Pid, r.Started = int(task.Pid()), &now
+		r.Output = o.owner()
 		return nil
 	}); err != nil {
 		// A run that cannot be recorded is not left running unrecorded.
 		task.Kill(bg, syscall.SIGKILL, containerd.WithKillAll)
 		<-statusC
 		task.Delete(bg)
-		outLog.flush()
-		errLog.flush()
-		rec.Close()
+		o.abort()
 		c.RemoveContainer(bg, r.ContainerID)
 		err = m.recordError("the start of run "+r.ID, err)
 		notify(err)
@@ -423,7 +448,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	}
 	notify(nil)
 
-	code, released, err := m.follow(bg, r, task, statusC, stdio.Console, rec, outLog, errLog)
+	code, released, err := m.follow(bg, r, task, statusC, stdio.Console, o)
 	netReleased = released
 	return code, err
 }
@@ -433,7 +458,8 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 // container and the network. It reports whether the network was released; when the end
 // cannot be recorded, the task and container stay for the next command to record.
 func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task, statusC <-chan containerd.ExitStatus,
-	con console.Console, rec *recorder, outLog, errLog *lineWriter) (int, bool, error) {
+	con console.Console, o *runOutput) (int, bool, error) {
+	defer o.tail.finish()
 	c, err := m.Client(bg)
 	if err != nil {
 		return 0, false, err
@@ -448,9 +474,7 @@ func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task,
 		// only from a real exit status.
 		var lost error
 		if task, status, lost = m.rewait(bg, r, con, status.Error()); lost != nil {
-			outLog.flush()
-			errLog.flush()
-			rec.Close()
+			o.abort()
 			m.fail(r.ID, lost, nil)
 			return 0, false, lost
 		}
@@ -459,25 +483,24 @@ func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task,
 		}
 	}
 	code := int(status.ExitCode())
-	// Drain the output before Delete: containerd v2.4's client closes the FIFOs in Delete
-	// (cio's Cancel), cutting off whatever a slow reader had not copied yet. The shim closes
-	// its ends once the container's processes are gone; the timeout covers a stuck shim.
-	drained := make(chan struct{})
-	go func() { taskIO.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(30 * time.Second):
-	}
-	if task.IO() != taskIO {
-		taskIO.Cancel() // the task was followed again without IO: its FIFOs go here
-		taskIO.Close()
-	}
-	outLog.flush()
-	errLog.flush()
-	// A log that could not be written (a full disk, a failed rotation) is said, not hidden.
-	logErr := rec.Close()
-	if logErr != nil {
-		fmt.Fprintf(os.Stderr, "moatc: warning: recording the run's output: %v; its log is incomplete\n", logErr)
+	var logErr error
+	if o.rec != nil {
+		// Drain the output before Delete: containerd v2.4's client closes the FIFOs in Delete
+		// (cio's Cancel), cutting off whatever a slow reader had not copied yet. The shim
+		// closes its ends once the container's processes are gone; the timeout covers a
+		// stuck shim.
+		drained := make(chan struct{})
+		go func() { taskIO.Wait(); close(drained) }()
+		select {
+		case <-drained:
+		case <-time.After(30 * time.Second):
+		}
+		if task.IO() != taskIO {
+			taskIO.Cancel() // the task was followed again without IO: its FIFOs go here
+			taskIO.Close()
+		}
+		// A log that could not be written (a full disk) is said, not hidden.
+		logErr = o.rec.Close()
 	}
 	// The end is recorded before the task goes: if it cannot be, the stopped task keeps its
 	// exit status in containerd, and the next moatc command records the real end from there.
@@ -491,7 +514,14 @@ func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task,
 	}); err != nil {
 		return code, false, m.recordError(fmt.Sprintf("the end of run %s (exit code %d)", r.ID, code), err)
 	}
+	// For a shim-owned log, Delete returns once the logger has finished: the log is whole.
 	task.Delete(bg)
+	if o.rec == nil {
+		logErr = m.noteLostOutput(r.ID)
+	}
+	if logErr != nil {
+		fmt.Fprintf(os.Stderr, "moatc: warning: recording the run's output: %v; its log is incomplete\n", logErr)
+	}
 	// The task is gone: the network and the container are released side by side.
 	netDown := make(chan struct{})
 	go func() {
@@ -507,6 +537,60 @@ func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task,
 	}
 	<-netDown
 	return code, true, nil
+}
+
+// runOutput is where a run's output goes: moatc's own recorder (rec, interactive runs) or
+// the shim's logger, whose log a foreground run prints as it grows (tail).
+type runOutput struct {
+	rec  *recorder
+	tail *outputTail
+	dir  string // the run's directory
+}
+
+// owner is what the run's record says of it.
+func (o *runOutput) owner() string {
+	if o.rec != nil {
+		return "moatc"
+	}
+	return "shim"
+}
+
+// abort ends the output of a run that did not get to its end.
+func (o *runOutput) abort() {
+	if o.rec != nil {
+		o.rec.Close()
+	}
+	o.tail.finish()
+}
+
+// noteLostOutput records in run id's record the output its logger could not write, once the
+// task is deleted (the logger has finished), and returns it as an error.
+func (m *Manager) noteLostOutput(id string) error {
+	st, ok := readLogStatus(m.Store.Dir(id))
+	if !ok {
+		return nil
+	}
+	lost := st.lostError()
+	if lost == nil {
+		return nil
+	}
+	m.Store.Update(id, func(r *state.Run) error {
+		r.Error = "recording the output failed, the log is incomplete: " + lost.Error()
+		return nil
+	})
+	return lost
+}
+
+// loggerPath is the moatc binary the shim runs as the logger.
+func (m *Manager) loggerPath() (string, error) {
+	if m.Logger != "" {
+		return m.Logger, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("finding the moatc binary for the run's logger: %w", err)
+	}
+	return exe, nil
 }
 
 // recordError says that what could not be recorded, and what to do: on a full disk, free

@@ -83,7 +83,12 @@ type Run struct {
 	Created     time.Time  `json:"created"`
 	Started     *time.Time `json:"started,omitempty"`
 	Finished    *time.Time `json:"finished,omitempty"`
-	// Supervisor is the moatc process that owns the task's IO and records its end. When it is
+	// Output says who writes the run's log: "shim" (its logger, `moatc _log`, started by the
+	// shim: the output outlives every moatc process) or "moatc" (the supervisor, for runs
+	// with stdin or a terminal).
+	Output string `json:"output,omitempty"`
+	// Supervisor is the moatc process that records the run's end (and, for Output "moatc",
+	// copies its IO). When it is
 	// gone while the run is active, the run was abandoned (see run.Reconcile).
 	Supervisor *Process `json:"supervisor,omitempty"`
 }
@@ -114,7 +119,7 @@ func Open(dir string) (*Store, error) {
 func (s *Store) Dir(id string) string { return filepath.Join(s.dir, id) }
 
 // LogPath returns the path of run id's log.
-func (s *Store) LogPath(id string) string { return filepath.Join(s.dir, id, "log.jsonl") }
+func (s *Store) LogPath(id string) string { return filepath.Join(s.dir, id, "output.log") }
 
 // ErrNotFound is returned when no run matches a reference.
 var ErrNotFound = errors.New("no such run")

@@ -30,6 +30,15 @@ type exitStatus int
 func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 func main() {
+	// The shim runs `moatc _log VALUE` as a run's logger, once per run: straight to it, with
+	// none of the command line's set-up.
+	if len(os.Args) == 3 && os.Args[1] == run.LogCommand {
+		if err := run.ServeLog(os.Args[2]); err != nil {
+			fmt.Fprintf(os.Stderr, "moatc: logger: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	app := newApp()
 	err := app.Run(os.Args)
 	os.Exit(exitCode(err))

@@ -94,8 +94,9 @@ Flags come before PATH. Examples:
 			// Caught, not ignored: an ignored SIGPIPE would be inherited by what moatc starts.
 			signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 			stdio := run.Stdio{Out: os.Stdout, Err: os.Stderr}
-			if !req.Spec.Detach {
-				stdio.In = stdinFor(req.Spec)
+			// Only a real file: a nil *os.File in the interface would still count as stdin.
+			if f := stdinFor(req.Spec); f != nil && !req.Spec.Detach {
+				stdio.In = f
 			}
 			if req.Spec.TTY {
 				con, err := console.ConsoleFromFile(os.Stdin)
@@ -126,17 +127,14 @@ Flags come before PATH. Examples:
 	}
 }
 
-// stdinFor decides what the workload reads: the caller's stdin when asked (-i), or when it
-// is a pipe or file (so `cmd | moatc run -- sort` works); never a terminal without -i.
+// stdinFor decides what the workload reads: the caller's stdin with -i, as Docker does;
+// nothing otherwise (the workload reads EOF), so a run in a script or CI never takes over an
+// input it was not given. Without stdin, the shim owns the run's output (see run.ServeLog).
 func stdinFor(s state.Spec) *os.File {
 	if s.Interactive {
 		return os.Stdin
 	}
-	fi, err := os.Stdin.Stat()
-	if err != nil || fi.Mode()&os.ModeCharDevice != 0 {
-		return nil
-	}
-	return os.Stdin
+	return nil
 }
 
 // buildRequest merges moatc.yaml and the flags into a run request, checking every input
