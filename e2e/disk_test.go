@@ -86,6 +86,14 @@ func TestFullDisk(t *testing.T) {
 			if rec.State != "stopped" || rec.ExitCode == nil || *rec.ExitCode != 3 {
 				t.Errorf("after space was freed the run is %s, exit %v (%s); want stopped 3", rec.State, rec.ExitCode, rec.Error)
 			}
+			// The output that did not fit is counted by the logger, and said: never a log that
+			// looks whole.
+			if !strings.Contains(rec.Error, "of output could not be written to the log") || !strings.Contains(rec.Error, "no space left on device") {
+				t.Errorf("the record does not say output was lost: %q", rec.Error)
+			}
+			if r := in("logs", "filler"); r.code != 0 || len(r.stdout) == 0 || strings.Trim(r.stdout, "x") != "" {
+				t.Errorf("logs of the run whose output filled the disk: exit %d, %d bytes %.40q, stderr %q", r.code, len(r.stdout), r.stdout, r.stderr)
+			}
 		}
 	}
 	if !found {

@@ -3,7 +3,8 @@
 //
 // It is gVisor's own shim (gvisor.dev/gvisor/pkg/shim/v1 and its runsc task
 // service, used unchanged) with three faults of the stock binary fixed from
-// the outside, and its start-to-exit path made shorter:
+// the outside, its start-to-exit path made shorter, and containerd's binary
+// log URIs supported:
 //
 //  1. manager.go: starting the shim no longer fails when the OOM score of the
 //     shim cannot be lowered to -999 (no CAP_SYS_RESOURCE in the bounding
@@ -25,6 +26,15 @@
 //     For a root container whose sandbox is this shim's child, wait, state
 //     and kill-after-exit are answered from the reaper, as the runc shim
 //     does; the clean-up of an already deleted task skips runsc.
+//  5. binaryio.go, service.go (Create, State, Delete), manager.go (Stop): a
+//     task whose stdout is a binary log URI (binary:///path/to/logger?k=v,
+//     which gVisor's shim would take for a file name) gets its logger as under
+//     containerd's runc shim: args from the query, CONTAINER_ID and
+//     CONTAINER_NAMESPACE, the container's stdout on fd 3, its stderr on fd 4,
+//     the ready pipe on fd 5. gVisor writes the output into two FIFOs in the
+//     bundle whose read ends the logger holds, and the task's Delete returns
+//     once the logger has exited (on EOF; a logger still running 10 s after
+//     the Delete began gets SIGTERM, then SIGKILL).
 package main
 
 import (

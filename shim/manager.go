@@ -58,8 +58,18 @@ func markDeleted(bundle string) {
 // the rootfs. When the shim has already deleted the task (deletedMarker), the
 // runsc container no longer exists and `runsc delete --force` would only fail
 // to find it, so just the (cheap, idempotent) unmount is done. Otherwise (the
-// shim died, the task was never deleted) gVisor's Stop runs unchanged.
+// shim died, the task was never deleted) gVisor's Stop runs unchanged. Either
+// way a binary logger still running is ended and its FIFOs are removed.
 func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	// The binary logger of a task whose shim died, and its FIFOs (binaryio.go),
+	// in parallel with the rest: both are bounded, and the delete command runs
+	// under containerd's 5 s clean-up timeout.
+	loggerDone := make(chan struct{})
+	go func() {
+		defer close(loggerDone)
+		cleanLoggerFiles(".")
+	}()
+	defer func() { <-loggerDone }()
 	if _, err := os.Stat(deletedMarker); err != nil {
 		return m.Manager.Stop(ctx, id)
 	}

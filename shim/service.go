@@ -46,14 +46,15 @@ func init() {
 }
 
 // service is gVisor's task service (its shim redirector over the runsc task
-// service) with Create, Start, Pause, Resume and Delete wrapped. Every other
-// call goes straight to gVisor.
+// service) with Create, Start, State, Pause, Resume and Delete wrapped. Every
+// other call goes straight to gVisor.
 type service struct {
 	extension.TaskServiceExt
 	sandboxes *sandboxes
 
 	mu      sync.Mutex
-	bundles map[string]string // container id -> bundle, until deleted
+	bundles map[string]string        // container id -> bundle, until deleted
+	loggers map[string]*binaryLogger // container id -> its binary logger, until deleted
 }
 
 func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*service, error) {
@@ -67,7 +68,7 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 	// commands (now wrapped by runscMonitor).
 	sb := startSandboxes()
 	runsccmd.Monitor = newRunscMonitor(runsccmd.Monitor, sb)
-	return &service{TaskServiceExt: inner, sandboxes: sb, bundles: map[string]string{}}, nil
+	return &service{TaskServiceExt: inner, sandboxes: sb, bundles: map[string]string{}, loggers: map[string]*binaryLogger{}}, nil
 }
 
 // RegisterTTRPC serves this wrapper, not the inner service, as the task API.
@@ -84,13 +85,25 @@ func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 	}
 	// A marker left in a reused bundle must not make Stop skip its clean-up.
 	_ = os.Remove(filepath.Join(r.Bundle, deletedMarker))
+	// A binary log URI: the logger runs, and r's stdout and stderr are now
+	// FIFOs it reads (binaryio.go).
+	logger, err := startBinaryLogger(ctx, r)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("runsc shim: %w", err))
+	}
 	created := time.Now()
 	resp, err := s.TaskServiceExt.Create(ctx, r)
+	if logger != nil {
+		logger.created(err == nil)
+	}
 	if err != nil {
 		return resp, err
 	}
 	s.mu.Lock()
 	s.bundles[r.ID] = r.Bundle
+	if logger != nil {
+		s.loggers[r.ID] = logger
+	}
 	s.mu.Unlock()
 	// The pid of a root container is its sandbox's pid, whose exit status is
 	// the container's. (A subcontainer reports the same pid, but the sandbox's
@@ -114,6 +127,21 @@ func (s *service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 	return resp, err
 }
 
+// State implements task.TaskService. A task with a binary logger reports the
+// stdio it was created with, as the runc shim does, not the logger's FIFOs.
+func (s *service) State(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
+	resp, err := s.TaskServiceExt.State(ctx, r)
+	if err == nil && r.ExecID == "" {
+		s.mu.Lock()
+		logger := s.loggers[r.ID]
+		s.mu.Unlock()
+		if logger != nil {
+			resp.Stdout, resp.Stderr = logger.stdout, logger.stderr
+		}
+	}
+	return resp, err
+}
+
 // Pause implements task.TaskService. While a container is paused, or may be,
 // its state is asked of runsc.
 func (s *service) Pause(ctx context.Context, r *task.PauseRequest) (*types.Empty, error) {
@@ -132,12 +160,26 @@ func (s *service) Resume(ctx context.Context, r *task.ResumeRequest) (*types.Emp
 
 // Delete implements task.TaskService.
 func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
+	// The init's binary logger ends with its output: Delete returns once it
+	// has exited, so the log is complete (bounded: see deleting).
+	var loggerDone func(deleted bool)
+	if r.ExecID == "" {
+		s.mu.Lock()
+		if logger := s.loggers[r.ID]; logger != nil {
+			loggerDone = logger.deleting()
+		}
+		s.mu.Unlock()
+	}
 	resp, err := s.TaskServiceExt.Delete(ctx, r)
+	if loggerDone != nil {
+		loggerDone(err == nil)
+	}
 	if err == nil && r.ExecID == "" {
 		s.sandboxes.untrack(r.ID)
 		s.mu.Lock()
 		bundle, ok := s.bundles[r.ID]
 		delete(s.bundles, r.ID)
+		delete(s.loggers, r.ID)
 		s.mu.Unlock()
 		if ok {
 			markDeleted(bundle)
