@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultLogMax is the cap on a run's log files on disk when its spec sets none.
@@ -91,7 +93,7 @@ type recorder struct {
 	oldPath string
 	max     int64
 	f       *os.File
-	buf     []byte
+	hdr     []byte
 	size    int64 // bytes in output.log; counted, so writes need no stat
 	hasOut  bool  // output.log holds output, not just its mark
 	start   count // output before output.log
@@ -170,8 +172,11 @@ func (r *recorder) record(s byte, p []byte) {
 
 // append writes one record with one write; a write that fails is cut back off the file.
 func (r *recorder) append(s byte, p []byte) error {
-	r.buf = appendRecord(r.buf[:0], s, time.Now(), p)
-	if _, err := r.f.Write(r.buf); err != nil {
+	r.hdr = appendHeader(r.hdr[:0], s, time.Now(), len(p))
+	// Header and data in one writev: no copy of the output.
+	n, err := writev(int(r.f.Fd()), r.hdr, p)
+	if err != nil {
+		err = &os.PathError{Op: "write", Path: r.f.Name(), Err: err}
 		if terr := r.f.Truncate(r.size); terr != nil {
 			// The file cannot be made whole again: nothing more goes into it.
 			r.f.Close()
@@ -180,15 +185,36 @@ func (r *recorder) append(s byte, p []byte) error {
 		r.fail(err)
 		return err
 	}
-	r.size += int64(len(r.buf))
+	r.size += int64(n)
 	if s != streamMoatc {
 		r.hasOut = true
 	}
-	// Keep the buffer from pinning a maxChunk-sized array between large writes.
-	if cap(r.buf) > 128<<10 {
-		r.buf = nil
-	}
 	return nil
+}
+
+// writev writes a and b whole, or says why not (a short write is continued, so a full disk
+// gives its ENOSPC).
+func writev(fd int, a, b []byte) (int, error) {
+	total := 0
+	for len(a)+len(b) > 0 {
+		n, err := unix.Writev(fd, [][]byte{a, b})
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			return total, io.ErrShortWrite
+		}
+		total += n
+		if n >= len(a) {
+			b, a = b[n-len(a):], nil
+		} else {
+			a = a[n:]
+		}
+	}
+	return total, nil
 }
 
 func (r *recorder) fail(err error) {
@@ -197,11 +223,14 @@ func (r *recorder) fail(err error) {
 	}
 }
 
-func appendRecord(b []byte, s byte, t time.Time, p []byte) []byte {
+func appendHeader(b []byte, s byte, t time.Time, n int) []byte {
 	b = append(b, s)
 	b = binary.BigEndian.AppendUint64(b, uint64(t.UnixNano()))
-	b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
-	return append(b, p...)
+	return binary.BigEndian.AppendUint32(b, uint32(n))
+}
+
+func appendRecord(b []byte, s byte, t time.Time, p []byte) []byte {
+	return append(appendHeader(b, s, t, len(p)), p...)
 }
 
 func (r *recorder) noteBytes(text string, m *Mark) []byte {

@@ -145,6 +145,7 @@ func readLog(t *testing.T, path string) []chunk {
 		if err != nil {
 			t.Fatal(err)
 		}
+		c.Data = bytes.Clone(c.Data)
 		cs = append(cs, c)
 	}
 }

@@ -186,6 +186,7 @@ type tailer struct {
 }
 
 func (t *tailer) add(c chunk) {
+	c.Data = bytes.Clone(c.Data) // the reader reuses its buffer
 	nl := 0
 	if c.Stream != markStream {
 		nl = bytes.Count(c.Data, []byte{'\n'})
@@ -261,6 +262,7 @@ type logReader struct {
 	rotated       bool     // f is no longer output.log: read to its end, then move on
 	pos           count    // output read, or known dropped, so far
 	partial       []byte   // the start of a record not yet whole
+	buf           []byte   // where records are read
 }
 
 func openLog(path string) (*logReader, error) {
@@ -416,7 +418,12 @@ func (lr *logReader) readRecord() (chunk, error) {
 	}
 	for len(lr.partial) < need {
 		if len(lr.partial) == 0 {
-			lr.partial = make([]byte, 0, headerLen)
+			// One buffer for every record: a record's data is valid until the next call.
+			lr.partial = lr.buf[:0]
+		}
+		if cap(lr.partial) < need {
+			lr.partial = append(make([]byte, 0, max(need, 64<<10)), lr.partial...)
+			lr.buf = lr.partial[:0]
 		}
 		k, err := io.ReadFull(lr.rd, lr.partial[len(lr.partial):need])
 		lr.partial = lr.partial[:len(lr.partial)+k]
@@ -432,7 +439,6 @@ func (lr *logReader) readRecord() (chunk, error) {
 				return chunk{}, err
 			}
 			need += n
-			lr.partial = append(make([]byte, 0, need), lr.partial...)
 		}
 	}
 	b := lr.partial

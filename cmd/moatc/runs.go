@@ -142,7 +142,14 @@ func statusCommand() *cli.Command {
 			if r.Finished != nil {
 				row("Finished", r.Finished.Local().Format(time.RFC3339))
 			}
-			row("Log", e.mgr.Store.LogPath(r.ID))
+			switch r.Output {
+			case "shim":
+				row("Log", e.mgr.Store.LogPath(r.ID)+" (written by the shim's logger)")
+			case "moatc":
+				row("Log", e.mgr.Store.LogPath(r.ID)+" (written by its moatc: stdin or a terminal attached)")
+			default:
+				row("Log", e.mgr.Store.LogPath(r.ID))
+			}
 			if bl := filepath.Join(e.mgr.Store.Dir(r.ID), "build.log"); fileExists(bl) {
 				row("Build log", bl)
 			}
@@ -267,12 +274,12 @@ func cleanCommand() *cli.Command {
 			for _, g := range []struct {
 				what  string
 				items []string
-			}{{"run", rep.Runs}, {"container", rep.Containers}, {"network", rep.Networks}, {"snapshot", rep.Snapshots}, {"sandbox", rep.Sandboxes}} {
+			}{{"run", rep.Runs}, {"container", rep.Containers}, {"network", rep.Networks}, {"snapshot", rep.Snapshots}, {"sandbox", rep.Sandboxes}, {"lease", rep.Leases}, {"BuildKit lease", rep.BuildLeases}} {
 				for _, i := range g.items {
 					fmt.Printf("%s %s %s\n", verb, g.what, i)
 				}
 			}
-			if len(rep.Runs)+len(rep.Networks)+len(rep.Containers)+len(rep.Snapshots)+len(rep.Sandboxes) == 0 {
+			if len(rep.Runs)+len(rep.Networks)+len(rep.Containers)+len(rep.Snapshots)+len(rep.Sandboxes)+len(rep.Leases)+len(rep.BuildLeases) == 0 {
 				fmt.Println("nothing to clean")
 			}
 			return nil
