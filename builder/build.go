@@ -181,6 +181,12 @@ func Build(ctx context.Context, d *Daemon, req Request) (string, error) {
 			return name, nil
 		}
 	}
+	// Marked live until it returns: Sweep leaves buildkitd and its leases alone meanwhile.
+	end, err := d.Hold()
+	if err != nil {
+		return "", err
+	}
+	defer end()
 	if err := d.Start(ctx); err != nil {
 		return "", err
 	}

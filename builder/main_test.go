@@ -43,6 +43,9 @@ const testNamespace = "moatc-test"
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
 
 func testMain(m *testing.M) int {
+	if os.Getenv(buildChildEnv) != "" {
+		return buildChild() // a build for a test to kill, in a process of its own
+	}
 	prefix = os.Getenv("MOATC_PREFIX")
 	if prefix == "" {
 		prefix = "/opt/moatc"
@@ -118,10 +121,13 @@ func sandbox() (*Sandbox, error) {
 }
 
 // ctr runs ctr against the test containerd.
-func ctr(args ...string) (string, error) {
+func ctr(args ...string) (string, error) { return ctrIn(testNamespace, args...) }
+
+// ctrIn runs ctr against the test containerd in namespace ns.
+func ctrIn(ns string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(prefix, "bin", "ctr"), append([]string{"-a", ctrdSock, "-n", testNamespace}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(prefix, "bin", "ctr"), append([]string{"-a", ctrdSock, "-n", ns}, args...)...)
 	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(prefix, "bin")+":"+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	// Every client call on these hosts warns about cgroup v1; it is not output.

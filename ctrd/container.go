@@ -82,7 +82,12 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 		containerd.WithNewSnapshot(s.ID, s.Image, snapshots.WithLabels(labels)),
 		containerd.WithNewSpec(spec...),
 	}, rtOpts...)
-	ctr, err := c.NewContainer(ctx, s.ID, opts...)
+	lctx, done, err := c.OwnedLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	ctr, err := c.NewContainer(lctx, s.ID, opts...)
 	if err != nil {
 		// WithNewSnapshot may have made the snapshot before the container failed.
 		c.SnapshotService(s.Snapshotter).Remove(ctx, s.ID)

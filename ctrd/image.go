@@ -49,6 +49,11 @@ func (c *Client) Image(ctx context.Context, ref, snapshotter string) (containerd
 		return nil, fmt.Errorf("checking image %s: %w", name, err)
 	}
 	if !ok {
+		ctx, done, err := c.OwnedLease(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
 		if err := img.Unpack(ctx, snapshotter); err != nil {
 			return nil, fmt.Errorf("unpacking image %s: %w", name, err)
 		}
@@ -74,6 +79,11 @@ func (c *Client) Import(ctx context.Context, r io.Reader, snapshotter, extraName
 		}
 		return s
 	}), containerd.WithSkipDigestRef(func(string) bool { return true }))
+	ctx, done, err := c.OwnedLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	imgs, err := c.Client.Import(ctx, r, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("importing image archive (an OCI layout or `docker save` tar is expected): %w", err)
@@ -112,6 +122,11 @@ func (c *Client) Pull(ctx context.Context, ref, snapshotter string, progress fun
 				return nil, nil
 			})))
 	}
+	ctx, done, err := c.OwnedLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	img, err := c.Client.Pull(ctx, name, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("pulling %s: %w", name, err)

@@ -100,10 +100,16 @@ func (m *Manager) buildImage(ctx context.Context, d Deps, plan *deps.Plan, base,
 	if err := m.ensureBase(ctx, c, base, d.Progress); err != nil {
 		return "", err
 	}
+	bd := m.BuildDaemon()
+	// Live from before its network is made: clean removes that network only when no build is.
+	end, err := bd.Hold()
+	if err != nil {
+		return "", err
+	}
+	defer end()
 	if err := m.prepareBuildSandbox(ctx); err != nil {
 		return "", err
 	}
-	bd := m.BuildDaemon()
 	logPath := m.BuildLog(tag)
 	os.MkdirAll(filepath.Dir(logPath), 0o700)
 	return builder.Build(ctx, bd, builder.Request{
@@ -127,12 +133,14 @@ func (m *Manager) BuildDaemon() *builder.Daemon {
 	if ns == "" {
 		ns = ctrd.DefaultNamespace
 	}
-	return &builder.Daemon{Dir: filepath.Join(m.Dir, "buildkit"), Prefix: m.Prefix, ContainerdAddress: addr, Namespace: ns,
+	return &builder.Daemon{Dir: m.buildDir(), Prefix: m.Prefix, ContainerdAddress: addr, Namespace: ns,
 		Sandbox: &builder.Sandbox{
 			Runtime: ctrd.GVisor{}.Shim(), RuntimeConfig: m.buildRuntime().ConfigPath(),
 			CNIConfig: m.Net.ConfPath(m.BuildNetwork()), CNIBinDir: m.buildPluginDir(),
 		}}
 }
+
+func (m *Manager) buildDir() string { return filepath.Join(m.Dir, "buildkit") }
 
 // BuildNetwork is the id of the network builds' RUN steps use; one per moatc home.
 func (m *Manager) BuildNetwork() string {
@@ -172,6 +180,33 @@ func (m *Manager) StopBuilder(ctx context.Context, grace time.Duration) error {
 		return err
 	}
 	return m.Net.Teardown(ctx, m.BuildNetwork())
+}
+
+// SweepLeases removes what killed moatc processes left held in containerd: BuildKit's
+// temporary leases once no build is live (builder.Daemon.Sweep: the idle buildkitd is stopped
+// for it) and the leases moatc's own imports, pulls, unpacks and container creations made
+// (ctrd.Client.AbandonedLeases), with what only they held. It returns both lists; dry removes
+// nothing. containerd is not started for it.
+func (m *Manager) SweepLeases(ctx context.Context, dry bool) (build, own []string, err error) {
+	if !m.daemonReachable() {
+		return nil, nil, nil
+	}
+	if build, err = m.BuildDaemon().Sweep(ctx, dry); err != nil {
+		return nil, nil, fmt.Errorf("sweeping BuildKit's leases: %w", err)
+	}
+	c, err := m.Client(ctx)
+	if err != nil {
+		return build, nil, err
+	}
+	if own, err = c.AbandonedLeases(ctx); err != nil || dry {
+		return build, own, err
+	}
+	for _, id := range own {
+		if err := c.RemoveLease(ctx, id); err != nil {
+			return build, own, err
+		}
+	}
+	return build, own, nil
 }
 
 // ensureBase finds the base image in the store, or pulls it; an offline host gets an error

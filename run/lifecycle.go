@@ -13,6 +13,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
 
+	"github.com/moatc/moatc/builder"
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/mounts"
 	"github.com/moatc/moatc/snapshot"
@@ -46,6 +47,15 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	}
 	// gVisor sandboxes of runs killed while being created live on outside containerd's view.
 	m.SweepAbandoned(ctx, runs)
+	// A build whose moatc was killed leaves leases behind; they go once no build is live.
+	if (&builder.Daemon{Dir: m.buildDir()}).Abandoned() {
+		sctx, cancel := context.WithTimeout(ctx, reconcileBudget)
+		_, _, err := m.SweepLeases(sctx, false)
+		cancel()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "moatc: warning: removing the leases of a killed build: %v (run `moatc clean` to retry)\n", err)
+		}
+	}
 	return nil
 }
 
@@ -264,11 +274,16 @@ type CleanReport struct {
 	Containers []string `json:"containers"`
 	Snapshots  []string `json:"snapshots"`
 	Sandboxes  []string `json:"sandboxes"` // gVisor sandboxes, shims and runsc state no run accounts for
+	// Leases of moatc processes that died (an import, pull, unpack or container creation
+	// killed half-way), and BuildKit's temporary leases once no build runs.
+	Leases      []string `json:"leases"`
+	BuildLeases []string `json:"build_leases"`
 }
 
 // Clean removes finished runs and whatever moatc created that no run record accounts for.
 func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
-	rep := &CleanReport{Runs: []string{}, Networks: []string{}, Containers: []string{}, Snapshots: []string{}, Sandboxes: []string{}}
+	rep := &CleanReport{Runs: []string{}, Networks: []string{}, Containers: []string{}, Snapshots: []string{}, Sandboxes: []string{},
+		Leases: []string{}, BuildLeases: []string{}}
 	runs, err := m.Store.List()
 	if err != nil {
 		return nil, err
@@ -306,13 +321,36 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 			}
 		}
 	}
+	// Leases before networks: the sweep may stop the idle buildkitd, whose network then goes.
+	build, own, err := m.SweepLeases(ctx, dry)
+	rep.BuildLeases, rep.Leases = append(rep.BuildLeases, build...), append(rep.Leases, own...)
+	if err != nil {
+		return rep, err
+	}
 	nets, err := m.Net.Leftovers()
 	if err != nil {
 		return rep, err
 	}
-	building := m.BuildDaemon().Answering()
+	bd := m.BuildDaemon()
 	for _, id := range nets {
-		if active[id] || (id == m.BuildNetwork() && building) {
+		if active[id] {
+			continue
+		}
+		if id == m.BuildNetwork() {
+			// Only while no build can start: a build makes its network before buildkitd runs.
+			_, err := bd.WhenIdle(func() error {
+				if bd.Answering() && !(dry && len(build) > 0) {
+					return nil
+				}
+				rep.Networks = append(rep.Networks, id)
+				if dry {
+					return nil
+				}
+				return m.Net.Teardown(ctx, id)
+			})
+			if err != nil {
+				return rep, err
+			}
 			continue
 		}
 		// A run started since the list above has its network before it is ever listed again.
