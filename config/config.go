@@ -47,9 +47,51 @@ type File struct {
 	// Dependencies are the entries of `dependencies:`, each with its line for error messages.
 	Dependencies []Item
 	BaseImage    string
+	// Agent is `agent:`, the coding agent `moatc run` starts in this workspace.
+	Agent *Agent
 	// Policy lists the settings that widen what the workload reaches. They take effect only
 	// when the person has trusted this exact content (package trust); see policy.go.
 	Policy []Setting
+}
+
+// Agent is the `agent:` key: a name (claude), or a mapping with name, version and args.
+type Agent struct {
+	Name    string
+	Version string
+	Args    []string
+	Line    int
+}
+
+func parseAgent(v *yaml.Node) (*Agent, error) {
+	a := &Agent{Line: v.Line}
+	switch v.Kind {
+	case yaml.ScalarNode:
+		return a, scalar(v, &a.Name, "an agent such as claude")
+	case yaml.MappingNode:
+	default:
+		return nil, errors.New("write an agent's name (agent: claude) or a mapping with name, version and args")
+	}
+	for j := 0; j+1 < len(v.Content); j += 2 {
+		k, val := v.Content[j], v.Content[j+1]
+		var err error
+		switch k.Value {
+		case "name":
+			err = scalar(val, &a.Name, "an agent such as claude")
+		case "version":
+			err = scalar(val, &a.Version, "a version such as 2.1.3")
+		case "args":
+			err = strings_(val, &a.Args)
+		default:
+			err = errors.New("unknown key (known: name, version, args)")
+		}
+		if err != nil {
+			return nil, &Error{Line: val.Line, Key: "agent." + k.Value, Msg: err.Error()}
+		}
+	}
+	if a.Name == "" {
+		return nil, errors.New("the mapping needs name, e.g. name: claude")
+	}
+	return a, nil
 }
 
 // Item is a list entry with the line it was written on.
@@ -216,6 +258,8 @@ func Parse(path string, data []byte) (*File, error) {
 			err = scalar(v, &f.BaseImage, "an image reference such as debian:bookworm-slim")
 		case "network":
 			err = f.parseNetwork(v, e)
+		case "agent":
+			f.Agent, err = parseAgent(v)
 		case "grants":
 			if f.Grants, err = items(v); err == nil {
 				for _, it := range f.Grants {
@@ -234,7 +278,10 @@ func Parse(path string, data []byte) (*File, error) {
 			var ce *Error
 			if errors.As(err, &ce) {
 				if ce.Path == "" {
-					ce.Path, ce.Key = path, key
+					ce.Path = path
+					if ce.Key == "" {
+						ce.Key = key
+					}
 				}
 				return nil, ce
 			}
@@ -279,7 +326,7 @@ func (f *File) parseContainer(v *yaml.Node, e func(*yaml.Node, string, string, .
 }
 
 func known() []string {
-	k := []string{"name", "image", "command", "env", "mounts", "interactive", "sandbox", "container", "ports", "network", "dependencies", "base_image", "grants"}
+	k := []string{"name", "image", "command", "env", "mounts", "interactive", "sandbox", "container", "ports", "network", "dependencies", "base_image", "grants", "agent"}
 	sort.Strings(k)
 	return k
 }

@@ -203,3 +203,28 @@ func TestLoadRefusesWhatIsNotARegularFile(t *testing.T) {
 		t.Errorf("agent.yaml: %+v %v", f, err)
 	}
 }
+
+func TestAgentKey(t *testing.T) {
+	f, err := Parse("moatc.yaml", []byte("agent: claude\n"))
+	if err != nil || f.Agent == nil || f.Agent.Name != "claude" || f.Agent.Line != 1 {
+		t.Fatalf("agent: claude: %+v %v", f, err)
+	}
+	if len(f.Policy) != 1 || f.Policy[0].Key != "agent" {
+		t.Errorf("an agent brings its grant: it is a policy key, got %+v", f.Policy)
+	}
+	f, err = Parse("moatc.yaml", []byte("image: x\nagent:\n  name: codex\n  version: 0.50.0\n  args: [--model, o4]\n"))
+	if err != nil || f.Agent.Name != "codex" || f.Agent.Version != "0.50.0" || len(f.Agent.Args) != 2 {
+		t.Fatalf("agent mapping: %+v %v", f.Agent, err)
+	}
+	for doc, want := range map[string]string{
+		"agent: [claude]\n":                    "moatc.yaml:1: agent: write an agent's name",
+		"agent:\n  version: 1\n":               "moatc.yaml:2: agent: the mapping needs name",
+		"agent:\n  name: claude\n  tools: 1\n": "moatc.yaml:3: agent.tools: unknown key (known: name, version, args)",
+		"agent:\n  name: claude\n  args: 3\n":  "moatc.yaml:3: agent.args: must be a list of strings",
+	} {
+		_, err := Parse("moatc.yaml", []byte(doc))
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%q: %v, want %q...", doc, err, want)
+		}
+	}
+}

@@ -52,6 +52,11 @@ func (f *File) classify(k, v *yaml.Node) {
 				}
 			}
 		}
+	case "agent":
+		// An agent comes with its grant (its API key) and its hosts.
+		if f.Agent != nil {
+			add(v, "agent")
+		}
 	case "grants":
 		// A grant hands the workload's requests a credential of the person's.
 		if len(f.Grants) > 0 {

@@ -539,3 +539,17 @@ func TestCacheScope(t *testing.T) {
 		t.Errorf("scope b:\n%s", db)
 	}
 }
+
+func TestRegistryHosts(t *testing.T) {
+	ds, err := Parse([]Entry{{Text: "node"}, {Text: "npm:typescript"}, {Text: "go"}, {Text: "apt:jq"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(RegistryHosts(ds), " ")
+	if want := "deb.debian.org proxy.golang.org registry.npmjs.org sum.golang.org"; got != want {
+		t.Errorf("RegistryHosts = %q, want %q", got, want)
+	}
+	if len(RegistryHosts(nil)) != 0 {
+		t.Errorf("hosts for no dependencies")
+	}
+}

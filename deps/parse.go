@@ -1,6 +1,8 @@
 package deps
 
 import (
+	"github.com/moatc/moatc/internal/suggest"
+
 	"errors"
 	"fmt"
 	"regexp"
@@ -276,12 +278,8 @@ func (r *Registry) suggest(name string) []string {
 	}
 	best := map[string]int{}
 	consider := func(entry, text string) {
-		d := editDistance(name, text)
-		limit := 1
-		if len(name) >= 5 {
-			limit = 2
-		}
-		if d <= limit && d < len(name) {
+		d := suggest.Distance(name, text)
+		if d <= suggest.Limit(len(name)) && d < len(name) {
 			if old, ok := best[entry]; !ok || d < old {
 				best[entry] = d
 			}
@@ -313,23 +311,27 @@ func (r *Registry) suggest(name string) []string {
 	return out
 }
 
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+// RegistryHosts returns the package registries the workload's own package managers use for
+// ds (npm for node and npm packages, the Go module proxy for go, Debian's archive for apt,
+// PyPI for pip), sorted: what a strict policy lets an agent reach besides its API.
+func RegistryHosts(ds []Dep) []string {
+	set := map[string]bool{}
+	for _, d := range ds {
+		switch {
+		case d.Kind == KindNPM || d.Name == "node":
+			set["registry.npmjs.org"] = true
+		case d.Kind == KindGo || d.Name == "go":
+			set["proxy.golang.org"], set["sum.golang.org"] = true, true
+		case d.Kind == KindPip || d.Name == "python":
+			set["pypi.org"], set["files.pythonhosted.org"] = true, true
+		case d.Kind == KindApt:
+			set["deb.debian.org"] = true
 		}
-		prev, cur = cur, prev
 	}
-	return prev[len(b)]
+	out := make([]string, 0, len(set))
+	for h := range set {
+		out = append(out, h)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -67,6 +67,9 @@ var providers = []Provider{
 			// git over HTTPS takes the token as the password of basic auth.
 			{Host: "github.com", Headers: []Header{{Name: "Authorization", Template: "Basic {{basic:x-access-token}}"}}},
 		}},
+	// The Gemini API takes its key in a header of its own (a key in the URL would be logged).
+	{Name: "google", Title: "Google AI (Gemini API) key", Env: []string{"GEMINI_API_KEY", "GOOGLE_API_KEY"},
+		Rules: []Rule{{Host: "generativelanguage.googleapis.com", Headers: []Header{{Name: "x-goog-api-key", Template: "{{token}}"}}}}},
 	{Name: "openai", Title: "OpenAI API key", Env: []string{"OPENAI_API_KEY"},
 		Rules: []Rule{{Host: "api.openai.com", Headers: bearer()}}},
 }

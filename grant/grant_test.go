@@ -536,7 +536,7 @@ func TestProvidersAreCopies(t *testing.T) {
 			t.Errorf("provider %s: %v", p.Name, err)
 		}
 	}
-	if !reflect.DeepEqual(names, []string{"anthropic", "github", "openai"}) {
+	if !reflect.DeepEqual(names, []string{"anthropic", "github", "google", "openai"}) {
 		t.Errorf("providers: %v", names)
 	}
 }

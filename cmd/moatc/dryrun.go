@@ -81,8 +81,11 @@ func dryRun(c *cli.Context, req run.Request) error {
 			return err
 		}
 		if eg.Policy.Strict {
+			seen := map[string]bool{}
 			for _, a := range eg.Policy.Allow {
-				p.Allowed = append(p.Allowed, a.String())
+				if !seen[a.String()] {
+					p.Allowed, seen[a.String()] = append(p.Allowed, a.String()), true
+				}
 			}
 		}
 		p.Grants = eg.GrantedHosts()

@@ -30,7 +30,7 @@ func grantCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "grant",
 		Usage:     "store an API token on the host, for runs to use without seeing it",
-		ArgsUsage: "github|anthropic|openai|add|list",
+		ArgsUsage: "github|anthropic|openai|google|add|list",
 		Description: `A grant is an API token kept on the host, sealed (AES-256-GCM) in moatc's home
 (grants.json, with its key in grants.key or MOATC_GRANT_KEY). A run given the grant
 (moatc run --grant github, or grants: [github] in moatc.yaml) reaches the grant's hosts
@@ -44,6 +44,7 @@ it would land in ` + "`ps`" + ` and shell history.
   printf %s "$TOKEN" | moatc grant github   # api.github.com, uploads.github.com, git on github.com
   moatc grant anthropic                     # takes ANTHROPIC_API_KEY, or asks
   moatc grant openai < ~/openai.key         # from a file
+  moatc grant google                        # a Gemini API key: GEMINI_API_KEY, or asks
   moatc grant add sentry --host sentry.io --header 'Authorization: Bearer {{token}}'
   moatc grant list                          # what is stored (never the tokens)
   moatc revoke github                       # delete a grant`,
@@ -54,7 +55,7 @@ it would land in ` + "`ps`" + ` and shell history.
 				return cli.ShowSubcommandHelp(c)
 			}
 			// The word is not echoed: it may be a token typed where the provider belongs.
-			return usageError{errors.New("grant takes github, anthropic, openai, add or list (see `moatc grant --help`); " +
+			return usageError{errors.New("grant takes github, anthropic, openai, google, add or list (see `moatc grant --help`); " +
 				"a token is never an argument, where it would land in `ps` and shell history: pipe it, as in `printf %s \"$TOKEN\" | moatc grant github`")}
 		},
 	}

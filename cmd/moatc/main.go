@@ -98,10 +98,11 @@ Examples:
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
-		Commands: []*cli.Command{
+		Commands: append([]*cli.Command{
 			runCommand(), listCommand(), statusCommand(), logsCommand(), stopCommand(),
 			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(),
-		},
+		}, agentCommands()...),
+		CommandNotFound: commandNotFound,
 	}
 }
 

@@ -13,7 +13,9 @@ import (
 
 	"github.com/containerd/console"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
+	"github.com/moatc/moatc/agent"
 	"github.com/moatc/moatc/builder"
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
@@ -45,86 +47,105 @@ Flags come before PATH. Examples:
   moatc run --image busybox -e DEBUG=1 -m ../data:/data:ro ./proj -- ls /data
   moatc run -i                              # an interactive shell with a TTY
   moatc run -d -n agent -- ./agent.sh        # detached; 'moatc logs -f agent'`,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "image", Usage: "image to run (short names resolve as Docker's do; default " + defaultImage + ")"},
-			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the container (K alone copies the host's value); repeatable"},
-			&cli.StringFlag{Name: "name", Aliases: []string{"n"}, Usage: "name of the run (default: the workspace's name and a short id)"},
-			&cli.StringSliceFlag{Name: "mount", Aliases: []string{"m"}, Usage: "bind mount `HOST:CONTAINER[:ro|rw]`; relative HOST paths are from the workspace; repeatable"},
-			&cli.BoolFlag{Name: "interactive", Aliases: []string{"i"}, Usage: "pass stdin, with a TTY when stdin is a terminal"},
-			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "run in the background and print the run id"},
-			&cli.BoolFlag{Name: "no-sandbox", Usage: "run under runc instead of gVisor (reduced isolation: the host kernel is shared)"},
-			&cli.StringFlag{Name: "sandbox-platform", Usage: "gVisor platform: systrap (default), kvm or ptrace"},
-			&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "run as `UID[:GID]` instead of the workspace owner"},
-			&cli.StringSliceFlag{Name: "publish", Aliases: []string{"p"}, Usage: "publish a port: `[IP:]HOST:CONTAINER[/tcp|udp]`, on 127.0.0.1 unless IP is given; repeatable"},
-			&cli.StringFlag{Name: "network", Usage: "default (a private network with egress) or none (loopback only)"},
-			&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512m or 2g"},
-			&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 1.5"},
-			&cli.Int64Flag{Name: "pids-limit", Usage: fmt.Sprintf("the most processes and threads at once (default %d; -1 for no limit)", config.DefaultPids)},
-			&cli.StringSliceFlag{Name: "host-port", Usage: "let the run reach this host `PORT[/tcp|udp]` at moatc-host (the host is closed otherwise); repeatable"},
-			&cli.StringFlag{Name: "log-max", Usage: "cap on the run's recorded output, e.g. 10m (default 100m); older output is dropped first"},
-			&cli.StringSliceFlag{Name: "grant", Aliases: []string{"g"}, Usage: "let the run's proxy add the stored credential `NAME` to its requests (see 'moatc grant'); repeatable"},
-			&cli.StringFlag{Name: "policy", Usage: "egress policy: permissive (default: anything but the host and other runs) or strict (only allowed hosts, through the proxy)"},
-			&cli.StringSliceFlag{Name: "allow", Usage: "let a strict run reach `HOST` (api.example.com, *.example.com, host:port); implies --policy strict; repeatable"},
-			&cli.StringFlag{Name: "upstream-ca", Usage: "a PEM `FILE` of CAs the proxy trusts for upstream servers, besides the system's (default: upstream_ca in moatc's config.yaml)"},
-			&cli.StringSliceFlag{Name: "cap-add", Usage: "give the workload a capability beyond Docker's default set, e.g. `NET_ADMIN`; repeatable"},
-			&cli.BoolFlag{Name: "dry-run", Usage: "show what the run would be (image, mounts, grants, policy, proxy, trust) and start nothing"},
-			&cli.BoolFlag{Name: "rebuild", Usage: "rebuild the dependency image even if the list is unchanged"},
-			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no build progress"},
-			&cli.BoolFlag{Name: "json", Usage: "print the run's record as JSON (with -d: instead of the id; otherwise after the command ends)"},
-		},
-		Action: func(c *cli.Context) error {
-			req, err := buildRequest(c)
-			if err != nil {
-				return err
-			}
-			if c.Bool("dry-run") {
-				return dryRun(c, req)
-			}
-			if req.Spec.Runtime == "runc" {
-				fmt.Fprintln(os.Stderr, "moatc: warning: running without the gVisor sandbox (runc): the workload shares the host kernel; reduced isolation")
-			}
-			e, err := setup(c)
-			if err != nil {
-				return err
-			}
-			defer e.mgr.Close()
-			// A reader that goes away (`moatc run -- seq 1 1000000 | head -1`) must not end moatc
-			// with SIGPIPE and orphan the run: with the signal caught, writes to the closed pipe
-			// fail with EPIPE instead, the output still goes to the log and the run to its end.
-			// Caught, not ignored: an ignored SIGPIPE would be inherited by what moatc starts.
-			signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-			stdio := run.Stdio{Out: os.Stdout, Err: os.Stderr}
-			// Only a real file: a nil *os.File in the interface would still count as stdin.
-			if f := stdinFor(req.Spec); f != nil && !req.Spec.Detach {
-				stdio.In = f
-			}
-			if req.Spec.TTY {
-				con, err := console.ConsoleFromFile(os.Stdin)
-				if err != nil {
-					return fmt.Errorf("using the terminal: %w", err)
-				}
-				if err := con.SetRaw(); err != nil {
-					return fmt.Errorf("setting the terminal to raw mode: %w", err)
-				}
-				defer con.Reset()
-				stdio.Console, stdio.In, stdio.Out = con, con, con
-			}
-			r, code, err := e.mgr.Start(c.Context, req, stdio)
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				b, _ := json.MarshalIndent(r, "", "  ")
-				fmt.Println(string(b))
-			} else if req.Spec.Detach {
-				fmt.Println(r.ID)
-			}
-			if code != 0 {
-				return exitStatus(code)
-			}
-			return nil
-		},
+		Flags:  runFlags(false),
+		Action: func(c *cli.Context) error { return runAction(c, "") },
 	}
+}
+
+// runFlags are the flags of run, and of the agent commands (agent true), where -p is the
+// prompt and --publish has no short form.
+func runFlags(agent bool) []cli.Flag {
+	publish := &cli.StringSliceFlag{Name: "publish", Aliases: []string{"p"}, Usage: "publish a port: `[IP:]HOST:CONTAINER[/tcp|udp]`, on 127.0.0.1 unless IP is given; repeatable"}
+	if agent {
+		publish.Aliases = nil
+	}
+	flags := []cli.Flag{
+		&cli.StringFlag{Name: "image", Usage: "image to run (short names resolve as Docker's do; default " + defaultImage + ")"},
+		&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the container (K alone copies the host's value); repeatable"},
+		&cli.StringFlag{Name: "name", Aliases: []string{"n"}, Usage: "name of the run (default: the workspace's name and a short id)"},
+		&cli.StringSliceFlag{Name: "mount", Aliases: []string{"m"}, Usage: "bind mount `HOST:CONTAINER[:ro|rw]`; relative HOST paths are from the workspace; repeatable"},
+		&cli.BoolFlag{Name: "interactive", Aliases: []string{"i"}, Usage: "pass stdin, with a TTY when stdin is a terminal"},
+		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "run in the background and print the run id"},
+		&cli.BoolFlag{Name: "no-sandbox", Usage: "run under runc instead of gVisor (reduced isolation: the host kernel is shared)"},
+		&cli.StringFlag{Name: "sandbox-platform", Usage: "gVisor platform: systrap (default), kvm or ptrace"},
+		&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "run as `UID[:GID]` instead of the workspace owner"},
+		publish,
+		&cli.StringFlag{Name: "network", Usage: "default (a private network with egress) or none (loopback only)"},
+		&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512m or 2g"},
+		&cli.Float64Flag{Name: "cpus", Usage: "CPU limit, e.g. 1.5"},
+		&cli.Int64Flag{Name: "pids-limit", Usage: fmt.Sprintf("the most processes and threads at once (default %d; -1 for no limit)", config.DefaultPids)},
+		&cli.StringSliceFlag{Name: "host-port", Usage: "let the run reach this host `PORT[/tcp|udp]` at moatc-host (the host is closed otherwise); repeatable"},
+		&cli.StringFlag{Name: "log-max", Usage: "cap on the run's recorded output, e.g. 10m (default 100m); older output is dropped first"},
+		&cli.StringSliceFlag{Name: "grant", Aliases: []string{"g"}, Usage: "let the run's proxy add the stored credential `NAME` to its requests (see 'moatc grant'); repeatable"},
+		&cli.StringFlag{Name: "policy", Usage: "egress policy: permissive (default: anything but the host and other runs) or strict (only allowed hosts, through the proxy)"},
+		&cli.StringSliceFlag{Name: "allow", Usage: "let a strict run reach `HOST` (api.example.com, *.example.com, host:port); implies --policy strict; repeatable"},
+		&cli.StringFlag{Name: "upstream-ca", Usage: "a PEM `FILE` of CAs the proxy trusts for upstream servers, besides the system's (default: upstream_ca in moatc's config.yaml)"},
+		&cli.StringSliceFlag{Name: "cap-add", Usage: "give the workload a capability beyond Docker's default set, e.g. `NET_ADMIN`; repeatable"},
+		&cli.BoolFlag{Name: "dry-run", Usage: "show what the run would be (image, mounts, grants, policy, proxy, trust) and start nothing"},
+		&cli.BoolFlag{Name: "rebuild", Usage: "rebuild the dependency image even if the list is unchanged"},
+		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no build progress"},
+		&cli.BoolFlag{Name: "json", Usage: "print the run's record as JSON (with -d: instead of the id; otherwise after the command ends)"},
+	}
+	if agent {
+		flags = append(flags,
+			&cli.StringFlag{Name: "prompt", Aliases: []string{"p"}, Usage: "run one `PROMPT` non-interactively, print the answer and exit with the agent's code"},
+			&cli.StringFlag{Name: "agent-version", Usage: "the agent's npm `VERSION` (default: agent.version in moatc.yaml, else the latest)"})
+	}
+	return flags
+}
+
+// runAction is the body of run, and of an agent command (agentName set).
+func runAction(c *cli.Context, agentName string) error {
+	req, err := buildRequest(c, agentName)
+	if err != nil {
+		return err
+	}
+	if c.Bool("dry-run") {
+		return dryRun(c, req)
+	}
+	if req.Spec.Runtime == "runc" {
+		fmt.Fprintln(os.Stderr, "moatc: warning: running without the gVisor sandbox (runc): the workload shares the host kernel; reduced isolation")
+	}
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	defer e.mgr.Close()
+	// A reader that goes away (`moatc run -- seq 1 1000000 | head -1`) must not end moatc
+	// with SIGPIPE and orphan the run: with the signal caught, writes to the closed pipe
+	// fail with EPIPE instead, the output still goes to the log and the run to its end.
+	// Caught, not ignored: an ignored SIGPIPE would be inherited by what moatc starts.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	stdio := run.Stdio{Out: os.Stdout, Err: os.Stderr}
+	// Only a real file: a nil *os.File in the interface would still count as stdin.
+	if f := stdinFor(req.Spec); f != nil && !req.Spec.Detach {
+		stdio.In = f
+	}
+	if req.Spec.TTY {
+		con, err := console.ConsoleFromFile(os.Stdin)
+		if err != nil {
+			return fmt.Errorf("using the terminal: %w", err)
+		}
+		if err := con.SetRaw(); err != nil {
+			return fmt.Errorf("setting the terminal to raw mode: %w", err)
+		}
+		defer con.Reset()
+		stdio.Console, stdio.In, stdio.Out = con, con, con
+	}
+	r, code, err := e.mgr.Start(c.Context, req, stdio)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		b, _ := json.MarshalIndent(r, "", "  ")
+		fmt.Println(string(b))
+	} else if req.Spec.Detach {
+		fmt.Println(r.ID)
+	}
+	if code != 0 {
+		return exitStatus(code)
+	}
+	return nil
 }
 
 // stdinFor decides what the workload reads: the caller's stdin with -i, as Docker does;
@@ -138,8 +159,8 @@ func stdinFor(s state.Spec) *os.File {
 }
 
 // buildRequest merges moatc.yaml and the flags into a run request, checking every input
-// before anything is created.
-func buildRequest(c *cli.Context) (run.Request, error) {
+// before anything is created. agentName is the agent command's (moatc claude), or "".
+func buildRequest(c *cli.Context, agentName string) (run.Request, error) {
 	var req run.Request
 	pos, cmd := splitArgs(c)
 	if len(pos) > 1 {
@@ -315,7 +336,51 @@ func buildRequest(c *cli.Context) (run.Request, error) {
 	if len(s.HostPorts) > 0 && s.Network == "none" {
 		return req, usageError{fmt.Errorf("host ports cannot be opened with network none: drop --host-port/network.host or the network setting")}
 	}
+	// `moatc run` with no command in a workspace whose moatc.yaml names an agent starts it.
+	if agentName == "" && file.Agent != nil && len(cmd) == 0 {
+		agentName = file.Agent.Name
+	}
+	if agentName != "" {
+		if err := agentRequest(c, &req, file, agentName, cmd); err != nil {
+			return req, err
+		}
+	}
 	return req, nil
+}
+
+// agentRequest makes req a run of the agent called name; args are its own arguments.
+func agentRequest(c *cli.Context, req *run.Request, file *config.File, name string, args []string) error {
+	a, err := agent.Lookup(name)
+	if err != nil {
+		if file.Agent != nil && name == file.Agent.Name {
+			return &config.Error{Path: file.Path, Line: file.Agent.Line, Key: "agent", Msg: err.Error()}
+		}
+		return err
+	}
+	o := agent.Options{Home: c.String("home"), Terminal: isTerminal(os.Stdin), DryRun: c.Bool("dry-run"),
+		PolicySet: c.IsSet("policy") || file.NetPolicy != "", Args: args}
+	if c.Command.Name != "run" {
+		o.Prompt, o.Version = c.String("prompt"), c.String("agent-version")
+	}
+	if file.Agent != nil && agentMatches(a, file.Agent.Name) {
+		o.Version = pick(o.Version, file.Agent.Version)
+		o.Args = append(append([]string(nil), file.Agent.Args...), o.Args...)
+	}
+	if req.Deps == nil {
+		req.Deps = depsRequest(c, req.Workspace, file)
+	}
+	if err := agent.Apply(req, a, o); err != nil {
+		return usageError{err}
+	}
+	if _, _, _, err := run.Plan(*req.Deps); err != nil {
+		return err
+	}
+	return nil
+}
+
+func agentMatches(a agent.Agent, name string) bool {
+	b, err := agent.Lookup(name)
+	return err == nil && b.Name == a.Name
 }
 
 // egressRequest fills in the grants, the policy, the upstream CA and extra capabilities.
@@ -478,10 +543,8 @@ func pick(vals ...string) string {
 	return ""
 }
 
-func isTerminal(f *os.File) bool {
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
+// isTerminal reports whether f is a terminal (not just a character device: /dev/null is one).
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
