@@ -43,6 +43,11 @@ type Agent struct {
 	Sandboxed []string
 	// Prompt returns the arguments for one non-interactive prompt.
 	Prompt func(text string) []string
+	// Placeholder replaces the package's Placeholder for a CLI that checks the key's shape.
+	Placeholder string
+	// Seed are files (relative to the agent's home) written when its state directory is made:
+	// settings the CLI needs to run headless with a key from its variable.
+	Seed map[string]string
 	// State names what the CLI keeps under its home, for the docs.
 	State string
 	Docs  string // where its documentation says how to run it in an external sandbox
@@ -65,11 +70,13 @@ var agents = []Agent{
 	},
 	{
 		Name: "codex", Title: "OpenAI Codex CLI", Package: "@openai/codex", Dep: "codex", Command: "codex",
-		Grant: "openai", KeyEnv: []string{"OPENAI_API_KEY", "CODEX_API_KEY"}, Hosts: []string{"api.openai.com"},
+		Grant: "openai", KeyEnv: []string{"CODEX_API_KEY", "OPENAI_API_KEY"}, Hosts: []string{"api.openai.com"},
 		Env: map[string]string{},
 		// Codex's own sandbox (Landlock and seccomp) is for running on a bare host; inside an
 		// externally sandboxed container its docs say to turn it and the approvals off.
-		Sandboxed: []string{"--dangerously-bypass-approvals-and-sandbox"},
+		// Its built-in provider sends CODEX_API_KEY (OPENAI_API_KEY is for login); analytics and
+		// the plugin marketplace (a git clone from github.com) would only meet the policy.
+		Sandboxed: []string{"--dangerously-bypass-approvals-and-sandbox", "--disable", "plugins", "-c", "analytics.enabled=false"},
 		Prompt:    func(t string) []string { return []string{"exec", "--skip-git-repo-check", t} },
 		State:     "~/.codex",
 		Docs:      "https://github.com/openai/codex/blob/main/docs/sandbox.md (--dangerously-bypass-approvals-and-sandbox, for environments that are externally sandboxed)",
@@ -77,7 +84,9 @@ var agents = []Agent{
 	{
 		Name: "gemini", Title: "Gemini CLI", Package: "@google/gemini-cli", Dep: "gemini-cli", Command: "gemini",
 		Grant: "google", KeyEnv: []string{"GEMINI_API_KEY"}, Hosts: []string{"generativelanguage.googleapis.com"},
-		Env:       map[string]string{},
+		Env: map[string]string{"GEMINI_CLI_TRUST_WORKSPACE": "true"},
+		// Headless, it asks for an auth method unless the settings name the key's.
+		Seed:      map[string]string{".gemini/settings.json": `{"security":{"auth":{"selectedType":"gemini-api-key"}},"privacy":{"usageStatisticsEnabled":false}}` + "\n"},
 		Sandboxed: []string{"--yolo"},
 		Prompt:    func(t string) []string { return []string{"-p", t} },
 		State:     "~/.gemini",
@@ -85,13 +94,15 @@ var agents = []Agent{
 	},
 	{
 		Name: "copilot", Title: "GitHub Copilot CLI", Package: "@github/copilot", Dep: "copilot", Command: "copilot",
-		Grant: "github", KeyEnv: []string{"COPILOT_GITHUB_TOKEN", "GH_TOKEN"},
-		Hosts:     []string{"api.githubcopilot.com", "*.githubcopilot.com", "api.github.com"},
-		Env:       map[string]string{},
-		Sandboxed: []string{"--allow-all-tools"},
-		Prompt:    func(t string) []string { return []string{"-p", t} },
-		State:     "~/.copilot",
-		Docs:      "https://docs.github.com/en/copilot/how-tos/use-copilot-agents/use-copilot-cli (--allow-all-tools, for automation in a sandboxed environment)",
+		Grant: "github", KeyEnv: []string{"COPILOT_GITHUB_TOKEN"},
+		// It refuses tokens not shaped like a fine-grained one before sending them.
+		Placeholder: "github_pat_moatc_proxy_adds_the_real_token",
+		Hosts:       []string{"api.githubcopilot.com", "*.githubcopilot.com", "api.github.com"},
+		Env:         map[string]string{},
+		Sandboxed:   []string{"--allow-all-tools"},
+		Prompt:      func(t string) []string { return []string{"-p", t} },
+		State:       "~/.copilot",
+		Docs:        "https://docs.github.com/en/copilot/how-tos/use-copilot-agents/use-copilot-cli (--allow-all-tools, for automation in a sandboxed environment)",
 	},
 }
 
@@ -139,7 +150,7 @@ func Lookup(name string) (Agent, error) {
 	return Agent{}, &UnknownError{Name: name, Suggest: best}
 }
 
-var version = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z.+^~<>=*-]*$`)
+var version = regexp.MustCompile(`^[0-9A-Za-z^~<>=][0-9A-Za-z.+^~<>=*-]*$`)
 
 // Dependency returns the dependency list entry that installs the agent, at version ("" for
 // the latest the npm registry has).
@@ -170,8 +181,12 @@ func (a Agent) Environment() []string {
 	for k, v := range a.Env {
 		env = append(env, k+"="+v)
 	}
+	ph := Placeholder
+	if a.Placeholder != "" {
+		ph = a.Placeholder
+	}
 	for _, k := range a.KeyEnv {
-		env = append(env, k+"="+Placeholder)
+		env = append(env, k+"="+ph)
 	}
 	sort.Strings(env[1:])
 	return env

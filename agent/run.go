@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/moatc/moatc/deps"
 	"github.com/moatc/moatc/policy"
@@ -40,8 +42,9 @@ func Apply(req *run.Request, a Agent, o Options) error {
 	if err != nil {
 		return err
 	}
-	req.Deps.Entries = withEntry(req.Deps.Entries, "node", "node")
-	req.Deps.Entries = withEntry(req.Deps.Entries, a.Dep, dep)
+	req.Deps.Entries = withEntry(req.Deps.Entries, "node", "node", false)
+	// A version asked for wins over the workspace's own entry for the agent.
+	req.Deps.Entries = withEntry(req.Deps.Entries, a.Dep, dep, o.Version != "")
 	parsed, err := deps.Parse(req.Deps.Entries)
 	if err != nil {
 		return err
@@ -72,7 +75,7 @@ func Apply(req *run.Request, a Agent, o Options) error {
 	}
 	dir := a.StateDir(o.Home, req.Workspace)
 	if !o.DryRun {
-		if err := stateDir(dir, s.User); err != nil {
+		if err := stateDir(dir, s.User, a.Seed); err != nil {
 			return err
 		}
 	}
@@ -81,14 +84,21 @@ func Apply(req *run.Request, a Agent, o Options) error {
 }
 
 // withEntry adds a dependency entry named name (as text) unless the list has one by that
-// name already, whatever its version: the workspace's own choice wins.
-func withEntry(es []deps.Entry, name, text string) []deps.Entry {
-	for _, e := range es {
+// name already, whatever its version: the workspace's own choice wins, unless replace.
+func withEntry(es []deps.Entry, name, text string, replace bool) []deps.Entry {
+	for i, e := range es {
 		n, _, _ := strings.Cut(strings.TrimSpace(e.Text), "@")
-		if n == name {
-			return es
+		same := n == name
+		if !same {
+			ds, err := deps.Parse([]deps.Entry{e})
+			same = err == nil && len(ds) == 1 && ds[0].Name == name
 		}
-		if ds, err := deps.Parse([]deps.Entry{e}); err == nil && len(ds) == 1 && ds[0].Name == name {
+		if same {
+			if replace {
+				out := append([]deps.Entry(nil), es...)
+				out[i].Text = text
+				return out
+			}
 			return es
 		}
 	}
@@ -96,11 +106,10 @@ func withEntry(es []deps.Entry, name, text string) []deps.Entry {
 }
 
 // stateDir makes the agent's home for a workspace, owned by the run's user so the agent can
-// write it, and private to them on the host.
-func stateDir(dir, user string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("making the agent's state directory: %w", err)
-	}
+// write it, and private to them on the host. A new one gets the agent's seed files; an
+// existing one is the workload's and is never written from the host (a file there may be a
+// link planted to lead a host write elsewhere).
+func stateDir(dir, user string, seed map[string]string) error {
 	uid, gid := -1, -1
 	u, g, _ := strings.Cut(user, ":")
 	if n, err := strconv.Atoi(u); err == nil {
@@ -109,10 +118,37 @@ func stateDir(dir, user string) error {
 	if n, err := strconv.Atoi(g); err == nil {
 		gid = n
 	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return fmt.Errorf("making the agent's state directory: %w", err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".new-")
+	if err != nil {
+		return fmt.Errorf("making the agent's state directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	for rel, content := range seed {
+		p := filepath.Join(tmp, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return fmt.Errorf("seeding the agent's state directory: %w", err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			return fmt.Errorf("seeding the agent's state directory: %w", err)
+		}
+	}
 	if uid >= 0 {
-		if err := os.Lchown(dir, uid, gid); err != nil {
+		err := filepath.Walk(tmp, func(p string, _ os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, uid, gid)
+		})
+		if err != nil {
 			return fmt.Errorf("giving the agent's state directory to uid %d: %w", uid, err)
 		}
+	}
+	// Made whole, then put in place: only if there is none yet.
+	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, os.ErrExist) && !errors.Is(err, syscall.ENOTEMPTY) {
+		return fmt.Errorf("making the agent's state directory: %w", err)
 	}
 	return nil
 }

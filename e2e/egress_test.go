@@ -142,6 +142,9 @@ func newFakeAPI(t *testing.T) *fakeAPI {
 		http.Redirect(w, r, "https://"+local+"/api", http.StatusFound)
 	})
 	mux.Handle("/git/", backend)
+	// The agents' APIs, as much as one prompt needs (see agents_test.go).
+	mux.HandleFunc("/v1/messages", func(w http.ResponseWriter, r *http.Request) { serveSSE(w, r, anthropicAnswer) })
+	mux.HandleFunc("/v1/responses", func(w http.ResponseWriter, r *http.Request) { serveSSE(w, r, openaiAnswer) })
 	l, err := net.Listen("tcp4", "0.0.0.0:0")
 	if err != nil {
 		t.Fatal(err)

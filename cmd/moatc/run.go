@@ -81,6 +81,7 @@ func runFlags(agent bool) []cli.Flag {
 		&cli.StringSliceFlag{Name: "allow", Usage: "let a strict run reach `HOST` (api.example.com, *.example.com, host:port); implies --policy strict; repeatable"},
 		&cli.StringFlag{Name: "upstream-ca", Usage: "a PEM `FILE` of CAs the proxy trusts for upstream servers, besides the system's (default: upstream_ca in moatc's config.yaml)"},
 		&cli.StringSliceFlag{Name: "cap-add", Usage: "give the workload a capability beyond Docker's default set, e.g. `NET_ADMIN`; repeatable"},
+		&cli.StringFlag{Name: "entrypoint", Usage: "run the executable `CMD` with the arguments after -- (for an agent: instead of the agent, in its image, policy and state)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "show what the run would be (image, mounts, grants, policy, proxy, trust) and start nothing"},
 		&cli.BoolFlag{Name: "rebuild", Usage: "rebuild the dependency image even if the list is unchanged"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no build progress"},
@@ -190,6 +191,9 @@ func buildRequest(c *cli.Context, agentName string) (run.Request, error) {
 	s := &req.Spec
 	s.Image = pick(c.String("image"), file.Image, defaultImage)
 	s.Command = cmd
+	if ep := c.String("entrypoint"); ep != "" {
+		s.Command = append([]string{ep}, cmd...)
+	}
 	if len(s.Command) == 0 {
 		s.Command = file.Command
 	}
@@ -371,6 +375,9 @@ func agentRequest(c *cli.Context, req *run.Request, file *config.File, name stri
 	}
 	if err := agent.Apply(req, a, o); err != nil {
 		return usageError{err}
+	}
+	if ep := c.String("entrypoint"); ep != "" {
+		req.Spec.Command = append([]string{ep}, args...)
 	}
 	if _, _, _, err := run.Plan(*req.Deps); err != nil {
 		return err
