@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/moatc/moatc/daemon"
+	"github.com/moatc/moatc/internal/lockfile"
 	"github.com/moatc/moatc/state"
 )
 
@@ -42,7 +43,7 @@ func (d *Daemon) Hold() (end func(), err error) {
 	if err := os.MkdirAll(d.marksDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("marking the build: %w", err)
 	}
-	unlock, err := flock(d.buildLock(), unix.LOCK_SH)
+	unlock, err := lockfile.Flock(d.buildLock(), unix.LOCK_SH)
 	if err != nil {
 		return nil, err
 	}
@@ -216,28 +217,9 @@ func (d *Daemon) sharedNamespace() bool {
 	return false
 }
 
-// flock takes a lock (unix.LOCK_SH or LOCK_EX) on path, creating it, and returns its release.
-func flock(path string, how int) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), how)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
-}
-
 // tryLock takes path exclusively if no one holds it; ok is false when someone does.
 func tryLock(path string) (unlock func(), ok bool, err error) {
-	unlock, err = flock(path, unix.LOCK_EX|unix.LOCK_NB)
+	unlock, err = lockfile.Flock(path, unix.LOCK_EX|unix.LOCK_NB)
 	if errors.Is(err, unix.EWOULDBLOCK) {
 		return nil, false, nil
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moatc/moatc/internal/lockfile"
 )
 
 // Each run gets its own iptables rules, every one commented "moatc run ID: why", so they can
@@ -187,7 +189,7 @@ func (fw firewall) apply(ctx context.Context, in []byte) error {
 // whether forwarding was off before moatc (the bridge plugin turns it on at ADD), so that add
 // puts the guard in.
 func (fw firewall) hold() (release func(), err error) {
-	release, err = flock(useLock, unix.LOCK_SH)
+	release, err = lockfile.Flock(useLock, unix.LOCK_SH)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +198,7 @@ func (fw firewall) hold() (release func(), err error) {
 			release()
 		}
 	}()
-	unlock, err := flock(editLock, unix.LOCK_EX)
+	unlock, err := lockfile.Flock(editLock, unix.LOCK_EX)
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +223,7 @@ func (fw firewall) hold() (release func(), err error) {
 // add inserts a run's rules, making moatc's chains first where they are missing. Call it
 // between hold and its release.
 func (fw firewall) add(ctx context.Context, r *record) error {
-	unlock, err := flock(editLock, unix.LOCK_EX)
+	unlock, err := lockfile.Flock(editLock, unix.LOCK_EX)
 	if err != nil {
 		return err
 	}
@@ -234,25 +236,6 @@ func (fw firewall) add(ctx context.Context, r *record) error {
 		return fmt.Errorf("adding firewall rules: %w", err)
 	}
 	return nil
-}
-
-// flock takes a lock (unix.LOCK_EX or LOCK_SH) on path, creating it, and returns its release.
-func flock(path string, how int) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), how)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
 }
 
 // guardWhy is the guard's comment; it has no quote or other character iptables-save escapes,
@@ -303,12 +286,12 @@ func Prune(ctx context.Context) error {
 	if err != nil {
 		return nil // without iptables there is nothing to prune
 	}
-	unuse, err := flock(useLock, unix.LOCK_EX)
+	unuse, err := lockfile.Flock(useLock, unix.LOCK_EX)
 	if err != nil {
 		return err
 	}
 	defer unuse()
-	unlock, err := flock(editLock, unix.LOCK_EX)
+	unlock, err := lockfile.Flock(editLock, unix.LOCK_EX)
 	if err != nil {
 		return err
 	}

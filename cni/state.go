@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moatc/moatc/internal/lockfile"
 )
 
 // record is what Teardown needs to undo a run's network, written before anything is created.
@@ -54,7 +56,7 @@ func (m *Manager) lock() (func(), error) {
 	if err := os.MkdirAll(m.cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
-	return flock(filepath.Join(m.cfg.StateDir, "lock"), unix.LOCK_EX)
+	return lockfile.Flock(filepath.Join(m.cfg.StateDir, "lock"), unix.LOCK_EX)
 }
 
 func (m *Manager) readRecord(id string) (*record, error) {

@@ -1,13 +1,13 @@
 package deps
 
 import (
-	"github.com/moatc/moatc/internal/suggest"
-
 	"errors"
 	"fmt"
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/moatc/moatc/internal/suggest"
 )
 
 // Dep is one parsed entry.

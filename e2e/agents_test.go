@@ -174,6 +174,11 @@ func TestAgents(t *testing.T) {
 			if strings.Contains(string(spec), key) {
 				t.Errorf("the key is in the run's record (its environment)")
 			}
+			// Its state stays for the next run of this workspace, in moatc's home.
+			state, _ := filepath.Glob(filepath.Join(home, "agents", tc.agent, filepath.Base(ws)+"-*", "."+map[string]string{"claude": "claude", "codex": "codex"}[tc.agent]+"*"))
+			if len(state) == 0 {
+				t.Errorf("%s kept no state in moatc's home", tc.agent)
+			}
 			scanForKey(t, filepath.Join(home, "agents", tc.agent), key)
 			scanForKey(t, filepath.Join(home, "runs", st.ID), key)
 		})

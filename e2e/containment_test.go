@@ -176,12 +176,14 @@ func TestWorkspaceHoldingMoatcHomeIsRefused(t *testing.T) {
 	}
 }
 
+// mountsUnder lists what is mounted below dir, but for buildkitd's own network namespaces
+// (its pool of them, kept while it runs, under buildkit/root/net).
 func mountsUnder(t *testing.T, dir string) []string {
 	t.Helper()
 	b, _ := os.ReadFile("/proc/self/mountinfo")
 	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") && !strings.HasPrefix(f[4], filepath.Join(dir, "buildkit", "root", "net")+"/") {
 			out = append(out, f[4])
 		}
 	}

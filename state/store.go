@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/moatc/moatc/internal/lockfile"
 )
 
 // Run states.
@@ -332,17 +334,7 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 }
 
 // Lock takes an exclusive flock on path (creating it) and returns its release.
-func Lock(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
-}
+func Lock(path string) (func(), error) { return lockfile.Flock(path, unix.LOCK_EX) }
 
 // Self describes the calling process.
 func Self() *Process {
