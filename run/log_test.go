@@ -512,3 +512,46 @@ func TestLogsTimestampsEachLine(t *testing.T) {
 		t.Errorf("stdout %q stderr %q", so.String(), se.String())
 	}
 }
+
+// gather makes one record of output that comes in bulk, and hands a line on at once.
+func TestGather(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	buf := make([]byte, 512<<10)
+	w.Write([]byte("a line\n"))
+	if n, err := gather(int(r.Fd()), buf); n != 7 || err != nil {
+		t.Fatalf("a line: %d %v", n, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		chunk := bytes.Repeat([]byte("x"), 32<<10)
+		for range 4 {
+			w.Write(chunk)
+		}
+		w.Close()
+	}()
+	total := 0
+	reads := 0
+	for {
+		n, err := gather(int(r.Fd()), buf)
+		total += n
+		if n > 0 {
+			reads++
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	if total != 128<<10 {
+		t.Errorf("gathered %d bytes, want %d", total, 128<<10)
+	}
+	t.Logf("128 KB written in 32 KB pieces came in %d records", reads)
+}
