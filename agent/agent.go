@@ -50,7 +50,6 @@ type Agent struct {
 	Seed map[string]string
 	// State names what the CLI keeps under its home, for the docs.
 	State string
-	Docs  string // where its documentation says how to run it in an external sandbox
 }
 
 var agents = []Agent{
@@ -66,7 +65,6 @@ var agents = []Agent{
 		Sandboxed: []string{"--dangerously-skip-permissions"},
 		Prompt:    func(t string) []string { return []string{"-p", t} },
 		State:     "~/.claude and ~/.claude.json",
-		Docs:      "https://docs.anthropic.com/en/docs/claude-code/settings (--dangerously-skip-permissions, for containers without internet access beyond what is allowed)",
 	},
 	{
 		Name: "codex", Title: "OpenAI Codex CLI", Package: "@openai/codex", Dep: "codex", Command: "codex",
@@ -79,7 +77,6 @@ var agents = []Agent{
 		Sandboxed: []string{"--dangerously-bypass-approvals-and-sandbox", "--disable", "plugins", "-c", "analytics.enabled=false"},
 		Prompt:    func(t string) []string { return []string{"exec", "--skip-git-repo-check", t} },
 		State:     "~/.codex",
-		Docs:      "https://github.com/openai/codex/blob/main/docs/sandbox.md (--dangerously-bypass-approvals-and-sandbox, for environments that are externally sandboxed)",
 	},
 	{
 		Name: "gemini", Title: "Gemini CLI", Package: "@google/gemini-cli", Dep: "gemini-cli", Command: "gemini",
@@ -90,7 +87,6 @@ var agents = []Agent{
 		Sandboxed: []string{"--yolo"},
 		Prompt:    func(t string) []string { return []string{"-p", t} },
 		State:     "~/.gemini",
-		Docs:      "https://github.com/google-gemini/gemini-cli/blob/main/docs/cli/configuration.md (--yolo approves every tool call; its own sandbox stays off)",
 	},
 	{
 		Name: "copilot", Title: "GitHub Copilot CLI", Package: "@github/copilot", Dep: "copilot", Command: "copilot",
@@ -102,7 +98,6 @@ var agents = []Agent{
 		Sandboxed:   []string{"--allow-all-tools"},
 		Prompt:      func(t string) []string { return []string{"-p", t} },
 		State:       "~/.copilot",
-		Docs:        "https://docs.github.com/en/copilot/how-tos/use-copilot-agents/use-copilot-cli (--allow-all-tools, for automation in a sandboxed environment)",
 	},
 }
 

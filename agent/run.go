@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,13 +63,13 @@ func Apply(req *run.Request, a Agent, o Options) error {
 	if s.TTY && !hasEnv(s.Env, "TERM") {
 		s.Env = append(s.Env, "TERM=xterm")
 	}
-	if !contains(s.Grants, a.Grant) {
+	if !slices.Contains(s.Grants, a.Grant) {
 		s.Grants = append(s.Grants, a.Grant)
 	}
 	if !o.PolicySet {
 		s.Policy = policy.Strict
 		for _, h := range append(append([]string(nil), a.Hosts...), deps.RegistryHosts(parsed)...) {
-			if !contains(s.Allow, h) {
+			if !slices.Contains(s.Allow, h) {
 				s.Allow = append(s.Allow, h)
 			}
 		}
@@ -151,15 +152,6 @@ func stateDir(dir, user string, seed map[string]string) error {
 		return fmt.Errorf("making the agent's state directory: %w", err)
 	}
 	return nil
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func hasEnv(env []string, k string) bool {

@@ -197,6 +197,7 @@ type runRecord struct {
 	State       string `json:"state"`
 	ExitCode    *int   `json:"exit_code"`
 	Error       string `json:"error"`
+	Output      string `json:"output"`
 	ContainerID string `json:"container_id"`
 	IP          string `json:"ip"`
 	Gateway     string `json:"gateway"`

@@ -102,7 +102,7 @@ func (m *Manager) Adopt(ctx context.Context, id string) error {
 	if err != nil {
 		return m.lose(bg, r, fmt.Errorf("loading the run's container: %w", err))
 	}
-	o := &runOutput{dir: m.Store.Dir(r.ID)}
+	o := &runOutput{}
 	var task containerd.Task
 	if r.Output == "shim" {
 		// The shim's logger has kept recording all along: nothing to attach to.

@@ -65,10 +65,9 @@ func prepareLog(logPath string) error {
 		return err
 	}
 	defer sf.Close()
-	if err := writeLogStatus(sf, logStatus{}); err != nil {
-		return err
-	}
-	return sf.Sync()
+	// Written, not synced: the blocks are the file's once written (tmpfs, ext4's delayed
+	// allocation reserves them), and a sync would cost every run's start a disk flush.
+	return writeLogStatus(sf, logStatus{})
 }
 
 // writeLogStatus overwrites the status file in place, padded to its full size: the blocks it

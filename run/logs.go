@@ -456,14 +456,5 @@ func (lr *logReader) readRecord() (chunk, error) {
 	return c, nil
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
-}
-
 // Get resolves a run reference.
 func (m *Manager) Get(ref string) (*state.Run, error) { return m.Store.Find(ref) }

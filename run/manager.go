@@ -41,9 +41,6 @@ type Manager struct {
 	// SuperviseCommand returns the argv that runs `moatc _supervise ID` with this manager's
 	// settings; detached runs are handed to that process.
 	SuperviseCommand func(id string) []string
-	// Logger is the moatc binary the shim runs as a run's logger (`moatc _log`); default the
-	// running executable.
-	Logger string
 
 	mu     sync.Mutex
 	client *ctrd.Client
@@ -330,7 +327,7 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 	// The shim owns the output of a run with no stdin or terminal of moatc's; moatc records
 	// that of an interactive one itself.
 	logPath := m.Store.LogPath(r.ID)
-	o := &runOutput{dir: m.Store.Dir(r.ID)}
+	o := &runOutput{}
 	if stdio.In == nil && stdio.Console == nil {
 		err = prepareLog(logPath)
 	} else {
@@ -544,7 +541,6 @@ func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task,
 type runOutput struct {
 	rec  *recorder
 	tail *outputTail
-	dir  string // the run's directory
 }
 
 // owner is what the run's record says of it.
@@ -583,9 +579,6 @@ func (m *Manager) noteLostOutput(id string) error {
 
 // loggerPath is the moatc binary the shim runs as the logger.
 func (m *Manager) loggerPath() (string, error) {
-	if m.Logger != "" {
-		return m.Logger, nil
-	}
 	exe, err := os.Executable()
 	if err != nil {
 		return "", fmt.Errorf("finding the moatc binary for the run's logger: %w", err)
