@@ -108,11 +108,7 @@ func (m *Manager) Exec(ctx context.Context, ref string, o ExecOptions, stdio Std
 		return 0, fmt.Errorf("exec in run %s: %w", r.Name, err)
 	}
 	if err := proc.Start(ctx); err != nil {
-		err = startError(err)
-		if code := exitCodeOf(err); code != nil {
-			return 0, err
-		}
-		return 0, fmt.Errorf("exec in run %s: %w", r.Name, err)
+		return 0, execStartError(r.Name, err)
 	}
 	stop := m.forwardSignals(bg, proc, stdio.Console)
 	defer stop()
@@ -130,6 +126,19 @@ func (m *Manager) Exec(ctx context.Context, ref string, o ExecOptions, stdio Std
 		return 0, fmt.Errorf("waiting for exec in run %s: %w", r.Name, err)
 	}
 	return int(code), nil
+}
+
+// execStartError gives a command that cannot start its exit code, as for a run: 127 not
+// found, 126 not runnable (runc's and gVisor's wordings).
+func execStartError(run string, err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "error finding executable"), strings.Contains(msg, "executable file not found"):
+		return &ExitError{Code: 127, Err: fmt.Errorf("exec in run %s: the command is not found in the container: %w", run, err)}
+	case strings.Contains(msg, "permission denied"), strings.Contains(msg, "exec format error"):
+		return &ExitError{Code: 126, Err: fmt.Errorf("exec in run %s: the command cannot be run: %w", run, err)}
+	}
+	return fmt.Errorf("exec in run %s: %w", run, err)
 }
 
 // execSpec is the workload's process spec with the exec's command, env, directory and user.

@@ -99,7 +99,7 @@ Examples:
 			return usageError{err}
 		},
 		Commands: append([]*cli.Command{
-			runCommand(), listCommand(), statusCommand(), logsCommand(), stopCommand(),
+			runCommand(), execCommand(), listCommand(), statusCommand(), logsCommand(), attachCommand(), waitCommand(), killCommand(), stopCommand(), restartCommand(),
 			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(),
 		}, agentCommands()...),
 		CommandNotFound: commandNotFound,
