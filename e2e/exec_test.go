@@ -95,11 +95,15 @@ func TestExec(t *testing.T) {
 			if r := mustRun(t, "wait", name); r.stdout != "137\n" {
 				t.Fatalf("wait after kill: %q", r.stdout)
 			}
-			for _, row := range ctrRows(t, "task", "ls") {
-				if strings.HasPrefix(row, id) {
-					t.Fatalf("task left after the run ended: %s", row)
+			// The supervisor records the end, then deletes the task (and the exec with it).
+			waitFor(t, "the run's task to go", func() bool {
+				for _, row := range ctrRows(t, "task", "ls") {
+					if strings.HasPrefix(row, id) {
+						return false
+					}
 				}
-			}
+				return true
+			})
 			if r := moatcRun(t, opts{}, "exec", name, "--", "true"); r.code != 125 || !strings.Contains(r.stderr, "is not running") {
 				t.Fatalf("exec into an ended run: %d %q", r.code, r.stderr)
 			}
