@@ -90,6 +90,21 @@ row "ctr run --rm (runc shim, runsc binary)" ctr -a "$sock" -n moatc run --rm --
   "$img" bench-ctr-runcshim true
 ratio "moatc run -- true (gvisor)" "ctr run --rm (runc shim, runsc binary)"
 
+# exec: a command beside a running workload, against containerd's own client on the same
+# task (goal: moatc exec within 1.2x of ctr task exec).
+ctrexec() { ctr -a "$sock" -n moatc task exec --exec-id "bench-$RANDOM$RANDOM" "$1" true; }
+for rt in runc gvisor; do
+  flag=; [ "$rt" = runc ] && flag=--no-sandbox
+  "$MOATC" run -d $flag -n "bench-exec-$rt" --network none --image busybox "$ws" -- sleep 100000 >/dev/null
+  cid=$("$MOATC" status --json "bench-exec-$rt" | sed -n 's/.*"container_id": "\(.*\)".*/\1/p')
+  echo
+  echo "== exec ($rt)"
+  row "moatc exec -- true ($rt)" "$MOATC" exec "bench-exec-$rt" -- true
+  row "ctr task exec ($rt)" ctrexec "$cid"
+  ratio "moatc exec -- true ($rt)" "ctr task exec ($rt)"
+  "$MOATC" destroy --force "bench-exec-$rt" >/dev/null
+done
+
 echo
 echo "== start latency (until the workload runs), debian image: the network's share (goal <= 40 ms)"
 startrow "start, runc, --network none" "$MOATC" run --no-sandbox --network none --image debian:bookworm-slim "$ws" -- date +%s%N
@@ -237,6 +252,10 @@ if [ "${BENCH_DOCKER:-1}" = 1 ]; then
   ratio "moatc run --no-sandbox -- true" "docker run --rm --network none (runc)"
   row "docker run --rm --runtime=runsc --network none" docker run --rm --runtime=runsc --network none moatc-bench/busybox true
   ratio "moatc run -- true (gvisor)" "docker run --rm --runtime=runsc --network none"
+  docker run -d --name moatc-bench-exec --network none moatc-bench/busybox sleep 100000 >/dev/null
+  row "docker exec (runc)" docker exec moatc-bench-exec true
+  ratio "moatc exec -- true (runc)" "docker exec (runc)"
+  docker rm -f moatc-bench-exec >/dev/null
   echo
   echo "== Docker Engine, networked (its bridge) against moatc networked"
   row "docker run --rm (runc, bridge)" docker run --rm moatc-bench/busybox true
