@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -357,4 +358,45 @@ func (t *tailer) rotated() bool {
 	}
 	defer cur.Close()
 	return !sameFile(cur, t.f)
+}
+
+// ParseEventTime reads --since/--until: a duration back from now (10m, 1h30m), an RFC 3339
+// time, a date (2006-01-02, local) or Unix seconds.
+func ParseEventTime(s string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("%q: give a positive duration back from now, such as 10m", s)
+		}
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	for _, layout := range []string{"2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	if secs, err := strconv.ParseInt(s, 10, 64); err == nil && secs >= 0 {
+		return time.Unix(secs, 0), nil
+	}
+	return time.Time{}, fmt.Errorf("%q is not a time: use a duration (10m, 2h), an RFC 3339 time (2006-01-02T15:04:05Z), a date (2006-01-02) or Unix seconds", s)
+}
+
+// String is the event's line in `moatc events`.
+func (e Event) String() string {
+	attrs := []string{}
+	if e.Name != "" {
+		attrs = append(attrs, "name="+e.Name)
+	}
+	if e.Image != "" {
+		attrs = append(attrs, "image="+e.Image)
+	}
+	if e.ExitCode != nil {
+		attrs = append(attrs, fmt.Sprintf("exit_code=%d", *e.ExitCode))
+	}
+	if e.Error != "" {
+		attrs = append(attrs, fmt.Sprintf("error=%q", e.Error))
+	}
+	return fmt.Sprintf("%s run %s %s (%s)", e.Time.Local().Format(time.RFC3339Nano), e.Type, e.ID, strings.Join(attrs, ", "))
 }

@@ -273,3 +273,24 @@ func TestParseEventFiltersRejects(t *testing.T) {
 		}
 	}
 }
+
+func TestParseEventTime(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	for in, want := range map[string]time.Time{
+		"10m":                  now.Add(-10 * time.Minute),
+		"0s":                   now,
+		"2026-04-30T08:00:00Z": time.Date(2026, 4, 30, 8, 0, 0, 0, time.UTC),
+		"1700000000":           time.Unix(1700000000, 0),
+		"2026-04-30":           time.Date(2026, 4, 30, 0, 0, 0, 0, time.Local),
+	} {
+		got, err := ParseEventTime(in, now)
+		if err != nil || !got.Equal(want) {
+			t.Errorf("ParseEventTime(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "yesterday", "-5m", "2026-13-01", "-17"} {
+		if _, err := ParseEventTime(bad, now); err == nil {
+			t.Errorf("ParseEventTime(%q) accepted", bad)
+		}
+	}
+}
