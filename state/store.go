@@ -64,6 +64,8 @@ type Spec struct {
 	Allow  []string `json:"allow,omitempty"`  // hosts a strict run may reach
 	// UpstreamCA is a PEM bundle the proxy trusts for upstream servers, besides the system's.
 	UpstreamCA string `json:"upstream_ca,omitempty"`
+	// Labels are the user's KEY=VALUE tags on the run (moatc list --filter label=KEY=VALUE).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Run is one run's metadata.json.
