@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -78,7 +79,11 @@ func runTemplate(format string) (*template.Template, error) {
 	if format == "" || format == "json" {
 		return nil, nil
 	}
-	t, err := template.New("format").Option("missingkey=error").Parse(format)
+	t, err := template.New("format").Parse(format)
+	if err == nil {
+		// A field no run has fails now, not only when some run is listed.
+		err = t.Execute(io.Discard, &state.Run{})
+	}
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--format: %w", err)}
 	}
