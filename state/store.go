@@ -64,6 +64,8 @@ type Spec struct {
 	Allow  []string `json:"allow,omitempty"`  // hosts a strict run may reach
 	// UpstreamCA is a PEM bundle the proxy trusts for upstream servers, besides the system's.
 	UpstreamCA string `json:"upstream_ca,omitempty"`
+	// Labels are the user's KEY=VALUE tags on the run (moatc list --filter label=KEY=VALUE).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Run is one run's metadata.json.
@@ -107,8 +109,14 @@ func (r *Run) Active() bool {
 	return r.State == Created || r.State == Running || r.State == Stopping
 }
 
-// Store is the runs directory.
-type Store struct{ dir string }
+// Store is the runs directory. Every change of a run's life (created, started, exited,
+// removed) is appended to the events log too: the store is the one place all of moatc's
+// processes (the foreground run, the detached supervisor, stop, destroy) go through.
+type Store struct {
+	dir       string
+	events    string // the events log; default EventsPath
+	capEvents int64  // rotation size; default eventsCap
+}
 
 // Open returns the store rooted at dir, creating it.
 func Open(dir string) (*Store, error) {
@@ -180,6 +188,7 @@ func (s *Store) Create(r *Run) error {
 		os.RemoveAll(s.Dir(r.ID)) // no half-made run left behind
 		return fmt.Errorf("writing the record of run %s: %w", r.ID, err)
 	}
+	s.emit(newEvent(EventCreated, r))
 	return nil
 }
 
@@ -233,10 +242,17 @@ func (s *Store) Update(id string, fn func(*Run) error) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	old := r.State
 	if err := fn(r); err != nil {
 		return r, err
 	}
-	return r, writeJSON(filepath.Join(s.Dir(id), "metadata.json"), r)
+	if err := writeJSON(filepath.Join(s.Dir(id), "metadata.json"), r); err != nil {
+		return r, err
+	}
+	if typ := transition(old, r.State); typ != "" {
+		s.emit(newEvent(typ, r))
+	}
+	return r, nil
 }
 
 // Remove deletes run id's directory.
@@ -244,7 +260,18 @@ func (s *Store) Remove(id string) error {
 	if id == "" || strings.ContainsAny(id, "/.") {
 		return fmt.Errorf("invalid run id %q", id)
 	}
-	return os.RemoveAll(s.Dir(id))
+	r, err := s.Get(id)
+	if err != nil {
+		r = &Run{ID: id} // a half-made run: no record, still an event
+	}
+	if _, err := os.Stat(s.Dir(id)); errors.Is(err, os.ErrNotExist) {
+		return nil // already gone: nothing removed, no event
+	}
+	if err := os.RemoveAll(s.Dir(id)); err != nil {
+		return err
+	}
+	s.emit(newEvent(EventRemoved, r))
+	return nil
 }
 
 // List returns every run, oldest first. Directories without a readable record (a run being

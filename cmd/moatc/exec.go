@@ -116,42 +116,22 @@ Examples:
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return usageError{fmt.Errorf("kill needs a RUN (an id, id prefix or name; see `moatc list`)")}
+				return eachRun(c, "signalled", nil)
 			}
 			sig, err := signal.ParseSignal(c.String("signal"))
 			if err != nil || sig == 0 {
 				return usageError{fmt.Errorf("%q is not a signal: use a name such as TERM, INT, USR1 or KILL, or a number (kill -l lists them)", c.String("signal"))}
 			}
-			return eachRun(c, func(e *env, ref string) (*state.Run, error) {
+			e, err := setup(c)
+			if err != nil {
+				return err
+			}
+			defer e.mgr.Close()
+			return eachRun(c, "signalled", func(ref string) (*state.Run, error) {
 				return e.mgr.Kill(c.Context, ref, syscall.Signal(sig))
 			})
 		},
 	}
-}
-
-// eachRun applies fn to every RUN argument, printing each run's id (or, with --json, the
-// records as a list) and stopping at the first error.
-func eachRun(c *cli.Context, fn func(*env, string) (*state.Run, error)) error {
-	e, err := setup(c)
-	if err != nil {
-		return err
-	}
-	defer e.mgr.Close()
-	runs := []*state.Run{}
-	for _, ref := range c.Args().Slice() {
-		r, err := fn(e, ref)
-		if err != nil {
-			return err
-		}
-		runs = append(runs, r)
-		if !c.Bool("json") {
-			fmt.Println(r.ID)
-		}
-	}
-	if c.Bool("json") {
-		return printJSON(runs)
-	}
-	return nil
 }
 
 func waitCommand() *cli.Command {
@@ -209,12 +189,17 @@ follow it with moatc logs -f RUN or moatc attach RUN.`,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return usageError{fmt.Errorf("restart needs a RUN (an id, id prefix or name; see `moatc list`)")}
+				return eachRun(c, "restarted", nil)
 			}
 			if c.Int("time") < 0 {
 				return usageError{fmt.Errorf("--time must be 0 or more seconds")}
 			}
-			return eachRun(c, func(e *env, ref string) (*state.Run, error) {
+			e, err := setup(c)
+			if err != nil {
+				return err
+			}
+			defer e.mgr.Close()
+			return eachRun(c, "restarted", func(ref string) (*state.Run, error) {
 				return e.mgr.Restart(c.Context, ref, time.Duration(c.Int("time"))*time.Second)
 			})
 		},

@@ -98,8 +98,10 @@ Examples:
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
+		EnableBashCompletion: true, // for `moatc completion`
 		Commands: append([]*cli.Command{
 			runCommand(), execCommand(), listCommand(), statusCommand(), logsCommand(), attachCommand(), waitCommand(), killCommand(), stopCommand(), restartCommand(),
+			eventsCommand(), versionCommand(), completionCommand(),
 			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(),
 		}, agentCommands()...),
 		CommandNotFound: commandNotFound,

@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"text/template"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -31,8 +33,33 @@ func listCommand() *cli.Command {
 		Name:    "list",
 		Aliases: []string{"ps"},
 		Usage:   "list runs",
-		Flags:   []cli.Flag{jsonFlag},
+		Description: `Filters (--filter KEY=VALUE, repeatable: values of one key OR, different keys AND):
+  state=created|running|stopping|stopped|failed|exited   (exited: stopped or failed)
+  name=NAME        a glob, such as web-*
+  id=PREFIX
+  label=KEY or label=KEY=VALUE
+
+--format json is --json; any other --format is a Go template over each run's record, whose
+fields are those of --json in Go's spelling: --format '{{.Name}} {{.State}} {{.Spec.Image}}'.`,
+		Flags: []cli.Flag{
+			jsonFlag,
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the runs' ids"},
+			&cli.StringSliceFlag{Name: "filter", Aliases: []string{"f"}, Usage: "only runs matching `KEY=VALUE` (state, name, id, label; repeatable)"},
+			&cli.StringFlag{Name: "format", Usage: "json, or a Go `TEMPLATE` per run such as '{{.ID}} {{.Name}}'"},
+		},
 		Action: func(c *cli.Context) error {
+			f, err := state.ParseRunFilters(c.StringSlice("filter"))
+			if err != nil {
+				return usageError{err}
+			}
+			format := c.String("format")
+			if c.Bool("json") {
+				format = "json"
+			}
+			tmpl, err := runTemplate(format)
+			if err != nil {
+				return err
+			}
 			e, err := setup(c)
 			if err != nil {
 				return err
@@ -42,25 +69,57 @@ func listCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if c.Bool("json") {
-				if runs == nil {
-					runs = []*state.Run{}
-				}
-				return printJSON(runs)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tIMAGE\tRUNTIME\tSTATE\tEXIT\tCREATED\tWORKSPACE")
-			for _, r := range runs {
-				exit := ""
-				if r.ExitCode != nil {
-					exit = fmt.Sprint(*r.ExitCode)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", r.ID, r.Name, shortImage(r.Spec.Image),
-					r.Spec.Runtime, r.State, exit, ago(r.Created), r.Workspace)
-			}
-			return tw.Flush()
+			return printRuns(f.Filter(runs), c.Bool("quiet"), format, tmpl)
 		},
 	}
+}
+
+// runTemplate parses --format when it is a template.
+func runTemplate(format string) (*template.Template, error) {
+	if format == "" || format == "json" {
+		return nil, nil
+	}
+	t, err := template.New("format").Parse(format)
+	if err == nil {
+		// A field no run has fails now, not only when some run is listed.
+		err = t.Execute(io.Discard, &state.Run{})
+	}
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--format: %w", err)}
+	}
+	return t, nil
+}
+
+func printRuns(runs []*state.Run, quiet bool, format string, tmpl *template.Template) error {
+	switch {
+	case quiet:
+		for _, r := range runs {
+			fmt.Println(r.ID)
+		}
+		return nil
+	case format == "json":
+		return printJSON(runs)
+	case tmpl != nil:
+		for _, r := range runs {
+			var b strings.Builder
+			if err := tmpl.Execute(&b, r); err != nil {
+				return usageError{fmt.Errorf("--format: %w", err)}
+			}
+			fmt.Println(b.String())
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tIMAGE\tRUNTIME\tSTATE\tEXIT\tCREATED\tWORKSPACE")
+	for _, r := range runs {
+		exit := ""
+		if r.ExitCode != nil {
+			exit = fmt.Sprint(*r.ExitCode)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", r.ID, r.Name, shortImage(r.Spec.Image),
+			r.Spec.Runtime, r.State, exit, ago(r.Created), r.Workspace)
+	}
+	return tw.Flush()
 }
 
 func statusCommand() *cli.Command {
@@ -87,74 +146,84 @@ func statusCommand() *cli.Command {
 				return printJSON(r)
 			}
 			tw, row := fieldTable()
-			row("ID", r.ID)
-			row("Name", r.Name)
-			row("State", r.State)
-			if r.ExitCode != nil {
-				row("Exit code", fmt.Sprint(*r.ExitCode))
-			}
-			row("Error", r.Error)
-			row("Workspace", r.Workspace)
-			row("Image", r.Spec.Image)
-			row("Runtime", r.Spec.Runtime)
-			row("Command", strings.Join(r.Spec.Command, " "))
-			row("User", r.Spec.User)
-			for _, m := range r.Spec.Mounts {
-				mode := "rw"
-				if m.ReadOnly {
-					mode = "ro"
-				}
-				from := ""
-				if m.Source != "" && m.Source != m.Host {
-					from = " from " + m.Source
-				}
-				row("Mount", m.Host+" -> "+m.Container+" ("+mode+")"+from)
-			}
-			row("Network", r.Spec.Network)
-			if r.Spec.Network != "none" {
-				row("Policy", pick(r.Spec.Policy, "permissive"))
-				for _, a := range r.Spec.Allow {
-					row("Allowed", a)
-				}
-				for _, g := range r.Spec.Grants {
-					row("Grant", g)
-				}
-				if fileExists(filepath.Join(e.mgr.Store.Dir(r.ID), "network.jsonl")) {
-					row("Trace", filepath.Join(e.mgr.Store.Dir(r.ID), "network.jsonl")+" (moatc trace "+r.Name+")")
-				}
-			}
-			for _, h := range r.Spec.HostPorts {
-				row("Host port", "moatc-host:"+h)
-			}
-			if r.Spec.Pids > 0 {
-				row("Pids limit", fmt.Sprint(r.Spec.Pids))
-			}
-			row("Address", r.IP)
-			row("moatc-host", r.Gateway)
-			for _, p := range r.Ports {
-				row("Port", p)
-			}
-			row("Container", r.ContainerID)
-			row("Created", r.Created.Local().Format(time.RFC3339))
-			if r.Started != nil {
-				row("Started", r.Started.Local().Format(time.RFC3339))
-			}
-			if r.Finished != nil {
-				row("Finished", r.Finished.Local().Format(time.RFC3339))
-			}
-			switch r.Output {
-			case "shim":
-				row("Log", e.mgr.Store.LogPath(r.ID)+" (written by the shim's logger)")
-			case "moatc":
-				row("Log", e.mgr.Store.LogPath(r.ID)+" (written by its moatc: stdin or a terminal attached)")
-			default:
-				row("Log", e.mgr.Store.LogPath(r.ID))
-			}
-			if bl := filepath.Join(e.mgr.Store.Dir(r.ID), "build.log"); fileExists(bl) {
-				row("Build log", bl)
-			}
+			specRows(row, r, e.mgr.Store)
+			lifeRows(row, r, e.mgr.Store)
 			return tw.Flush()
 		},
+	}
+}
+
+// specRows are what the run was asked to do.
+func specRows(row func(k, v string), r *state.Run, store *state.Store) {
+	row("ID", r.ID)
+	row("Name", r.Name)
+	row("State", r.State)
+	if r.ExitCode != nil {
+		row("Exit code", fmt.Sprint(*r.ExitCode))
+	}
+	row("Error", r.Error)
+	row("Workspace", r.Workspace)
+	row("Image", r.Spec.Image)
+	row("Runtime", r.Spec.Runtime)
+	row("Command", strings.Join(r.Spec.Command, " "))
+	row("User", r.Spec.User)
+	for _, m := range r.Spec.Mounts {
+		mode := "rw"
+		if m.ReadOnly {
+			mode = "ro"
+		}
+		from := ""
+		if m.Source != "" && m.Source != m.Host {
+			from = " from " + m.Source
+		}
+		row("Mount", m.Host+" -> "+m.Container+" ("+mode+")"+from)
+	}
+	row("Network", r.Spec.Network)
+	if r.Spec.Network != "none" {
+		row("Policy", pick(r.Spec.Policy, "permissive"))
+		for _, a := range r.Spec.Allow {
+			row("Allowed", a)
+		}
+		for _, g := range r.Spec.Grants {
+			row("Grant", g)
+		}
+		if fileExists(filepath.Join(store.Dir(r.ID), "network.jsonl")) {
+			row("Trace", filepath.Join(store.Dir(r.ID), "network.jsonl")+" (moatc trace "+r.Name+")")
+		}
+	}
+	for _, h := range r.Spec.HostPorts {
+		row("Host port", "moatc-host:"+h)
+	}
+	if r.Spec.Pids > 0 {
+		row("Pids limit", fmt.Sprint(r.Spec.Pids))
+	}
+}
+
+// lifeRows are where the run is and what it left.
+func lifeRows(row func(k, v string), r *state.Run, store *state.Store) {
+	row("Address", r.IP)
+	row("moatc-host", r.Gateway)
+	for _, p := range r.Ports {
+		row("Port", p)
+	}
+	row("Container", r.ContainerID)
+	row("Created", r.Created.Local().Format(time.RFC3339))
+	if r.Started != nil {
+		row("Started", r.Started.Local().Format(time.RFC3339))
+	}
+	if r.Finished != nil {
+		row("Finished", r.Finished.Local().Format(time.RFC3339))
+	}
+	switch r.Output {
+	case "shim":
+		row("Log", store.LogPath(r.ID)+" (written by the shim's logger)")
+	case "moatc":
+		row("Log", store.LogPath(r.ID)+" (written by its moatc: stdin or a terminal attached)")
+	default:
+		row("Log", store.LogPath(r.ID))
+	}
+	if bl := filepath.Join(store.Dir(r.ID), "build.log"); fileExists(bl) {
+		row("Build log", bl)
 	}
 }
 
@@ -189,6 +258,45 @@ func logsCommand() *cli.Command {
 	}
 }
 
+// didRun is one run a changing command acted on, for --json.
+type didRun struct {
+	ID       string `json:"id"`
+	Name     string `json:"name,omitempty"`
+	Action   string `json:"action"` // stopped, removed, signalled or restarted
+	State    string `json:"state,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+}
+
+// eachRun applies do to every RUN argument in turn and prints each id (or, with --json, the
+// list of what was done, also when a later run fails).
+func eachRun(c *cli.Context, action string, do func(ref string) (*state.Run, error)) error {
+	if c.NArg() == 0 {
+		return usageError{fmt.Errorf("%s needs a RUN (an id, id prefix or name; see `moatc list`)", c.Command.Name)}
+	}
+	done := []didRun{}
+	var err error
+	for _, ref := range c.Args().Slice() {
+		var r *state.Run
+		if r, err = do(ref); err != nil {
+			break
+		}
+		a := didRun{ID: r.ID, Name: r.Name, Action: action}
+		if action != "removed" {
+			a.State, a.ExitCode = r.State, r.ExitCode
+		}
+		done = append(done, a)
+		if !c.Bool("json") {
+			fmt.Println(r.ID)
+		}
+	}
+	if c.Bool("json") {
+		if perr := printJSON(done); perr != nil && err == nil {
+			err = perr
+		}
+	}
+	return err
+}
+
 func stopCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "stop",
@@ -196,24 +304,20 @@ func stopCommand() *cli.Command {
 		ArgsUsage: "RUN...",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "time", Aliases: []string{"t"}, Value: 10, Usage: "grace period in `SECONDS` before SIGKILL"},
+			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return usageError{fmt.Errorf("stop needs a RUN (an id, id prefix or name; see `moatc list`)")}
+				return eachRun(c, "stopped", nil)
 			}
 			e, err := setup(c)
 			if err != nil {
 				return err
 			}
 			defer e.mgr.Close()
-			for _, ref := range c.Args().Slice() {
-				r, err := e.mgr.Stop(c.Context, ref, time.Duration(c.Int("time"))*time.Second)
-				if err != nil {
-					return err
-				}
-				fmt.Println(r.ID)
-			}
-			return nil
+			return eachRun(c, "stopped", func(ref string) (*state.Run, error) {
+				return e.mgr.Stop(c.Context, ref, time.Duration(c.Int("time"))*time.Second)
+			})
 		},
 	}
 }
@@ -224,24 +328,19 @@ func destroyCommand() *cli.Command {
 		Aliases:   []string{"rm"},
 		Usage:     "remove runs: record, log, and any container left",
 		ArgsUsage: "RUN...",
-		Flags:     []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "kill a run that is still running"}},
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "kill a run that is still running"}, jsonFlag},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return usageError{fmt.Errorf("destroy needs a RUN (an id, id prefix or name; see `moatc list`)")}
+				return eachRun(c, "removed", nil)
 			}
 			e, err := setup(c)
 			if err != nil {
 				return err
 			}
 			defer e.mgr.Close()
-			for _, ref := range c.Args().Slice() {
-				r, err := e.mgr.Destroy(c.Context, ref, c.Bool("force"))
-				if err != nil {
-					return err
-				}
-				fmt.Println(r.ID)
-			}
-			return nil
+			return eachRun(c, "removed", func(ref string) (*state.Run, error) {
+				return e.mgr.Destroy(c.Context, ref, c.Bool("force"))
+			})
 		},
 	}
 }
