@@ -101,4 +101,3 @@ func ParseSize(s string) (int64, error) {
 	}
 	return int64(n * float64(mult)), nil
 }
-
