@@ -83,12 +83,34 @@ func TestConfigErrorsNameFileLineKey(t *testing.T) {
 		{"interactive: maybe\n", "moatc.yaml:1: interactive: must be true or false"},
 		{"mounts: /a:/b\n", "moatc.yaml:1: mounts: must be a list"},
 		{"image: [\n", "moatc.yaml:"},
+		{"image: busybox\ncommand: 42\n", "moatc.yaml:2: command: must be a list of strings or a string (got a number), like: command: [npm, test]"},
+		{"container:\n  cpus: \"2\"\n", "moatc.yaml:2: container.cpus: must be a number, without quotes (got a string)"},
 	} {
 		ws := workspace(t)
 		os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte(c.yaml), 0o644)
 		r := moatcRun(t, opts{}, "run", "--no-sandbox", ws, "--", "true")
 		if r.code != 125 || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("%q: exit %d stderr %q, want %q", c.yaml, r.code, r.stderr, c.want)
+		}
+	}
+}
+
+// moatc's own config.yaml is checked the same way, before anything starts.
+func TestSettingsErrorsNameFileLine(t *testing.T) {
+	requireStack(t)
+	for _, c := range []struct{ yaml, want string }{
+		{"namespace: moatc\naddress: [a]\n", "config.yaml:2: address: must be a containerd socket, a string (got a list)"},
+		{"address: tcp://127.0.0.1:2375\n", "config.yaml:1: address: \"tcp://127.0.0.1:2375\" is not a containerd socket"},
+		{"adress: /run/x.sock\n", "config.yaml:1: adress: unknown key"},
+	} {
+		h := t.TempDir()
+		os.WriteFile(filepath.Join(h, "config.yaml"), []byte(c.yaml), 0o644)
+		r := moatcRun(t, opts{env: []string{"MOATC_HOME=" + h}}, "list")
+		if r.code != 125 || !strings.Contains(r.stderr, h+"/"+c.want) {
+			t.Errorf("%q: exit %d stderr %q, want %q", c.yaml, r.code, r.stderr, c.want)
+		}
+		if _, err := os.Stat(filepath.Join(h, "runs")); err == nil {
+			t.Errorf("%q: moatc made its state before refusing config.yaml", c.yaml)
 		}
 	}
 }
