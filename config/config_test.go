@@ -152,7 +152,7 @@ func TestNetworkKey(t *testing.T) {
 		"network: {host: 80}\n":          "f.yaml:1: network.host: must be a list",
 		"network: {hosts: [80]}\n":       "f.yaml:1: network.hosts: unknown key",
 		"network: {mode: bridge}\n":      "f.yaml:1: network.mode: \"bridge\" is not a network mode",
-		"network: [a]\n":                 "f.yaml:1: network: write default or none",
+		"network: [a]\n":                 "f.yaml:1: network: must be default or none, or a mapping",
 		"network:\n  host:\n    - [1]\n": "f.yaml:3: network.host: list items must be strings",
 	} {
 		if _, err := Parse("f.yaml", []byte(in)); err == nil || !strings.Contains(err.Error(), want) {
@@ -217,7 +217,7 @@ func TestAgentKey(t *testing.T) {
 		t.Fatalf("agent mapping: %+v %v", f.Agent, err)
 	}
 	for doc, want := range map[string]string{
-		"agent: [claude]\n":                    "moatc.yaml:1: agent: write an agent's name",
+		"agent: [claude]\n":                    "moatc.yaml:1: agent: must be an agent's name",
 		"agent:\n  version: 1\n":               "moatc.yaml:2: agent: the mapping needs name",
 		"agent:\n  name: claude\n  tools: 1\n": "moatc.yaml:3: agent.tools: unknown key (known: name, version, args)",
 		"agent:\n  name: claude\n  args: 3\n":  "moatc.yaml:3: agent.args: must be a list of strings",

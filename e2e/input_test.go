@@ -83,12 +83,34 @@ func TestConfigErrorsNameFileLineKey(t *testing.T) {
 		{"interactive: maybe\n", "moatc.yaml:1: interactive: must be true or false"},
 		{"mounts: /a:/b\n", "moatc.yaml:1: mounts: must be a list"},
 		{"image: [\n", "moatc.yaml:"},
+		{"image: busybox\ncommand: 42\n", "moatc.yaml:2: command: must be a list of strings or a string (got a number), like: command: [npm, test]"},
+		{"container:\n  cpus: \"2\"\n", "moatc.yaml:2: container.cpus: must be a number, without quotes (got a string)"},
 	} {
 		ws := workspace(t)
 		os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte(c.yaml), 0o644)
 		r := moatcRun(t, opts{}, "run", "--no-sandbox", ws, "--", "true")
 		if r.code != 125 || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("%q: exit %d stderr %q, want %q", c.yaml, r.code, r.stderr, c.want)
+		}
+	}
+}
+
+// moatc's own config.yaml is checked the same way, before anything starts.
+func TestSettingsErrorsNameFileLine(t *testing.T) {
+	requireStack(t)
+	for _, c := range []struct{ yaml, want string }{
+		{"namespace: moatc\naddress: [a]\n", "config.yaml:2: address: must be a containerd socket, a string (got a list)"},
+		{"address: tcp://127.0.0.1:2375\n", "config.yaml:1: address: \"tcp://127.0.0.1:2375\" is not a containerd socket"},
+		{"adress: /run/x.sock\n", "config.yaml:1: adress: unknown key"},
+	} {
+		h := t.TempDir()
+		os.WriteFile(filepath.Join(h, "config.yaml"), []byte(c.yaml), 0o644)
+		r := moatcRun(t, opts{env: []string{"MOATC_HOME=" + h}}, "list")
+		if r.code != 125 || !strings.Contains(r.stderr, h+"/"+c.want) {
+			t.Errorf("%q: exit %d stderr %q, want %q", c.yaml, r.code, r.stderr, c.want)
+		}
+		if _, err := os.Stat(filepath.Join(h, "runs")); err == nil {
+			t.Errorf("%q: moatc made its state before refusing config.yaml", c.yaml)
 		}
 	}
 }
@@ -216,5 +238,75 @@ func TestImportDockerArchive(t *testing.T) {
 	mustRun(t, "image", "rm", "saved/busybox:archive")
 	if r := moatcRun(t, opts{}, "image", "import", filepath.Join(t.TempDir(), "missing.tar")); r.code != 125 || !strings.Contains(r.stderr, "no such file") {
 		t.Errorf("import of a missing file: %d %q", r.code, r.stderr)
+	}
+}
+
+// --address takes the socket as a path or as a unix:// URL, and refuses anything else before
+// touching containerd.
+func TestAddressSpellings(t *testing.T) {
+	requireStack(t)
+	mustRun(t, "system", "start")
+	sock := filepath.Join(home, "containerd", "containerd.sock")
+	ws := workspace(t)
+	mustRun(t, "run", "--no-sandbox", "-n", "addr-probe", "--image", "busybox", ws, "--", "true")
+	for _, a := range []string{sock, "unix://" + sock} {
+		r := moatcRun(t, opts{}, "--address", a, "list")
+		if r.code != 0 || !strings.Contains(r.stdout, "addr-probe") {
+			t.Errorf("--address %s list: exit %d\n%s%s", a, r.code, r.stdout, r.stderr)
+		}
+		r = moatcRun(t, opts{env: []string{"MOATC_CONTAINERD_ADDRESS=" + a}}, "list", "--json")
+		if r.code != 0 || !strings.Contains(r.stdout, "addr-probe") {
+			t.Errorf("MOATC_CONTAINERD_ADDRESS=%s list: exit %d\n%s%s", a, r.code, r.stdout, r.stderr)
+		}
+	}
+	for _, a := range []string{"tcp://127.0.0.1:2375", "containerd.sock", "unix://containerd.sock", "unix:" + sock} {
+		r := moatcRun(t, opts{}, "--address", a, "list")
+		if r.code != 2 || !strings.Contains(r.stderr, "is not a containerd socket") || !strings.Contains(r.stderr, "unix:///run/containerd/containerd.sock") {
+			t.Errorf("--address %s: exit %d (want 2), stderr %q", a, r.code, r.stderr)
+		}
+	}
+	mustRun(t, "destroy", "addr-probe")
+}
+
+// -i passes stdin whatever it is: a terminal, /dev/null or a pipe. Without a terminal there
+// is no TTY, and the run still works.
+func TestInteractiveWithoutTerminal(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			// opts without stdin: exec gives the command /dev/null.
+			r := moatcRun(t, opts{}, busyboxRun(rt, []string{"-i"}, ws, "true")...)
+			if r.code != 0 {
+				t.Errorf("run -i -- true </dev/null: exit %d\n%s", r.code, r.stderr)
+			}
+			r = moatcRun(t, opts{}, busyboxRun(rt, []string{"-i"}, ws, "sh", "-c", "cat; test -t 0 || echo no-tty")...)
+			if r.code != 0 || r.stdout != "no-tty\n" {
+				t.Errorf("run -i -- cat </dev/null: exit %d stdout %q\n%s", r.code, r.stdout, r.stderr)
+			}
+			r = moatcRun(t, opts{stdin: "from the pipe\nline two\n"}, busyboxRun(rt, []string{"-i"}, ws, "sh", "-c", "cat; test -t 0 || echo no-tty")...)
+			if r.code != 0 || r.stdout != "from the pipe\nline two\nno-tty\n" {
+				t.Errorf("echo ... | run -i -- cat: exit %d stdout %q\n%s", r.code, r.stdout, r.stderr)
+			}
+			// Without -i the pipe is not passed on.
+			r = moatcRun(t, opts{stdin: "not for you\n"}, busyboxRun(rt, nil, ws, "cat")...)
+			if r.code != 0 || r.stdout != "" {
+				t.Errorf("run -- cat without -i: exit %d stdout %q\n%s", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+}
+
+// -t without a terminal must not start anything and must say why.
+func TestTTYWithoutTerminal(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	before := len(list(t))
+	r := moatcRun(t, opts{stdin: "x\n"}, busyboxRun("runc", []string{"-t"}, ws, "true")...)
+	if r.code == 0 || !strings.Contains(r.stderr, "-t") {
+		t.Errorf("run -t without a terminal: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if after := len(list(t)); after != before {
+		t.Errorf("run -t without a terminal left %d run records", after-before)
 	}
 }

@@ -116,7 +116,7 @@ func grantAddCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "add",
 		Usage:     "store a token for any HTTP API, with the headers that carry it",
-		ArgsUsage: "NAME --host HOST[,HOST] --header 'Name: template' [--header ...]",
+		ArgsUsage: "NAME --host HOST --header 'Name: template'",
 		Description: `Stores a token as the grant NAME for the hosts given. For each request to one of them,
 the proxy sets each --header, with the template's placeholder replaced:
   {{token}}          the token itself

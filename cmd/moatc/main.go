@@ -73,6 +73,7 @@ func newApp() *cli.App {
 	home, _ := os.UserHomeDir()
 	// -v is --verbose here, as in moat; --version keeps its long form.
 	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
+	installHelp()
 	return &cli.App{
 		Name:    "moatc",
 		Usage:   "run untrusted work in a sandboxed container against one workspace, on containerd",
@@ -83,15 +84,15 @@ gVisor by default; --no-sandbox uses runc. moatc drives containerd directly and 
 containerd from the prefix (see 'moatc system') unless --address names one.
 
 Examples:
-  moatc run -- echo hello                 # the current directory as workspace
-  moatc run --image busybox ./proj -- ls  # another image and workspace
-  moatc run -d -n web -- sh -c 'sleep 60' # detached; then: moatc logs -f web
-  moatc list                              # runs, with their state and exit code`,
+  moatc run -- echo hello                  # the current directory
+  moatc run --image busybox ./proj -- ls   # another image and workspace
+  moatc run -d -n web -- sh -c 'sleep 60'  # detached; then: moatc logs web
+  moatc list                               # runs, their state and exit code`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "home", Usage: "moatc's state directory (runs, managed containerd)", EnvVars: []string{"MOATC_HOME"}, Value: filepath.Join(home, ".moatc")},
-			&cli.StringFlag{Name: "prefix", Usage: "where `make setup` installed the stack", EnvVars: []string{"MOATC_PREFIX"}, Value: "/opt/moatc"},
-			&cli.StringFlag{Name: "address", Usage: "use this containerd socket instead of the managed one", EnvVars: []string{"MOATC_CONTAINERD_ADDRESS"}},
-			&cli.StringFlag{Name: "namespace", Usage: "containerd namespace", EnvVars: []string{"MOATC_NAMESPACE"}, Value: ctrd.DefaultNamespace},
+			&cli.StringFlag{Name: "home", Usage: "moatc's state `DIR` (runs, managed containerd)", EnvVars: []string{"MOATC_HOME"}, Value: filepath.Join(home, ".moatc")},
+			&cli.StringFlag{Name: "prefix", Usage: "the `DIR` where 'make setup' installed the stack", EnvVars: []string{"MOATC_PREFIX"}, Value: "/opt/moatc"},
+			&cli.StringFlag{Name: "address", Usage: "use the containerd at this `SOCKET` (/run/x.sock or unix:///run/x.sock) instead of the managed one", EnvVars: []string{"MOATC_CONTAINERD_ADDRESS"}},
+			&cli.StringFlag{Name: "namespace", Usage: "containerd `NAMESPACE`", EnvVars: []string{"MOATC_NAMESPACE"}, Value: ctrd.DefaultNamespace},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "more output (and runsc debug logs)"},
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors and picks the code
@@ -123,10 +124,14 @@ func setup(c *cli.Context) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr, ns := c.String("address"), c.String("namespace")
+	addr, err := addressFlag(c)
+	if err != nil {
+		return nil, err
+	}
 	if addr == "" {
 		addr = cfg.Address
 	}
+	ns := c.String("namespace")
 	if !c.IsSet("namespace") && cfg.Namespace != "" {
 		ns = cfg.Namespace
 	}
@@ -167,6 +172,19 @@ func setup(c *cli.Context) (*env, error) {
 		return nil, fmt.Errorf("reconciling runs: %w", err)
 	}
 	return e, nil
+}
+
+// addressFlag is --address (or $MOATC_CONTAINERD_ADDRESS) as a socket path; "" when unset.
+func addressFlag(c *cli.Context) (string, error) {
+	a := c.String("address")
+	if a == "" {
+		return "", nil
+	}
+	p, err := config.SocketPath(a)
+	if err != nil {
+		return "", usageError{fmt.Errorf("--address (or $MOATC_CONTAINERD_ADDRESS): %w", err)}
+	}
+	return p, nil
 }
 
 // signalContext is cancelled by SIGINT/SIGTERM for commands that do not forward signals.

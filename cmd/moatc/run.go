@@ -80,7 +80,7 @@ func runFlags(agent bool) []cli.Flag {
 		&cli.StringFlag{Name: "policy", Usage: "egress policy: permissive (default: anything but the host and other runs) or strict (only allowed hosts, through the proxy)"},
 		&cli.StringSliceFlag{Name: "allow", Usage: "let a strict run reach `HOST` (api.example.com, *.example.com, host:port); implies --policy strict; repeatable"},
 		&cli.StringFlag{Name: "upstream-ca", Usage: "a PEM `FILE` of CAs the proxy trusts for upstream servers, besides the system's (default: upstream_ca in moatc's config.yaml)"},
-		&cli.StringSliceFlag{Name: "cap-add", Usage: "give the workload a capability beyond Docker's default set, e.g. `NET_ADMIN`; repeatable"},
+		&cli.StringSliceFlag{Name: "cap-add", Usage: "give the workload a `CAPABILITY` beyond Docker's default set, e.g. NET_ADMIN; repeatable"},
 		&cli.StringFlag{Name: "entrypoint", Usage: "run the executable `CMD` with the arguments after -- (for an agent: instead of the agent, in its image, policy and state)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "show what the run would be (image, mounts, grants, policy, proxy, trust) and start nothing"},
 		&cli.BoolFlag{Name: "rebuild", Usage: "rebuild the dependency image even if the list is unchanged"},
