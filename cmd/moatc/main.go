@@ -100,7 +100,7 @@ Examples:
 		},
 		Commands: append([]*cli.Command{
 			runCommand(), listCommand(), statusCommand(), logsCommand(), stopCommand(),
-			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(),
+			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(), topCommand(), statsCommand(), cpCommand(),
 		}, agentCommands()...),
 		CommandNotFound: commandNotFound,
 	}
