@@ -20,6 +20,7 @@ type LogOptions struct {
 	Follow     bool // keep printing until the run ends
 	Tail       int  // only the last N lines; 0 is all
 	Timestamps bool
+	New        bool // only what is written from now on (attach)
 }
 
 // Logs prints a run's recorded output: stdout to out, stderr to errw, so the two stay
@@ -56,7 +57,11 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 	}
 	defer lr.Close()
 	p := newPrinter(out, errw, o.Timestamps)
-	if o.Tail > 0 {
+	if o.New {
+		if err := lr.skip(); err != nil {
+			return err
+		}
+	} else if o.Tail > 0 {
 		t := &tailer{n: o.Tail}
 		for {
 			c, err := lr.next()
@@ -108,6 +113,17 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 // logFinishWait bounds how long `logs -f` waits, after a run's end, for its logger to finish:
 // the shim gives a logger about 12 s before it kills it.
 const logFinishWait = 15 * time.Second
+
+// skip passes over what the log holds now.
+func (lr *logReader) skip() error {
+	for {
+		if _, err := lr.next(); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+}
 
 // drain prints what is left in the log.
 func (lr *logReader) drain(p *printer) error {

@@ -782,7 +782,7 @@ func parsePorts(s state.Spec) ([]cni.Port, error) {
 
 // forwardSignals sends the signals moatc receives to the workload, and keeps a TTY's size in
 // step with the caller's terminal. The returned func stops it.
-func (m *Manager) forwardSignals(ctx context.Context, task containerd.Task, con console.Console) func() {
+func (m *Manager) forwardSignals(ctx context.Context, task containerd.Process, con console.Console) func() {
 	sigc := make(chan os.Signal, 16)
 	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)

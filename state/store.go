@@ -85,6 +85,7 @@ type Run struct {
 	Created     time.Time  `json:"created"`
 	Started     *time.Time `json:"started,omitempty"`
 	Finished    *time.Time `json:"finished,omitempty"`
+	Restarts    int        `json:"restarts,omitempty"` // times `moatc restart` started it again
 	// Output says who writes the run's log: "shim" (its logger, `moatc _log`, started by the
 	// shim: the output outlives every moatc process) or "moatc" (the supervisor, for runs
 	// with stdin or a terminal).
