@@ -3,6 +3,7 @@ package run
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -38,24 +39,13 @@ type Top struct {
 // runningTask resolves ref to a run whose task is running, for a command (action) that only
 // makes sense on one.
 func (m *Manager) runningTask(ctx context.Context, ref, action string) (*state.Run, containerd.Task, error) {
-	r, err := m.Store.Find(ref)
+	r, _, task, err := m.running(ctx, ref)
 	if err != nil {
+		var nr *NotRunningError
+		if errors.As(err, &nr) {
+			return nil, nil, fmt.Errorf("%s: %w (see `moatc list`)", action, err)
+		}
 		return nil, nil, fmt.Errorf("%s: %w", action, err)
-	}
-	if r.State != state.Running || r.Started == nil {
-		return nil, nil, fmt.Errorf("%s: run %s is %s, not running (see `moatc list`)", action, r.ID, r.State)
-	}
-	c, err := m.Client(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	ctr, err := c.LoadContainer(ctx, r.ContainerID)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: run %s has no container (it may just have ended; see `moatc status %s`): %w", action, r.ID, r.ID, err)
-	}
-	task, err := ctr.Task(ctx, nil)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: run %s has no running task (it may just have ended; see `moatc status %s`): %w", action, r.ID, r.ID, err)
 	}
 	return r, task, nil
 }
