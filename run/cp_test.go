@@ -3,6 +3,7 @@ package run
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -158,4 +159,61 @@ func sysIno(fi os.FileInfo) (uint64, bool) {
 		return 0, false
 	}
 	return st.Ino, true
+}
+
+func TestNotFound(t *testing.T) {
+	gv := errors.New(`OCI runtime exec failed: executing command "tar -C /tmp -xf -" in sandbox: error finding executable "tar" in PATH [/bin]: no such file or directory`)
+	for _, c := range []struct {
+		code int
+		err  error
+		want bool
+	}{
+		{127, nil, true},
+		{0, &ExitError{Code: 127, Err: errors.New("not found")}, true},
+		{0, gv, true},
+		{2, nil, false},
+		{0, errors.New("containerd is not answering"), false},
+	} {
+		if got := notFound(c.code, c.err); got != c.want {
+			t.Errorf("notFound(%d, %v) = %v", c.code, c.err, got)
+		}
+	}
+}
+
+func TestPrintable(t *testing.T) {
+	if got := printable("tar: x: Cannot stat\n\x1b]0;pwned\x07\x1b[2J"); got != "tar: x: Cannot stat ]0;pwned[2J" {
+		t.Errorf("printable: %q", got)
+	}
+}
+
+func TestWriteTarRoundTrip(t *testing.T) {
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "d/e"), 0o755)
+	os.WriteFile(filepath.Join(src, "d/e/f"), []byte("x"), 0o600)
+	os.Symlink("/etc/passwd", filepath.Join(src, "d/l"))
+	var b bytes.Buffer
+	if err := writeTar(&b, filepath.Join(src, "d"), "renamed"); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if err := extractTar(&b, dst, "renamed", ""); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(dst, "renamed/e/f")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("renamed/e/f: %v %v", fi, err)
+	}
+	if l, err := os.Readlink(filepath.Join(dst, "renamed/l")); err != nil || l != "/etc/passwd" {
+		t.Errorf("the symlink was followed: %q %v", l, err)
+	}
+}
+
+func TestContainerPath(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"/etc/passwd": {"/etc", "passwd"}, "/../../etc/passwd": {"/etc", "passwd"}, "/": {"/", "."},
+		"/data/.": {"/data", "."}, "rel/x": {"rel", "x"}, "x": {".", "x"}, "/data/": {"/", "data"},
+	} {
+		if d, b := containerPath(in); d != want[0] || b != want[1] {
+			t.Errorf("containerPath(%q) = %q, %q; want %q", in, d, b, want)
+		}
+	}
 }
