@@ -104,6 +104,7 @@ Examples:
 			runCommand(), execCommand(), listCommand(), statusCommand(), logsCommand(), attachCommand(), waitCommand(), killCommand(), stopCommand(), restartCommand(),
 			eventsCommand(), versionCommand(), completionCommand(),
 			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(),
+			topCommand(), statsCommand(), cpCommand(),
 		}, agentCommands()...),
 		CommandNotFound: commandNotFound,
 	}
