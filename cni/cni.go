@@ -72,7 +72,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -527,20 +526,8 @@ func (m *Manager) SetupShared(ctx context.Context, id string) (_ string, err err
 		return "", err
 	}
 	defer release()
-	br := bridgeName(id)
-	for _, args := range [][]string{
-		{"link", "add", br, "type", "bridge"},
-		{"addr", "add", netip.PrefixFrom(rec.Gateway, rec.Subnet.Bits()).String(), "dev", br},
-	} {
-		if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
-			return "", fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-		}
-	}
-	if err := sysctl("net/ipv6/conf/"+br+"/disable_ipv6", "1"); err != nil {
+	if err := makeBridge(bridgeName(id), netip.PrefixFrom(rec.Gateway, rec.Subnet.Bits())); err != nil {
 		return "", err
-	}
-	if out, err := exec.CommandContext(ctx, "ip", "link", "set", br, "up").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("ip link set %s up: %w: %s", br, err, strings.TrimSpace(string(out)))
 	}
 	if err := fw.add(ctx, rec); err != nil {
 		return "", err
