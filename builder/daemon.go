@@ -72,9 +72,6 @@ func (d *Daemon) process() *daemon.Process {
 	}
 }
 
-// LogPath is where the daemon's own output goes.
-func (d *Daemon) LogPath() string { return d.process().LogPath() }
-
 // Answering reports whether something accepts connections on the daemon's socket.
 func (d *Daemon) Answering() bool { return daemon.Answering(d.socket()) }
 

@@ -11,8 +11,7 @@
 //	ids, err := m.Leftovers()                      // run ids with network state left, for `moatc clean`
 //
 // Other API: ParsePublish parses -p specs, ParseHostPort --host-port ones; Manager.Load reads a
-// run's Network back; NewProxy and Proxy.Files move the published-port proxy to another process;
-// SetupShared makes a network BuildKit attaches its RUN steps to; Prune removes moatc's chains
+// run's Network back (without its Proxy); SetupShared makes a network BuildKit attaches its RUN steps to; Prune removes moatc's chains
 // once no run uses them.
 //
 // What a run R gets (every name derives from R, so Teardown needs only the id):
@@ -328,7 +327,7 @@ func (m *Manager) Paths(runID string) *Network {
 	}
 }
 
-// Load returns the network of a run from its record (without a Proxy: see NewProxy).
+// Load returns the network of a run from its record, without a Proxy.
 func (m *Manager) Load(runID string) (*Network, error) {
 	if err := checkRunID(runID); err != nil {
 		return nil, fmt.Errorf("loading network %s: %w", netName(runID), err)

@@ -320,15 +320,6 @@ func NormalizeBase(base string) string {
 	}, base)
 }
 
-// CheckBase reports whether base is a valid image reference.
-func CheckBase(base string) error {
-	if _, err := reference.ParseNormalizedNamed(base); err != nil {
-		return fmt.Errorf("base image %q: %w", base, err)
-	}
-	return nil
-}
-
-// cache is a cache mount shared by all of moatc's builds; one writer at a time.
 // cache is a cache mount in the plan's scope: one workspace's build never reads what another
 // workspace's build wrote (an npm postinstall or a go build could poison a shared cache).
 func cache(scope, id, target string) string {
