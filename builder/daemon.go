@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/moatc/moatc/daemon"
-	"github.com/moatc/moatc/state"
+	"github.com/moatc/moatc/internal/atomicfile"
 )
 
 // Daemon is a buildkitd that moatc starts itself: its own root, socket, pid file and log
@@ -108,10 +108,10 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return &ContainerdDownError{Address: d.ContainerdAddress}
 	}
 	if err := d.process().Start(ctx, func() error {
-		if err := state.WriteFile(d.configPath(), []byte(d.config()), 0o600); err != nil {
+		if err := atomicfile.Write(d.configPath(), []byte(d.config()), 0o600); err != nil {
 			return err
 		}
-		return state.WriteFile(d.argsPath(), []byte(d.settings()), 0o600)
+		return atomicfile.Write(d.argsPath(), []byte(d.settings()), 0o600)
 	}); err != nil {
 		return err
 	}

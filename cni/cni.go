@@ -79,6 +79,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/moatc/moatc/internal/atomicfile"
 )
 
 // Config says where moatc keeps network state and which addresses runs get.
@@ -260,7 +262,7 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 	if err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(m.confPath(runID), conf, 0o600, false); err != nil {
+	if err := atomicfile.WriteNoSync(m.confPath(runID), conf, 0o600); err != nil {
 		return nil, fmt.Errorf("writing conflist: %w", err)
 	}
 	hostVeth, err := m.cniAdd(ctx, rec, conf)
@@ -290,14 +292,14 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 	}
 	m.step("firewall")
 	n := m.network(rec)
-	if err := writeAtomic(n.HostsPath, hostsFile(hostname, rec.IP, rec.Gateway), 0o644, false); err != nil {
+	if err := atomicfile.WriteNoSync(n.HostsPath, hostsFile(hostname, rec.IP, rec.Gateway), 0o644); err != nil {
 		return nil, fmt.Errorf("writing hosts file: %w", err)
 	}
 	resolv := resolvFile(readHostResolv(), os.ReadFile, m.cfg.DNS)
 	if o.Strict {
 		resolv = []byte("# written by moatc for this run\n# strict policy: no nameserver; moatc's proxy (HTTPS_PROXY) resolves the allowed hosts\n")
 	}
-	if err := writeAtomic(n.ResolvPath, resolv, 0o644, false); err != nil {
+	if err := atomicfile.WriteNoSync(n.ResolvPath, resolv, 0o644); err != nil {
 		return nil, fmt.Errorf("writing resolv.conf: %w", err)
 	}
 	if proxy != nil {
@@ -439,7 +441,7 @@ func (m *Manager) allocate(tmpl record) (*record, error) {
 
 func (m *Manager) writeRecord(rec *record) error {
 	b, _ := json.MarshalIndent(rec, "", "  ")
-	if err := writeAtomic(m.recordPath(rec.RunID), append(b, '\n'), 0o600, true); err != nil {
+	if err := atomicfile.Write(m.recordPath(rec.RunID), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing network record: %w", err)
 	}
 	return nil
@@ -535,7 +537,7 @@ func (m *Manager) SetupShared(ctx context.Context, id string) (_ string, err err
 	if err != nil {
 		return "", err
 	}
-	if err := writeAtomic(m.confPath(id), conf, 0o600, true); err != nil {
+	if err := atomicfile.Write(m.confPath(id), conf, 0o600); err != nil {
 		return "", fmt.Errorf("writing conflist: %w", err)
 	}
 	return m.confPath(id), nil
