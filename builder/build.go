@@ -136,29 +136,15 @@ func Exists(ctx context.Context, d *Daemon, tag string) (bool, error) {
 // returns the image's full name. An image that exists already is not built again unless
 // req.Rebuild is set. buildkitd is started if it is not running.
 func Build(ctx context.Context, d *Daemon, req Request) (string, error) {
-	name, err := ImageName(req.Tag)
+	name, mode, err := checkRequest(req)
 	if err != nil {
 		return "", err
 	}
-	if len(req.Dockerfile) == 0 {
-		return "", errors.New("builder: empty Dockerfile")
+	logf, err := openLog(req.LogPath)
+	if err != nil {
+		return "", err
 	}
-	mode := req.Mode
-	switch mode {
-	case "":
-		mode = ModeAuto
-	case ModeAuto, ModeTTY, ModePlain, ModeQuiet:
-	default:
-		return "", fmt.Errorf("builder: progress mode %q (want auto, tty, plain or quiet)", req.Mode)
-	}
-	var logf *os.File
-	if req.LogPath != "" {
-		if err := os.MkdirAll(filepath.Dir(req.LogPath), 0o700); err != nil {
-			return "", err
-		}
-		if logf, err = os.OpenFile(req.LogPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600); err != nil {
-			return "", fmt.Errorf("build log: %w", err)
-		}
+	if logf != nil {
 		defer logf.Close()
 	}
 	say := func(format string, a ...any) {
@@ -201,24 +187,108 @@ func Build(ctx context.Context, d *Daemon, req Request) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(dir)
-	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), req.Dockerfile, 0o600); err != nil {
+	opt, err := solveOpt(dir, name, req)
+	if err != nil {
 		return "", err
 	}
-	if err := os.Mkdir(filepath.Join(dir, "context"), 0o700); err != nil {
+	displays, err := newDisplays(req, mode, logf)
+	if err != nil {
 		return "", err
+	}
+	tr := newTracker()
+	say("moatc: building %s", name)
+	start := time.Now()
+	solveErr, dispErr := solve(ctx, c, opt, tr, displays)
+	if solveErr != nil {
+		err := tr.stepError(solveErr, req.Dockerfile)
+		err.Image, err.LogPath = name, req.LogPath
+		if logf != nil {
+			fmt.Fprintf(logf, "moatc: %v\n", err)
+		}
+		return "", err
+	}
+	if dispErr != nil {
+		return "", fmt.Errorf("progress display: %w", dispErr)
+	}
+	say("moatc: built %s in %.1fs", name, time.Since(start).Seconds())
+	return name, nil
+}
+
+// checkRequest checks req and returns the image name and the progress mode to use.
+func checkRequest(req Request) (string, string, error) {
+	name, err := ImageName(req.Tag)
+	if err != nil {
+		return "", "", err
+	}
+	if len(req.Dockerfile) == 0 {
+		return "", "", errors.New("builder: empty Dockerfile")
+	}
+	mode := req.Mode
+	switch mode {
+	case "":
+		mode = ModeAuto
+	case ModeAuto, ModeTTY, ModePlain, ModeQuiet:
+	default:
+		return "", "", fmt.Errorf("builder: progress mode %q (want auto, tty, plain or quiet)", req.Mode)
+	}
+	return name, mode, nil
+}
+
+// openLog opens the full build log, truncated; nil without a path.
+func openLog(path string) (*os.File, error) {
+	if path == "" {
+		return nil, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("build log: %w", err)
+	}
+	return f, nil
+}
+
+// solveOpt writes the Dockerfile into dir (with an empty context beside it) and returns the
+// solve of it into the image name.
+func solveOpt(dir, name string, req Request) (bkclient.SolveOpt, error) {
+	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), req.Dockerfile, 0o600); err != nil {
+		return bkclient.SolveOpt{}, err
+	}
+	if err := os.Mkdir(filepath.Join(dir, "context"), 0o700); err != nil {
+		return bkclient.SolveOpt{}, err
 	}
 	dfFS, err := fsutil.NewFS(dir)
 	if err != nil {
-		return "", err
+		return bkclient.SolveOpt{}, err
 	}
 	ctxFS, err := fsutil.NewFS(filepath.Join(dir, "context")) // empty: the recipe copies nothing in
 	if err != nil {
-		return "", err
+		return bkclient.SolveOpt{}, err
 	}
+	secretMap, err := secrets(req.CACerts)
+	if err != nil {
+		return bkclient.SolveOpt{}, err
+	}
+	return bkclient.SolveOpt{
+		Session:       []session.Attachable{secretsprovider.FromMap(secretMap)},
+		Frontend:      "dockerfile.v0",
+		FrontendAttrs: map[string]string{"filename": "Dockerfile", "build-arg:BUILDKIT_SANDBOX_HOSTNAME": SandboxHostname},
+		LocalMounts:   map[string]fsutil.FS{"context": ctxFS, "dockerfile": dfFS},
+		Exports: []bkclient.ExportEntry{{
+			Type: bkclient.ExporterImage,
+			// unpack: the layers go into containerd's overlayfs snapshotter now, so the first
+			// run does not pay for it.
+			Attrs: map[string]string{"name": name, "unpack": "true"},
+		}},
+	}, nil
+}
 
-	// The CA bundle travels as a secret: not in the image, not in any cache key.
+// secrets returns the build's secrets. The CA bundle travels as a secret: not in the image,
+// not in any cache key.
+func secrets(ca string) (map[string][]byte, error) {
 	secretMap := map[string][]byte{}
-	switch ca := req.CACerts; ca {
+	switch ca {
 	case "none":
 	case "":
 		if b, err := os.ReadFile(HostCACerts); err == nil {
@@ -227,29 +297,35 @@ func Build(ctx context.Context, d *Daemon, req Request) (string, error) {
 	default:
 		b, err := os.ReadFile(ca)
 		if err != nil {
-			return "", fmt.Errorf("CA bundle for the build: %w", err)
+			return nil, fmt.Errorf("CA bundle for the build: %w", err)
 		}
 		secretMap[deps.CASecretID] = b
 	}
-	// One status stream, three readers: the caller's display, the log file, the step tracker.
+	return secretMap, nil
+}
+
+// newDisplays returns the progress displays: the caller's (unless quiet) and the log file's.
+func newDisplays(req Request, mode string, logf *os.File) ([]progressui.Display, error) {
 	var displays []progressui.Display
 	if req.Progress != nil && mode != ModeQuiet {
 		disp, err := progressui.NewDisplay(req.Progress, progressui.DisplayMode(mode))
 		if err != nil {
-			return "", fmt.Errorf("progress display: %w", err)
+			return nil, fmt.Errorf("progress display: %w", err)
 		}
 		displays = append(displays, disp)
 	}
 	if logf != nil {
 		disp, err := progressui.NewDisplay(logf, progressui.PlainMode)
 		if err != nil {
-			return "", err
+			return nil, err
 		}
 		displays = append(displays, disp)
 	}
-	tr := newTracker()
-	say("moatc: building %s", name)
+	return displays, nil
+}
 
+// solve runs the build. One status stream, several readers: the step tracker and each display.
+func solve(ctx context.Context, c *bkclient.Client, opt bkclient.SolveOpt, tr *tracker, displays []progressui.Display) (solveErr, dispErr error) {
 	statusCh := make(chan *bkclient.SolveStatus)
 	outs := make([]chan *bkclient.SolveStatus, len(displays))
 	for k := range outs {
@@ -276,34 +352,8 @@ func Build(ctx context.Context, d *Daemon, req Request) (string, error) {
 			return err
 		})
 	}
-	opt := bkclient.SolveOpt{
-		Session:       []session.Attachable{secretsprovider.FromMap(secretMap)},
-		Frontend:      "dockerfile.v0",
-		FrontendAttrs: map[string]string{"filename": "Dockerfile", "build-arg:BUILDKIT_SANDBOX_HOSTNAME": SandboxHostname},
-		LocalMounts:   map[string]fsutil.FS{"context": ctxFS, "dockerfile": dfFS},
-		Exports: []bkclient.ExportEntry{{
-			Type: bkclient.ExporterImage,
-			// unpack: the layers go into containerd's overlayfs snapshotter now, so the first
-			// run does not pay for it.
-			Attrs: map[string]string{"name": name, "unpack": "true"},
-		}},
-	}
-	start := time.Now()
-	_, solveErr := c.Solve(ctx, nil, opt, statusCh) // closes statusCh
-	dispErr := eg.Wait()
-	if solveErr != nil {
-		err := tr.stepError(solveErr, req.Dockerfile)
-		err.Image, err.LogPath = name, req.LogPath
-		if logf != nil {
-			fmt.Fprintf(logf, "moatc: %v\n", err)
-		}
-		return "", err
-	}
-	if dispErr != nil {
-		return "", fmt.Errorf("progress display: %w", dispErr)
-	}
-	say("moatc: built %s in %.1fs", name, time.Since(start).Seconds())
-	return name, nil
+	_, solveErr = c.Solve(ctx, nil, opt, statusCh) // closes statusCh
+	return solveErr, eg.Wait()
 }
 
 // tracker keeps each step's name, error and last lines of output.

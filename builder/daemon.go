@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/moatc/moatc/daemon"
-	"github.com/moatc/moatc/state"
+	"github.com/moatc/moatc/internal/atomicfile"
 )
 
 // Daemon is a buildkitd that moatc starts itself: its own root, socket, pid file and log
@@ -72,9 +72,6 @@ func (d *Daemon) process() *daemon.Process {
 	}
 }
 
-// LogPath is where the daemon's own output goes.
-func (d *Daemon) LogPath() string { return d.process().LogPath() }
-
 // Answering reports whether something accepts connections on the daemon's socket.
 func (d *Daemon) Answering() bool { return daemon.Answering(d.socket()) }
 
@@ -111,10 +108,10 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return &ContainerdDownError{Address: d.ContainerdAddress}
 	}
 	if err := d.process().Start(ctx, func() error {
-		if err := state.WriteFile(d.configPath(), []byte(d.config()), 0o600); err != nil {
+		if err := atomicfile.Write(d.configPath(), []byte(d.config()), 0o600); err != nil {
 			return err
 		}
-		return state.WriteFile(d.argsPath(), []byte(d.settings()), 0o600)
+		return atomicfile.Write(d.argsPath(), []byte(d.settings()), 0o600)
 	}); err != nil {
 		return err
 	}

@@ -11,8 +11,7 @@
 //	ids, err := m.Leftovers()                      // run ids with network state left, for `moatc clean`
 //
 // Other API: ParsePublish parses -p specs, ParseHostPort --host-port ones; Manager.Load reads a
-// run's Network back; NewProxy and Proxy.Files move the published-port proxy to another process;
-// SetupShared makes a network BuildKit attaches its RUN steps to; Prune removes moatc's chains
+// run's Network back (without its Proxy); SetupShared makes a network BuildKit attaches its RUN steps to; Prune removes moatc's chains
 // once no run uses them.
 //
 // What a run R gets (every name derives from R, so Teardown needs only the id):
@@ -72,7 +71,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -81,6 +79,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/moatc/moatc/internal/atomicfile"
 )
 
 // Config says where moatc keeps network state and which addresses runs get.
@@ -203,21 +203,9 @@ type Options struct {
 // ports are bound first: a port in use fails Setup before anything is made. Any failure undoes
 // everything Setup did.
 func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Network, err error) {
-	hostname, ports := o.Hostname, o.Ports
 	fail := func(err error) error { return fmt.Errorf("creating network %s: %w", netName(runID), err) }
-	if err := checkRunID(runID); err != nil {
-		return nil, fail(err)
-	}
-	if hostname == "" {
-		hostname = runID
-	}
-	if len(hostname) > 253 || !hostnameRE.MatchString(hostname) {
-		return nil, fail(fmt.Errorf("hostname %q: use letters, digits, '-', '_' and '.', at most 253 of them", hostname))
-	}
-	if ports, err = normalizePorts(ports); err != nil {
-		return nil, fail(err)
-	}
-	if err := m.checkPlugins(); err != nil {
+	hostname, ports, err := m.checkSetup(runID, o)
+	if err != nil {
 		return nil, fail(err)
 	}
 	fw, err := findFirewall()
@@ -248,59 +236,12 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 		}
 		err = fail(err)
 	}()
-
-	release, err := fw.hold()
-	if err != nil {
+	if err := m.build(ctx, fw, rec, o); err != nil {
 		return nil, err
 	}
-	defer release()
-	if err := createNetNS(netnsPath(runID)); err != nil {
-		return nil, fmt.Errorf("creating netns %s: %w", netnsPath(runID), err)
-	}
-	m.step("netns")
-	conf, err := m.confList(rec)
-	if err != nil {
-		return nil, err
-	}
-	if err := writeAtomic(m.confPath(runID), conf, 0o600, false); err != nil {
-		return nil, fmt.Errorf("writing conflist: %w", err)
-	}
-	hostVeth, err := m.cniAdd(ctx, rec, conf)
-	if err != nil {
-		return nil, err
-	}
-	m.step("cni add")
-	for _, dev := range []string{bridgeName(runID), hostVeth} {
-		if dev == "" {
-			continue
-		}
-		if err := sysctl("net/ipv6/conf/"+dev+"/disable_ipv6", "1"); err != nil {
-			return nil, err
-		}
-	}
-	if o.Listen != nil {
-		if rec.Services, err = o.Listen(rec.Gateway); err != nil {
-			return nil, err
-		}
-		// Teardown removes the rules from the record: it must name the services too.
-		if err := m.writeRecord(rec); err != nil {
-			return nil, err
-		}
-	}
-	if err := fw.add(ctx, rec); err != nil {
-		return nil, err
-	}
-	m.step("firewall")
 	n := m.network(rec)
-	if err := writeAtomic(n.HostsPath, hostsFile(hostname, rec.IP, rec.Gateway), 0o644, false); err != nil {
-		return nil, fmt.Errorf("writing hosts file: %w", err)
-	}
-	resolv := resolvFile(readHostResolv(), os.ReadFile, m.cfg.DNS)
-	if o.Strict {
-		resolv = []byte("# written by moatc for this run\n# strict policy: no nameserver; moatc's proxy (HTTPS_PROXY) resolves the allowed hosts\n")
-	}
-	if err := writeAtomic(n.ResolvPath, resolv, 0o644, false); err != nil {
-		return nil, fmt.Errorf("writing resolv.conf: %w", err)
+	if err := m.writeRunFiles(n, rec, o.Strict); err != nil {
+		return nil, err
 	}
 	if proxy != nil {
 		proxy.target = rec.IP
@@ -310,6 +251,89 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 		m.mu.Unlock()
 	}
 	return n, nil
+}
+
+// checkSetup checks what Setup is asked and fills in defaults: the hostname and the ports.
+func (m *Manager) checkSetup(runID string, o Options) (string, []Port, error) {
+	if err := checkRunID(runID); err != nil {
+		return "", nil, err
+	}
+	hostname := o.Hostname
+	if hostname == "" {
+		hostname = runID
+	}
+	if len(hostname) > 253 || !hostnameRE.MatchString(hostname) {
+		return "", nil, fmt.Errorf("hostname %q: use letters, digits, '-', '_' and '.', at most 253 of them", hostname)
+	}
+	ports, err := normalizePorts(o.Ports)
+	if err != nil {
+		return "", nil, err
+	}
+	return hostname, ports, m.checkPlugins()
+}
+
+// build makes the kernel side of a run's allocated network: netns, CNI ADD, IPv6 off on the
+// host's side, moatc's own services, the firewall rules.
+func (m *Manager) build(ctx context.Context, fw firewall, rec *record, o Options) (err error) {
+	runID := rec.RunID
+	release, err := fw.hold()
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := createNetNS(netnsPath(runID)); err != nil {
+		return fmt.Errorf("creating netns %s: %w", netnsPath(runID), err)
+	}
+	m.step("netns")
+	conf, err := m.confList(rec)
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteNoSync(m.confPath(runID), conf, 0o600); err != nil {
+		return fmt.Errorf("writing conflist: %w", err)
+	}
+	hostVeth, err := m.cniAdd(ctx, rec, conf)
+	if err != nil {
+		return err
+	}
+	m.step("cni add")
+	for _, dev := range []string{bridgeName(runID), hostVeth} {
+		if dev == "" {
+			continue
+		}
+		if err := sysctl("net/ipv6/conf/"+dev+"/disable_ipv6", "1"); err != nil {
+			return err
+		}
+	}
+	if o.Listen != nil {
+		if rec.Services, err = o.Listen(rec.Gateway); err != nil {
+			return err
+		}
+		// Teardown removes the rules from the record: it must name the services too.
+		if err := m.writeRecord(rec); err != nil {
+			return err
+		}
+	}
+	if err := fw.add(ctx, rec); err != nil {
+		return err
+	}
+	m.step("firewall")
+	return nil
+}
+
+// writeRunFiles writes the run's hosts file and resolv.conf.
+func (m *Manager) writeRunFiles(n *Network, rec *record, strict bool) error {
+	if err := atomicfile.WriteNoSync(n.HostsPath, hostsFile(rec.Hostname, rec.IP, rec.Gateway), 0o644); err != nil {
+		return fmt.Errorf("writing hosts file: %w", err)
+	}
+	resolv := resolvFile(readHostResolv(), os.ReadFile, m.cfg.DNS)
+	if strict {
+		resolv = []byte("# written by moatc for this run\n# strict policy: no nameserver; moatc's proxy (HTTPS_PROXY) resolves the allowed hosts\n")
+	}
+	if err := atomicfile.WriteNoSync(n.ResolvPath, resolv, 0o644); err != nil {
+		return fmt.Errorf("writing resolv.conf: %w", err)
+	}
+	return nil
 }
 
 func (m *Manager) network(r *record) *Network {
@@ -329,7 +353,7 @@ func (m *Manager) Paths(runID string) *Network {
 	}
 }
 
-// Load returns the network of a run from its record (without a Proxy: see NewProxy).
+// Load returns the network of a run from its record, without a Proxy.
 func (m *Manager) Load(runID string) (*Network, error) {
 	if err := checkRunID(runID); err != nil {
 		return nil, fmt.Errorf("loading network %s: %w", netName(runID), err)
@@ -357,9 +381,42 @@ func (m *Manager) allocate(tmpl record) (*record, error) {
 	if _, err := os.Stat(m.runDir(runID)); err == nil {
 		return nil, fmt.Errorf("run %s already has a network; tear it down first (moatc clean)", runID)
 	}
-	recs, _, err := m.records()
+	used, mtu, err := m.usedSubnets()
 	if err != nil {
 		return nil, err
+	}
+	idx, err := m.claimFree(runID, used)
+	if err != nil {
+		return nil, err
+	}
+	sub := subnetAt(m.cfg.Pool, idx)
+	if err := prepareNetnsDir(); err != nil {
+		os.Remove(claimPath(sub))
+		return nil, err
+	}
+	gw := sub.Addr().Next()
+	rec := &tmpl
+	rec.Pool, rec.Subnet, rec.Gateway, rec.IP = m.cfg.Pool, sub, gw, gw.Next()
+	rec.MTU, rec.Created, rec.PID = mtu, time.Now().UTC(), os.Getpid()
+	if err := os.Mkdir(m.runDir(runID), 0o700); err != nil {
+		os.Remove(claimPath(sub))
+		return nil, err
+	}
+	if err := m.writeRecord(rec); err != nil {
+		os.RemoveAll(m.runDir(runID))
+		os.Remove(claimPath(sub))
+		return nil, err
+	}
+	os.WriteFile(filepath.Join(m.cfg.StateDir, "next"), []byte(strconv.Itoa(idx+1)), 0o600) // only a hint
+	return rec, nil
+}
+
+// usedSubnets returns the pool's subnets this home's records and other runs' bridges hold, and
+// the MTU runs get; a host route into the pool that is not a run's is an error.
+func (m *Manager) usedSubnets() (map[netip.Prefix]bool, int, error) {
+	recs, _, err := m.records()
+	if err != nil {
+		return nil, 0, err
 	}
 	used := map[netip.Prefix]bool{}
 	for _, r := range recs {
@@ -367,7 +424,7 @@ func (m *Manager) allocate(tmpl record) (*record, error) {
 	}
 	rts, err := routes()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	pool := m.cfg.Pool
 	mtu := 0
@@ -388,15 +445,20 @@ func (m *Manager) allocate(tmpl record) (*record, error) {
 			used[rt.dst.Masked()] = true
 			continue
 		}
-		return nil, fmt.Errorf("network pool %s overlaps the host route %q, so runs could not reach what it leads to; "+
+		return nil, 0, fmt.Errorf("network pool %s overlaps the host route %q, so runs could not reach what it leads to; "+
 			"configure another pool (%s=%s, or the network pool setting)", pool, rt.String(), PoolEnv, suggestPool(pool.Bits(), rts))
 	}
+	return used, mtu, nil
+}
+
+// claimFree claims the first free subnet of the pool for runID and returns its index.
+func (m *Manager) claimFree(runID string, used map[netip.Prefix]bool) (int, error) {
+	pool := m.cfg.Pool
 	total := 1 << (24 - pool.Bits())
 	start := 0
 	if b, err := os.ReadFile(filepath.Join(m.cfg.StateDir, "next")); err == nil {
 		start, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	}
-	idx := -1
 	// Round robin from the last allocation, so a subnet freed a moment ago (conntrack entries,
 	// ARP caches elsewhere) is the last to be reused. The claim makes it ours against other
 	// homes sharing the pool.
@@ -407,41 +469,18 @@ func (m *Manager) allocate(tmpl record) (*record, error) {
 		}
 		ok, err := m.claimSubnet(subnetAt(pool, j), runID)
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
 		if ok {
-			idx = j
-			break
+			return j, nil
 		}
 	}
-	if idx < 0 {
-		return nil, fmt.Errorf("network pool %s is full (%d runs have networks); remove stopped runs' networks with `moatc clean` or configure a larger pool (%s)", pool, total, PoolEnv)
-	}
-	sub := subnetAt(pool, idx)
-	if err := prepareNetnsDir(); err != nil {
-		os.Remove(claimPath(sub))
-		return nil, err
-	}
-	gw := sub.Addr().Next()
-	rec := &tmpl
-	rec.Pool, rec.Subnet, rec.Gateway, rec.IP = pool, sub, gw, gw.Next()
-	rec.MTU, rec.Created, rec.PID = mtu, time.Now().UTC(), os.Getpid()
-	if err := os.Mkdir(m.runDir(runID), 0o700); err != nil {
-		os.Remove(claimPath(sub))
-		return nil, err
-	}
-	if err := m.writeRecord(rec); err != nil {
-		os.RemoveAll(m.runDir(runID))
-		os.Remove(claimPath(sub))
-		return nil, err
-	}
-	os.WriteFile(filepath.Join(m.cfg.StateDir, "next"), []byte(strconv.Itoa(idx+1)), 0o600) // only a hint
-	return rec, nil
+	return 0, fmt.Errorf("network pool %s is full (%d runs have networks); remove stopped runs' networks with `moatc clean` or configure a larger pool (%s)", pool, total, PoolEnv)
 }
 
 func (m *Manager) writeRecord(rec *record) error {
 	b, _ := json.MarshalIndent(rec, "", "  ")
-	if err := writeAtomic(m.recordPath(rec.RunID), append(b, '\n'), 0o600, true); err != nil {
+	if err := atomicfile.Write(m.recordPath(rec.RunID), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing network record: %w", err)
 	}
 	return nil
@@ -527,20 +566,8 @@ func (m *Manager) SetupShared(ctx context.Context, id string) (_ string, err err
 		return "", err
 	}
 	defer release()
-	br := bridgeName(id)
-	for _, args := range [][]string{
-		{"link", "add", br, "type", "bridge"},
-		{"addr", "add", netip.PrefixFrom(rec.Gateway, rec.Subnet.Bits()).String(), "dev", br},
-	} {
-		if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
-			return "", fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-		}
-	}
-	if err := sysctl("net/ipv6/conf/"+br+"/disable_ipv6", "1"); err != nil {
+	if err := makeBridge(bridgeName(id), netip.PrefixFrom(rec.Gateway, rec.Subnet.Bits())); err != nil {
 		return "", err
-	}
-	if out, err := exec.CommandContext(ctx, "ip", "link", "set", br, "up").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("ip link set %s up: %w: %s", br, err, strings.TrimSpace(string(out)))
 	}
 	if err := fw.add(ctx, rec); err != nil {
 		return "", err
@@ -549,7 +576,7 @@ func (m *Manager) SetupShared(ctx context.Context, id string) (_ string, err err
 	if err != nil {
 		return "", err
 	}
-	if err := writeAtomic(m.confPath(id), conf, 0o600, true); err != nil {
+	if err := atomicfile.Write(m.confPath(id), conf, 0o600); err != nil {
 		return "", fmt.Errorf("writing conflist: %w", err)
 	}
 	return m.confPath(id), nil

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 
+	ctrdnetns "github.com/containerd/containerd/v2/pkg/netns"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,39 +38,33 @@ func prepareNetnsDir() error {
 	return nil
 }
 
-// createNetNS makes a new network namespace pinned by a bind mount at path. Inside it, IPv6 is
-// off by default, so the eth0 the bridge plugin creates there never gets an IPv6 address;
-// lo keeps ::1 (programs that try localhost over IPv6 first still work).
+// createNetNS makes a new network namespace pinned by a bind mount at /run/netns/NAME (named
+// after the run, so Teardown and Paths need only the run id: containerd's pkg/netns would pick a
+// random name). Inside it, IPv6 is off by default, so the eth0 the bridge plugin creates there
+// never gets an IPv6 address; lo keeps ::1 (programs that try localhost over IPv6 first still work).
 func createNetNS(path string) error {
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o444)
-	if err != nil {
-		return err
-	}
-	f.Close()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		// Return the thread to the host namespace when done; if that fails, keep it locked so
 		// it dies with this goroutine instead of running other goroutines in the wrong netns.
 		// (A dying thread would also fire the Pdeathsig of any child the process started from it.)
-		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		orig, err := netns.Get()
 		if err != nil {
 			errc <- err
 			return
 		}
 		defer orig.Close()
 		err = func() error {
-			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-				return os.NewSyscallError("unshare", err)
+			ns, err := netns.NewNamed(filepath.Base(path))
+			if err != nil {
+				return fmt.Errorf("making the namespace: %w", err)
 			}
-			src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-			if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
-				return fmt.Errorf("bind-mounting the namespace on %s: %w", path, err)
-			}
+			ns.Close()
 			// /proc/sys/net is resolved against the calling thread's namespace.
 			return sysctl("net/ipv6/conf/default/disable_ipv6", "1")
 		}()
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+		if netns.Set(orig) == nil {
 			runtime.UnlockOSThread()
 		}
 		errc <- err
@@ -83,11 +79,8 @@ func createNetNS(path string) error {
 // removeNetNS unpins a named network namespace; the kernel frees it (and the veth end inside)
 // once no process uses it. A missing one is not an error.
 func removeNetNS(path string) error {
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
-		return fmt.Errorf("unmounting %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+	if err := ctrdnetns.LoadNetNS(path).Remove(); err != nil {
+		return fmt.Errorf("removing netns %s: %w", path, err)
 	}
 	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -68,73 +67,6 @@ func bindError(p Port, err error) error {
 			where, p.HostIP, err)
 	}
 	return fmt.Errorf("publishing %s: %w", where, err)
-}
-
-// NewProxy makes the proxy of a run's ports in another process than the one that ran Setup
-// (e.g. a supervisor started after it): from files that process got from Files, in the order of
-// n.Ports, or, with no files, by binding the ports again.
-func NewProxy(n *Network, files []*os.File) (*Proxy, error) {
-	if len(n.Ports) == 0 {
-		return nil, nil
-	}
-	if files == nil {
-		return listenPorts(n.IP, n.Ports)
-	}
-	if len(files) != len(n.Ports) {
-		return nil, fmt.Errorf("proxying ports of run %s: got %d files for %d ports", n.RunID, len(files), len(n.Ports))
-	}
-	p := &Proxy{target: n.IP, ports: n.Ports, conns: map[io.Closer]struct{}{}, done: make(chan struct{})}
-	for i, f := range files {
-		var s io.Closer
-		var err error
-		if n.Ports[i].Proto == "udp" {
-			var pc net.PacketConn
-			if pc, err = net.FilePacketConn(f); err == nil {
-				s, _ = pc.(*net.UDPConn)
-			}
-		} else {
-			var l net.Listener
-			if l, err = net.FileListener(f); err == nil {
-				s, _ = l.(*net.TCPListener)
-			}
-		}
-		if err == nil && s == nil {
-			err = fmt.Errorf("file %d is not a %s socket", i, n.Ports[i].Proto)
-		}
-		if err != nil {
-			p.Close()
-			return nil, fmt.Errorf("proxying ports of run %s: %w", n.RunID, err)
-		}
-		p.socks = append(p.socks, s)
-	}
-	return p, nil
-}
-
-// Files returns duplicates of the bound sockets, in the order of the ports, to hand to another
-// process (exec.Cmd.ExtraFiles) that calls NewProxy with them. The caller closes them.
-func (p *Proxy) Files() ([]*os.File, error) {
-	if p == nil {
-		return nil, nil
-	}
-	var fs []*os.File
-	for _, s := range p.socks {
-		var f *os.File
-		var err error
-		switch s := s.(type) {
-		case *net.TCPListener:
-			f, err = s.File()
-		case *net.UDPConn:
-			f, err = s.File()
-		}
-		if err != nil {
-			for _, f := range fs {
-				f.Close()
-			}
-			return nil, fmt.Errorf("duplicating published port sockets: %w", err)
-		}
-		fs = append(fs, f)
-	}
-	return fs, nil
 }
 
 // Serve forwards until ctx ends or Close is called, then closes every socket and connection.

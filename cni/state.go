@@ -95,39 +95,3 @@ func (m *Manager) records() ([]*record, []string, error) {
 	sort.Strings(ids)
 	return recs, ids, nil
 }
-
-// writeAtomic writes a file so that readers and crashes see either the old or the new
-// content: temp file in the same directory, fsync when sync is set, rename.
-func writeAtomic(path string, data []byte, perm os.FileMode, sync bool) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if sync {
-		if err := f.Sync(); err != nil {
-			return err
-		}
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	return nil
-}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/moatc/moatc/daemon"
-	"github.com/moatc/moatc/state"
+	"github.com/moatc/moatc/internal/atomicfile"
 )
 
 // Daemon is the containerd that moatc starts itself when no --address is given: its own root,
@@ -69,7 +69,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 		if _, err := os.Stat(d.Binary()); err != nil {
 			return &NotInstalledError{Path: d.Binary()}
 		}
-		return state.WriteFile(d.configPath(), []byte(d.config()), 0o600)
+		return atomicfile.Write(d.configPath(), []byte(d.config()), 0o600)
 	})
 }
 

@@ -15,7 +15,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/oci"
 
-	"github.com/moatc/moatc/state"
+	"github.com/moatc/moatc/internal/atomicfile"
 )
 
 // Runtime is how a container's processes are isolated from the host. moatc has two: gVisor
@@ -188,7 +188,7 @@ func (g GVisor) ConfigFile() (string, error) {
 		if err := os.MkdirAll(g.Dir, 0o700); err != nil {
 			return "", fmt.Errorf("writing runsc config: %w", err)
 		}
-		if err := state.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		if err := atomicfile.Write(path, []byte(cfg), 0o644); err != nil {
 			return "", err
 		}
 	}
@@ -238,7 +238,7 @@ func (g GVisor) makeStateRoot() error {
 	if err != nil {
 		dir = g.Dir
 	}
-	return state.WriteFile(owner, []byte(filepath.Dir(dir)+"\n"), 0o644)
+	return atomicfile.Write(owner, []byte(filepath.Dir(dir)+"\n"), 0o644)
 }
 
 func (g GVisor) configPath(cfg string) string {

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/moatc/moatc/internal/atomicfile"
 	"github.com/moatc/moatc/state"
 )
 
@@ -144,7 +145,7 @@ func (p *Process) Start(ctx context.Context, prepare func() error) error {
 		cmd.Wait()
 		return fmt.Errorf("starting %s: %w", p.Name, err)
 	}
-	if err := state.WriteFile(p.PidPath(), content, 0o600); err != nil {
+	if err := atomicfile.Write(p.PidPath(), content, 0o600); err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
 		return err

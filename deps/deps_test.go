@@ -470,18 +470,6 @@ func TestExtendedRegistryBinary(t *testing.T) {
 	}
 }
 
-func TestCheckBase(t *testing.T) {
-	if err := CheckBase("debian:bookworm-slim"); err != nil {
-		t.Error(err)
-	}
-	if err := CheckBase("Debian Bookworm\nRUN reboot"); err == nil {
-		t.Error("bad base accepted")
-	}
-	if got := NormalizeBase("x\nRUN reboot"); strings.ContainsAny(got, "\n ") {
-		t.Errorf("NormalizeBase kept white space: %q", got)
-	}
-}
-
 // Every registry entry resolves (with what it requires) and yields a Dockerfile.
 func TestEveryEntryResolves(t *testing.T) {
 	for _, i := range List() {

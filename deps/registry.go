@@ -252,31 +252,54 @@ func (r *Registry) check(i *Info) error {
 			return fmt.Errorf("bad Debian package name %q", p)
 		}
 	}
+	if err := checkKind(i); err != nil {
+		return err
+	}
+	if i.Kind != KindMeta && len(i.Bundle) > 0 {
+		return fmt.Errorf("only meta entries have a bundle")
+	}
+	if err := checkVersions(i); err != nil {
+		return err
+	}
+	if err := r.checkRefs(i); err != nil {
+		return err
+	}
+	if err := checkLinks(i.Links); err != nil {
+		return err
+	}
+	for _, p := range i.Path {
+		if !strings.HasPrefix(p, "/") || !rePath.MatchString(p) {
+			return fmt.Errorf("bad path entry %q", p)
+		}
+	}
+	return nil
+}
+
+// checkKind checks that i has what its kind needs.
+func checkKind(i *Info) error {
 	need := func(cond bool, what string) error {
 		if !cond {
 			return fmt.Errorf("kind %s needs %s", i.Kind, what)
 		}
 		return nil
 	}
-	var err error
 	switch i.Kind {
 	case KindApt:
-		err = need(len(i.Apt) > 0, "apt packages")
+		return need(len(i.Apt) > 0, "apt packages")
 	case KindNPM:
-		err = need(reNPMName.MatchString(i.NPM), "an npm package name (npm:)")
+		return need(reNPMName.MatchString(i.NPM), "an npm package name (npm:)")
 	case KindGo:
-		err = need(reGoPath.MatchString(i.Go) && strings.Contains(strings.Split(i.Go, "/")[0], "."), "a go install package path (go:)")
+		return need(reGoPath.MatchString(i.Go) && strings.Contains(strings.Split(i.Go, "/")[0], "."), "a go install package path (go:)")
 	case KindMeta:
-		err = need(len(i.Bundle) > 0, "bundle members")
+		return need(len(i.Bundle) > 0, "bundle members")
 	case KindRuntime, KindBinary, KindDocker:
-		err = need(len(i.Versions) > 0, "versions")
+		return need(len(i.Versions) > 0, "versions")
 	}
-	if err != nil {
-		return err
-	}
-	if i.Kind != KindMeta && len(i.Bundle) > 0 {
-		return fmt.Errorf("only meta entries have a bundle")
-	}
+	return nil
+}
+
+// checkVersions checks i's version list and default version.
+func checkVersions(i *Info) error {
 	if len(i.Versions) > 0 {
 		if i.Kind != KindRuntime && i.Kind != KindBinary && i.Kind != KindDocker {
 			return fmt.Errorf("kind %s takes no version list", i.Kind)
@@ -305,6 +328,11 @@ func (r *Registry) check(i *Info) error {
 	if i.Default != "" && i.FreeVersion() && !validFreeVersion(i.Kind, i.Default) {
 		return fmt.Errorf("bad default version %q", i.Default)
 	}
+	return nil
+}
+
+// checkRefs checks that the entries i's bundle and requirements name are in the registry.
+func (r *Registry) checkRefs(i *Info) error {
 	for _, m := range i.Bundle {
 		if _, ok := r.entries[m]; !ok {
 			return fmt.Errorf("bundle member %q is not in the registry", m)
@@ -316,14 +344,6 @@ func (r *Registry) check(i *Info) error {
 	for _, q := range i.Requires {
 		if q2, ok := r.entries[q]; !ok || q2.Kind == KindMeta {
 			return fmt.Errorf("requires %q, which is not a registry entry (or is a bundle)", q)
-		}
-	}
-	if err := checkLinks(i.Links); err != nil {
-		return err
-	}
-	for _, p := range i.Path {
-		if !strings.HasPrefix(p, "/") || !rePath.MatchString(p) {
-			return fmt.Errorf("bad path entry %q", p)
 		}
 	}
 	return nil

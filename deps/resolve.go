@@ -84,102 +84,30 @@ func (r *Registry) Resolve(deps []Dep, opts ...Option) (*Plan, error) {
 	for _, f := range opts {
 		f(&o)
 	}
-	var errs []error
 	if o.pipIndex != "" {
 		if u, err := url.Parse(o.pipIndex); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || strings.ContainsAny(o.pipIndex, "'\"\\ \t\n\r`$") {
 			return nil, fmt.Errorf("pip index %q is not an http or https URL", o.pipIndex)
 		}
 	}
-	items := map[string]*Item{}
-	var order []string
-	var add func(d Dep, via *Entry)
-	add = func(d Dep, via *Entry) {
-		entry := d.Entry
-		if via != nil {
-			entry = *via
-		}
-		if d.Kind == KindMeta {
-			for _, m := range d.info.Bundle {
-				mi, ok := r.entries[m]
-				if !ok { // parsed with another registry
-					errs = append(errs, newError(ErrUnknown, []Entry{entry}, "bundle %s: unknown member %q", d.Name, m))
-					continue
-				}
-				add(Dep{Entry: d.Entry, Kind: mi.Kind, Name: m, info: mi}, &entry)
-			}
-			return
-		}
-		key, pkg := itemKey(d)
-		it, ok := items[key]
-		if !ok {
-			it = &Item{Key: key, Kind: d.Kind, info: d.info, pkg: pkg}
-			items[key] = it
-			order = append(order, key)
-		}
-		if it.info == nil && d.info != nil {
-			it.info = d.info // `typescript` and `npm:typescript` are one item; keep the entry's data
-		}
-		if !slices.Contains(it.Entries, entry) {
-			it.Entries = append(it.Entries, entry)
-		}
-		if d.Version == "" {
-			return
-		}
-		version := d.Version
-		if d.ver != nil {
-			version = d.ver.Version
-		}
-		switch {
-		case it.explicit == nil:
-			it.explicit, it.Version, it.ver = &entry, version, d.ver
-		case it.Version != version:
-			errs = append(errs, conflict(it, entry, version))
-		}
-	}
+	m := &merger{r: r, items: map[string]*Item{}}
 	for _, d := range deps {
-		add(d, nil)
+		m.add(d, nil)
 	}
-
 	p := &Plan{pipIndex: o.pipIndex}
-	for _, key := range order {
-		it := items[key]
-		if it.explicit == nil {
-			switch {
-			case it.info != nil && it.info.Versioned() && it.info.Default != "":
-				v, _ := it.info.FindVersion(it.info.Default)
-				it.Version, it.ver = v.Version, &v
-			case it.Kind == KindNPM || it.Kind == KindGo:
-				it.Version = "latest"
-				if it.info != nil && it.info.Default != "" {
-					it.Version = it.info.Default
-				}
-			}
-		}
+	for _, key := range m.order {
+		it := m.items[key]
+		m.complete(it, o.pipIndex)
 		if it.Kind == KindDocker && it.ver != nil {
 			p.Docker = it.ver.Version
-		}
-		if it.Kind == KindPip && o.pipIndex == "" {
-			errs = append(errs, newError(ErrUnsupported, it.Entries[:1],
-				"%s: pip packages come from PyPI, which moatc's builds cannot reach here (they reach only Debian's archive, the npm registry and the Go module proxy), so this image could not be built. Use Debian's package instead, which most PyPI projects have as python3-NAME: apt:python3-%s (and python); or, where PyPI or a mirror is reachable, configure it as moatc's pip index",
-				it.Entries[0].Text, debianPythonName(it.pkg)))
 		}
 		p.Items = append(p.Items, *it)
 	}
 	// Requirements: checked after merging, so the order of the list does not matter.
 	for _, it := range p.Items {
-		for _, need := range requirements(it) {
-			if _, ok := items[need]; ok {
-				continue
-			}
-			hint := fmt.Sprintf("add %q to the list", need)
-			if ni, ok := r.entries[need]; ok && ni.Versioned() {
-				hint = fmt.Sprintf("add %q (or one of %s) to the list", need, strings.Join(prefixed(need+"@", ni.VersionNames()), ", "))
-			}
-			errs = append(errs, newError(ErrRequires, it.Entries[:1], "%s needs %s, which is not in the list: %s", it.Entries[0].Text, need, hint))
-		}
+		m.checkRequirements(it)
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if len(m.errs) > 0 {
+		return nil, errors.Join(m.errs...)
 	}
 	sort.SliceStable(p.Items, func(a, b int) bool {
 		la, lb := layer(p.Items[a]), layer(p.Items[b])
@@ -189,6 +117,95 @@ func (r *Registry) Resolve(deps []Dep, opts ...Option) (*Plan, error) {
 		return p.Items[a].Key < p.Items[b].Key
 	})
 	return p, nil
+}
+
+// merger merges a list's dependencies into items, one per package, collecting every problem.
+type merger struct {
+	r     *Registry
+	items map[string]*Item
+	order []string // keys in the order of first mention
+	errs  []error
+}
+
+// add merges d, or the members of a bundle d, into the items; via is the bundle's entry.
+func (m *merger) add(d Dep, via *Entry) {
+	entry := d.Entry
+	if via != nil {
+		entry = *via
+	}
+	if d.Kind == KindMeta {
+		for _, name := range d.info.Bundle {
+			mi, ok := m.r.entries[name]
+			if !ok { // parsed with another registry
+				m.errs = append(m.errs, newError(ErrUnknown, []Entry{entry}, "bundle %s: unknown member %q", d.Name, name))
+				continue
+			}
+			m.add(Dep{Entry: d.Entry, Kind: mi.Kind, Name: name, info: mi}, &entry)
+		}
+		return
+	}
+	key, pkg := itemKey(d)
+	it, ok := m.items[key]
+	if !ok {
+		it = &Item{Key: key, Kind: d.Kind, info: d.info, pkg: pkg}
+		m.items[key] = it
+		m.order = append(m.order, key)
+	}
+	if it.info == nil && d.info != nil {
+		it.info = d.info // `typescript` and `npm:typescript` are one item; keep the entry's data
+	}
+	if !slices.Contains(it.Entries, entry) {
+		it.Entries = append(it.Entries, entry)
+	}
+	if d.Version == "" {
+		return
+	}
+	version := d.Version
+	if d.ver != nil {
+		version = d.ver.Version
+	}
+	switch {
+	case it.explicit == nil:
+		it.explicit, it.Version, it.ver = &entry, version, d.ver
+	case it.Version != version:
+		m.errs = append(m.errs, conflict(it, entry, version))
+	}
+}
+
+// complete picks the default version of an item the list gave none, and refuses pip packages
+// without an index.
+func (m *merger) complete(it *Item, pipIndex string) {
+	if it.explicit == nil {
+		switch {
+		case it.info != nil && it.info.Versioned() && it.info.Default != "":
+			v, _ := it.info.FindVersion(it.info.Default)
+			it.Version, it.ver = v.Version, &v
+		case it.Kind == KindNPM || it.Kind == KindGo:
+			it.Version = "latest"
+			if it.info != nil && it.info.Default != "" {
+				it.Version = it.info.Default
+			}
+		}
+	}
+	if it.Kind == KindPip && pipIndex == "" {
+		m.errs = append(m.errs, newError(ErrUnsupported, it.Entries[:1],
+			"%s: pip packages come from PyPI, which moatc's builds cannot reach here (they reach only Debian's archive, the npm registry and the Go module proxy), so this image could not be built. Use Debian's package instead, which most PyPI projects have as python3-NAME: apt:python3-%s (and python); or, where PyPI or a mirror is reachable, configure it as moatc's pip index",
+			it.Entries[0].Text, debianPythonName(it.pkg)))
+	}
+}
+
+// checkRequirements reports what it needs that the list does not have.
+func (m *merger) checkRequirements(it Item) {
+	for _, need := range requirements(it) {
+		if _, ok := m.items[need]; ok {
+			continue
+		}
+		hint := fmt.Sprintf("add %q to the list", need)
+		if ni, ok := m.r.entries[need]; ok && ni.Versioned() {
+			hint = fmt.Sprintf("add %q (or one of %s) to the list", need, strings.Join(prefixed(need+"@", ni.VersionNames()), ", "))
+		}
+		m.errs = append(m.errs, newError(ErrRequires, it.Entries[:1], "%s needs %s, which is not in the list: %s", it.Entries[0].Text, need, hint))
+	}
 }
 
 func conflict(it *Item, entry Entry, version string) *Error {

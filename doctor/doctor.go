@@ -37,47 +37,70 @@ type Options struct {
 // Run performs every check, in order.
 func Run(ctx context.Context, o Options) []Check {
 	var out []Check
-	add := func(c Check) { out = append(out, c) }
-	setupFix := "run `make setup` as root in the moatc source tree"
+	add := func(c ...Check) { out = append(out, c...) }
 
 	add(binary(o.Prefix, "containerd", setupFix))
-	cl, err := ctrd.Connect(ctx, o.Conn)
-	if err != nil {
-		add(Check{Name: "containerd reachable", Detail: err.Error(), Fix: "see the error; `moatc system status` shows the daemon"})
-	} else {
+	cl, c := containerdCheck(ctx, o)
+	if cl != nil {
 		defer cl.Close()
-		v, err := cl.Version(ctx)
-		if err != nil {
-			add(Check{Name: "containerd reachable", Detail: err.Error(), Fix: "restart it: moatc system stop && moatc system start"})
-		} else {
-			add(Check{Name: "containerd reachable", OK: true, Detail: fmt.Sprintf("%s at %s", v.Version, cl.Address)})
-		}
 	}
+	add(c)
 	for _, rt := range o.Runtimes {
 		for _, b := range rt.Binaries() {
 			add(binary(o.Prefix, b, setupFix))
 		}
-		c := Check{Name: "probe run under " + rt.Name()}
-		switch {
-		case rt.Check() != nil:
-			c.Detail, c.Fix = "binaries missing", setupFix
-		case cl == nil:
-			c.Detail, c.Fix = "containerd is not reachable", "fix containerd first"
-		default:
-			img, err := cl.Image(ctx, "busybox", snapshot.Default())
-			if err != nil {
-				c.Detail, c.Fix = err.Error(), "make base-images"
-				break
-			}
-			if err := cl.Probe(ctx, rt, img, snapshot.Default()); err != nil {
-				c.Detail, c.Fix = errors.Unwrap(err).Error(), setupFix
-				break
-			}
-			c.OK, c.Detail = true, "a busybox container ran and exited 0"
-		}
-		add(c)
+		add(probeCheck(ctx, cl, rt))
 	}
-	cni := filepath.Join(o.Prefix, "lib", "cni")
+	add(cniCheck(o.Prefix))
+	add(binary(o.Prefix, "buildkitd", setupFix))
+	add(kernelChecks()...)
+	if o.Home != "" {
+		add(homeChecks(o.Home)...)
+	}
+	add(kvmCheck())
+	return out
+}
+
+const setupFix = "run `make setup` as root in the moatc source tree"
+
+// containerdCheck connects to containerd; the client is nil when that failed.
+func containerdCheck(ctx context.Context, o Options) (*ctrd.Client, Check) {
+	cl, err := ctrd.Connect(ctx, o.Conn)
+	if err != nil {
+		return nil, Check{Name: "containerd reachable", Detail: err.Error(), Fix: "see the error; `moatc system status` shows the daemon"}
+	}
+	v, err := cl.Version(ctx)
+	if err != nil {
+		return cl, Check{Name: "containerd reachable", Detail: err.Error(), Fix: "restart it: moatc system stop && moatc system start"}
+	}
+	return cl, Check{Name: "containerd reachable", OK: true, Detail: fmt.Sprintf("%s at %s", v.Version, cl.Address)}
+}
+
+// probeCheck runs a busybox container under rt.
+func probeCheck(ctx context.Context, cl *ctrd.Client, rt ctrd.Runtime) Check {
+	c := Check{Name: "probe run under " + rt.Name()}
+	switch {
+	case rt.Check() != nil:
+		c.Detail, c.Fix = "binaries missing", setupFix
+	case cl == nil:
+		c.Detail, c.Fix = "containerd is not reachable", "fix containerd first"
+	default:
+		img, err := cl.Image(ctx, "busybox", snapshot.Default())
+		if err != nil {
+			c.Detail, c.Fix = err.Error(), "make base-images"
+			break
+		}
+		if err := cl.Probe(ctx, rt, img, snapshot.Default()); err != nil {
+			c.Detail, c.Fix = errors.Unwrap(err).Error(), setupFix
+			break
+		}
+		c.OK, c.Detail = true, "a busybox container ran and exited 0"
+	}
+	return c
+}
+
+func cniCheck(prefix string) Check {
+	cni := filepath.Join(prefix, "lib", "cni")
 	var missing []string
 	for _, p := range []string{"bridge", "host-local", "loopback", "portmap", "firewall"} {
 		if _, err := os.Stat(filepath.Join(cni, p)); err != nil {
@@ -85,11 +108,14 @@ func Run(ctx context.Context, o Options) []Check {
 		}
 	}
 	if len(missing) > 0 {
-		add(Check{Name: "CNI plugins", Detail: fmt.Sprintf("missing in %s: %s", cni, strings.Join(missing, ", ")), Fix: setupFix + " (Debian package containernetworking-plugins)"})
-	} else {
-		add(Check{Name: "CNI plugins", OK: true, Detail: cni})
+		return Check{Name: "CNI plugins", Detail: fmt.Sprintf("missing in %s: %s", cni, strings.Join(missing, ", ")), Fix: setupFix + " (Debian package containernetworking-plugins)"}
 	}
-	add(binary(o.Prefix, "buildkitd", setupFix))
+	return Check{Name: "CNI plugins", OK: true, Detail: cni}
+}
+
+func kernelChecks() []Check {
+	var out []Check
+	add := func(c Check) { out = append(out, c) }
 	add(kernel("overlayfs", func() (bool, string) {
 		b, _ := os.ReadFile("/proc/filesystems")
 		return strings.Contains(string(b), "overlay"), "overlay in /proc/filesystems"
@@ -108,22 +134,27 @@ func Run(ctx context.Context, o Options) []Check {
 		n := strings.TrimSpace(string(b))
 		return err == nil && n != "0", "max_user_namespaces=" + n
 	}, "sysctl user.max_user_namespaces=15000"))
-	if o.Home != "" {
-		ca := Check{Name: "proxy CA", OK: true, Detail: filepath.Join(o.Home, "proxy", "ca.pem")}
-		if err := proxy.CheckCA(filepath.Join(o.Home, "proxy")); err != nil {
-			ca.OK, ca.Detail, ca.Fix = false, err.Error(), "see the error; runs with a network cannot start until it is fixed"
-		} else if _, err := os.Stat(ca.Detail); err != nil {
-			ca.Detail = "not made yet: the first run with a network makes it"
-		}
-		add(ca)
-		st := Check{Name: "credential store", OK: true, Detail: filepath.Join(o.Home, "grants.json")}
-		if err := grant.Open(o.Home).Check(); err != nil {
-			st.OK, st.Detail, st.Fix = false, err.Error(), "see the error; `moatc grant list` shows what is stored"
-		} else if gs, err := grant.Open(o.Home).List(); err == nil {
-			st.Detail = fmt.Sprintf("%d grant(s) in %s", len(gs), st.Detail)
-		}
-		add(st)
+	return out
+}
+
+// homeChecks checks the proxy CA and the credential store of a moatc home.
+func homeChecks(home string) []Check {
+	ca := Check{Name: "proxy CA", OK: true, Detail: filepath.Join(home, "proxy", "ca.pem")}
+	if err := proxy.CheckCA(filepath.Join(home, "proxy")); err != nil {
+		ca.OK, ca.Detail, ca.Fix = false, err.Error(), "see the error; runs with a network cannot start until it is fixed"
+	} else if _, err := os.Stat(ca.Detail); err != nil {
+		ca.Detail = "not made yet: the first run with a network makes it"
 	}
+	st := Check{Name: "credential store", OK: true, Detail: filepath.Join(home, "grants.json")}
+	if err := grant.Open(home).Check(); err != nil {
+		st.OK, st.Detail, st.Fix = false, err.Error(), "see the error; `moatc grant list` shows what is stored"
+	} else if gs, err := grant.Open(home).List(); err == nil {
+		st.Detail = fmt.Sprintf("%d grant(s) in %s", len(gs), st.Detail)
+	}
+	return []Check{ca, st}
+}
+
+func kvmCheck() Check {
 	kvm := Check{Name: "/dev/kvm", Optional: true}
 	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
 		f.Close()
@@ -131,8 +162,7 @@ func Run(ctx context.Context, o Options) []Check {
 	} else {
 		kvm.Detail = fmt.Sprintf("not usable (%v): gVisor uses systrap", err)
 	}
-	add(kvm)
-	return out
+	return kvm
 }
 
 func binary(prefix, name, fix string) Check {

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/moatc/moatc/internal/atomicfile"
 	"github.com/moatc/moatc/state"
 )
 
@@ -254,10 +255,10 @@ func createCA(dir string) (*CA, error) {
 		return nil, fmt.Errorf("make CA: encode key: %w", err)
 	}
 	// Key first: a crash in between leaves a key without a certificate, which loading reports.
-	if err := state.WriteFile(filepath.Join(dir, caKeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, caKeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return nil, err
 	}
-	if err := state.WriteFile(filepath.Join(dir, caCertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, caCertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return nil, err
 	}
 	if d, err := os.Open(dir); err == nil {

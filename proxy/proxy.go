@@ -166,8 +166,39 @@ func newProxy(cfg Config) (*Proxy, error) {
 		tunnels:   map[*tunnelConn]struct{}{},
 		dialer:    net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 	}
-	secretVals := []string{cfg.Secret}
-	for _, c := range cfg.Credentials {
+	secretVals, err := p.addGrants(cfg.Credentials)
+	if err != nil {
+		return nil, err
+	}
+	for name, a := range cfg.Hosts {
+		if !a.IsValid() {
+			return nil, fmt.Errorf("host %q has no address", name)
+		}
+		p.hosts[policy.NormalizeHost(name)] = a.Unmap()
+	}
+	p.sec = newSecrets(append([]string{cfg.Secret}, secretVals...))
+	p.log = &limitedLog{logf: cfg.Logf, sec: p.sec}
+	p.trace = &tracer{w: cfg.Trace, logf: p.log.printf}
+
+	switch a := cfg.Listener.Addr().(type) {
+	case *net.TCPAddr:
+		ap := a.AddrPort()
+		p.addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	default:
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			p.addr = ap
+		}
+	}
+	p.baseCtx, p.cancel = context.WithCancel(context.Background())
+	p.setupServers(log.New(logWriter{p.log}, "", 0))
+	return p, nil
+}
+
+// addGrants indexes the credentials by host and returns their header values (secrets to keep
+// out of logs and traces).
+func (p *Proxy) addGrants(creds []Credential) ([]string, error) {
+	var secretVals []string
+	for _, c := range creds {
 		host := policy.NormalizeHost(c.Host)
 		if host == "" || !validHost(host) {
 			return nil, fmt.Errorf("grant %q: host %q is not a host name or IP address (no port)", c.Grant, c.Host)
@@ -197,28 +228,13 @@ func newProxy(cfg Config) (*Proxy, error) {
 			secretVals = append(secretVals, val)
 		}
 	}
-	for name, a := range cfg.Hosts {
-		if !a.IsValid() {
-			return nil, fmt.Errorf("host %q has no address", name)
-		}
-		p.hosts[policy.NormalizeHost(name)] = a.Unmap()
-	}
-	p.sec = newSecrets(secretVals)
-	p.log = &limitedLog{logf: cfg.Logf, sec: p.sec}
-	p.trace = &tracer{w: cfg.Trace, logf: p.log.printf}
+	return secretVals, nil
+}
 
-	switch a := cfg.Listener.Addr().(type) {
-	case *net.TCPAddr:
-		ap := a.AddrPort()
-		p.addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	default:
-		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-			p.addr = ap
-		}
-	}
-	p.baseCtx, p.cancel = context.WithCancel(context.Background())
-	errLog := log.New(logWriter{p.log}, "", 0)
-
+// setupServers makes the upstream transport, the reverse proxy, the TLS config for tunnels and
+// the two HTTP servers: the outer one clients talk to and the inner one for tunnelled requests.
+func (p *Proxy) setupServers(errLog *log.Logger) {
+	cfg := p.cfg
 	p.transport = &http.Transport{
 		DialContext:            p.dial,
 		TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.RootCAs},
@@ -269,7 +285,6 @@ func newProxy(cfg Config) (*Proxy, error) {
 		ErrorLog:          errLog,
 		ConnContext:       tunnelContext,
 	}
-	return p, nil
 }
 
 // Addr is the address the proxy listens on.

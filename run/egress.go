@@ -26,6 +26,7 @@ import (
 
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/grant"
+	"github.com/moatc/moatc/internal/atomicfile"
 	"github.com/moatc/moatc/policy"
 	"github.com/moatc/moatc/proxy"
 	"github.com/moatc/moatc/snapshot"
@@ -243,10 +244,10 @@ func (e *egress) attach(ctx context.Context, ctr containerd.Container, img conta
 		return fmt.Errorf("writing the run's CA bundle: %w", err)
 	}
 	bundle := filepath.Join(dir, filepath.Base(BundlePath))
-	if err := state.WriteFile(filepath.Join(dir, filepath.Base(CAPath)), e.ca.CertPEM(), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, filepath.Base(CAPath)), e.ca.CertPEM(), 0o644); err != nil {
 		return fmt.Errorf("writing the run's CA certificate: %w", err)
 	}
-	if err := state.WriteFile(bundle, append(append(roots, '\n'), e.ca.CertPEM()...), 0o644); err != nil {
+	if err := atomicfile.Write(bundle, append(append(roots, '\n'), e.ca.CertPEM()...), 0o644); err != nil {
 		return fmt.Errorf("writing the run's CA bundle: %w", err)
 	}
 	ro := []string{"rbind", "ro", "nosuid", "nodev", "noexec"}
@@ -281,8 +282,8 @@ func (m *Manager) imageRoots(ctx context.Context, img containerd.Image, key stri
 	}
 	if os.MkdirAll(dir, 0o700) == nil {
 		// A cache: a failed write costs a read next time, nothing else.
-		if found == "" || state.WriteFile(name+".pem", b, 0o600) == nil {
-			state.WriteFile(name+".path", []byte(found), 0o600)
+		if found == "" || atomicfile.Write(name+".pem", b, 0o600) == nil {
+			atomicfile.Write(name+".path", []byte(found), 0o600)
 		}
 	}
 	return found, b, nil

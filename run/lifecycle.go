@@ -284,42 +284,9 @@ type CleanReport struct {
 func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 	rep := &CleanReport{Runs: []string{}, Networks: []string{}, Containers: []string{}, Snapshots: []string{}, Sandboxes: []string{},
 		Leases: []string{}, BuildLeases: []string{}}
-	runs, err := m.Store.List()
-	if err != nil {
-		return nil, err
-	}
-	active := map[string]bool{}
-	for _, r := range runs {
-		if r.Active() {
-			active[r.ID] = true
-			continue
-		}
-		rep.Runs = append(rep.Runs, r.ID)
-		if !dry {
-			if err := m.removeLeftovers(ctx, r.ID, r.ContainerID); err != nil {
-				return rep, err
-			}
-			if err := m.Store.Remove(r.ID); err != nil {
-				return rep, err
-			}
-		}
-	}
-	// Directories of runs whose creation failed half-way (older than a minute: not a run
-	// being created right now).
-	half, err := m.Store.Incomplete(time.Minute)
+	active, err := m.cleanRuns(ctx, rep, dry)
 	if err != nil {
 		return rep, err
-	}
-	for _, id := range half {
-		rep.Runs = append(rep.Runs, id)
-		if !dry {
-			if err := m.removeLeftovers(ctx, id, "moatc-"+id); err != nil {
-				return rep, err
-			}
-			if err := m.Store.Remove(id); err != nil {
-				return rep, err
-			}
-		}
 	}
 	// Leases before networks: the sweep may stop the idle buildkitd, whose network then goes.
 	build, own, err := m.SweepLeases(ctx, dry)
@@ -327,42 +294,8 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	nets, err := m.Net.Leftovers()
-	if err != nil {
+	if err := m.cleanNetworks(ctx, rep, active, dry, len(build) > 0); err != nil {
 		return rep, err
-	}
-	bd := m.BuildDaemon()
-	for _, id := range nets {
-		if active[id] {
-			continue
-		}
-		if id == m.BuildNetwork() {
-			// Only while no build can start: a build makes its network before buildkitd runs.
-			_, err := bd.WhenIdle(func() error {
-				if bd.Answering() && !(dry && len(build) > 0) {
-					return nil
-				}
-				rep.Networks = append(rep.Networks, id)
-				if dry {
-					return nil
-				}
-				return m.Net.Teardown(ctx, id)
-			})
-			if err != nil {
-				return rep, err
-			}
-			continue
-		}
-		// A run started since the list above has its network before it is ever listed again.
-		if r, err := m.Store.Get(id); err == nil && r.Active() {
-			continue
-		}
-		rep.Networks = append(rep.Networks, id)
-		if !dry {
-			if err := m.Net.Teardown(ctx, id); err != nil {
-				return rep, err
-			}
-		}
 	}
 	// Pins of runs whose record is gone (a crash between pin and task create, then destroy).
 	if ents, err := os.ReadDir(filepath.Join(m.Dir, "pins")); err == nil {
@@ -384,13 +317,108 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 		rep.Sandboxes, err = m.SweepSandboxes(ctx, dry)
 		return rep, err
 	}
+	if err := m.cleanContainers(ctx, rep, active, dry); err != nil {
+		return rep, err
+	}
+	rep.Sandboxes, err = m.SweepSandboxes(ctx, dry)
+	return rep, err
+}
+
+// cleanRuns removes the records (and what is left of them) of the runs that are not active,
+// and of runs whose creation failed half-way; it returns the active runs.
+func (m *Manager) cleanRuns(ctx context.Context, rep *CleanReport, dry bool) (map[string]bool, error) {
+	runs, err := m.Store.List()
+	if err != nil {
+		return nil, err
+	}
+	active := map[string]bool{}
+	for _, r := range runs {
+		if r.Active() {
+			active[r.ID] = true
+			continue
+		}
+		rep.Runs = append(rep.Runs, r.ID)
+		if !dry {
+			if err := m.removeLeftovers(ctx, r.ID, r.ContainerID); err != nil {
+				return nil, err
+			}
+			if err := m.Store.Remove(r.ID); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// Directories of runs whose creation failed half-way (older than a minute: not a run
+	// being created right now).
+	half, err := m.Store.Incomplete(time.Minute)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range half {
+		rep.Runs = append(rep.Runs, id)
+		if !dry {
+			if err := m.removeLeftovers(ctx, id, "moatc-"+id); err != nil {
+				return nil, err
+			}
+			if err := m.Store.Remove(id); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return active, nil
+}
+
+// cleanNetworks removes the networks of runs that are not active; the build network only
+// while no build can start (and, on a dry run, when the lease sweep would stop buildkitd).
+func (m *Manager) cleanNetworks(ctx context.Context, rep *CleanReport, active map[string]bool, dry, buildLeases bool) error {
+	nets, err := m.Net.Leftovers()
+	if err != nil {
+		return err
+	}
+	bd := m.BuildDaemon()
+	for _, id := range nets {
+		if active[id] {
+			continue
+		}
+		if id == m.BuildNetwork() {
+			// Only while no build can start: a build makes its network before buildkitd runs.
+			_, err := bd.WhenIdle(func() error {
+				if bd.Answering() && !(dry && buildLeases) {
+					return nil
+				}
+				rep.Networks = append(rep.Networks, id)
+				if dry {
+					return nil
+				}
+				return m.Net.Teardown(ctx, id)
+			})
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		// A run started since the list above has its network before it is ever listed again.
+		if r, err := m.Store.Get(id); err == nil && r.Active() {
+			continue
+		}
+		rep.Networks = append(rep.Networks, id)
+		if !dry {
+			if err := m.Net.Teardown(ctx, id); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// cleanContainers removes the containers and snapshots moatc owns that belong to no active run.
+func (m *Manager) cleanContainers(ctx context.Context, rep *CleanReport, active map[string]bool, dry bool) error {
 	c, err := m.Client(ctx)
 	if err != nil {
-		return rep, err
+		return err
 	}
 	owned, err := c.Owned(ctx)
 	if err != nil {
-		return rep, err
+		return err
 	}
 	// Runs started since the list above are spared: their records are read again.
 	startedSince := func(runID string) bool {
@@ -404,13 +432,13 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 		rep.Containers = append(rep.Containers, ctrID)
 		if !dry {
 			if _, err := c.RemoveContainer(ctx, ctrID); err != nil {
-				return rep, err
+				return err
 			}
 		}
 	}
 	snaps, err := c.OwnedSnapshots(ctx, snapshot.Default())
 	if err != nil {
-		return rep, err
+		return err
 	}
 	for name, runID := range snaps {
 		if active[runID] || startedSince(runID) {
@@ -422,10 +450,9 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 		rep.Snapshots = append(rep.Snapshots, name)
 		if !dry {
 			if err := c.RemoveSnapshot(ctx, snapshot.Default(), name); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return rep, err
+				return err
 			}
 		}
 	}
-	rep.Sandboxes, err = m.SweepSandboxes(ctx, dry)
-	return rep, err
+	return nil
 }

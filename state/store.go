@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/moatc/moatc/internal/atomicfile"
 	"github.com/moatc/moatc/internal/lockfile"
 )
 
@@ -335,30 +336,9 @@ func writeJSON(path string, v any) error {
 }
 
 // WriteFile writes data to path atomically (temp file in the same directory, fsync, rename).
+// Other packages call atomicfile.Write directly; this stays for the callers not moved yet.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.Write(path, data, perm)
 }
 
 // Lock takes an exclusive flock on path (creating it) and returns its release.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/moatc/moatc/config"
+	"github.com/moatc/moatc/internal/atomicfile"
 	"github.com/moatc/moatc/state"
 )
 
@@ -211,5 +212,5 @@ func (s *Store) update(fn func(*storeFile)) error {
 	if err != nil {
 		return err
 	}
-	return state.WriteFile(s.path, append(b, '\n'), 0o600)
+	return atomicfile.Write(s.path, append(b, '\n'), 0o600)
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
@@ -28,23 +27,7 @@ docker-archive tar ('docker save'); '-' reads standard input.`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Usage: "name for an image the archive does not name"},
 				},
-				Action: func(c *cli.Context) error {
-					var r io.Reader
-					switch {
-					case c.NArg() != 1:
-						return usageError{fmt.Errorf("image import needs one FILE (an OCI layout or `docker save` tar; - for stdin)")}
-					case c.Args().First() == "-":
-						r = os.Stdin
-					default:
-						f, err := os.Open(c.Args().First())
-						if err != nil {
-							return fmt.Errorf("importing image: %w", err)
-						}
-						defer f.Close()
-						r = f
-					}
-					return importImages(c, r, c.String("name"))
-				},
+				Action: imageImportAction,
 			},
 			{
 				Name:      "pack",
@@ -57,130 +40,143 @@ and imports it, or writes it as an OCI image layout tar with -o (import it later
 					&cli.StringFlag{Name: "name", Required: true, Usage: "image name, e.g. busybox:latest"},
 					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write an OCI layout tar to `FILE` instead of importing"},
 				},
-				Action: func(c *cli.Context) error {
-					dir := c.Args().First()
-					if c.NArg() != 1 {
-						return usageError{fmt.Errorf("image pack needs one DIR")}
-					}
-					if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-						return fmt.Errorf("%s is not a directory", dir)
-					}
-					full, err := ctrd.Normalize(c.String("name"))
-					if err != nil {
-						return err
-					}
-					img := snapshot.Image{Name: full, Rootfs: dir}
-					if out := c.String("output"); out != "" {
-						f, err := os.CreateTemp(filepath.Dir(out), ".pack-*")
-						if err != nil {
-							return err
-						}
-						defer os.Remove(f.Name())
-						if err := snapshot.WriteOCI(f, img); err != nil {
-							f.Close()
-							return err
-						}
-						if err := f.Close(); err != nil {
-							return err
-						}
-						return os.Rename(f.Name(), out)
-					}
-					pr, pw := io.Pipe()
-					go func() { pw.CloseWithError(snapshot.WriteOCI(pw, img)) }()
-					return importImages(c, pr, "")
-				},
+				Action: imagePackAction,
 			},
 			{
 				Name:      "pull",
 				Usage:     "pull an image from a registry",
 				ArgsUsage: "REF",
-				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return usageError{fmt.Errorf("image pull needs one REF, e.g. debian:bookworm-slim")}
-					}
-					e, err := setup(c)
-					if err != nil {
-						return err
-					}
-					defer e.mgr.Close()
-					cl, err := e.mgr.Client(c.Context)
-					if err != nil {
-						return err
-					}
-					ctx, cancel := signalContext(c)
-					defer cancel()
-					img, err := cl.Pull(ctx, c.Args().First(), snapshot.Default(), func(d ocispec.Descriptor) {
-						fmt.Fprintf(os.Stderr, "fetching %s %s (%s)\n", short(d.MediaType), d.Digest.Encoded()[:12], humanSize(d.Size))
-					})
-					if err != nil {
-						return err
-					}
-					fmt.Println(img.Name())
-					return nil
-				},
+				Action:    imagePullAction,
 			},
 			{
 				Name:    "ls",
 				Aliases: []string{"list"},
 				Usage:   "list images",
 				Flags:   []cli.Flag{jsonFlag},
-				Action: func(c *cli.Context) error {
-					e, err := setup(c)
-					if err != nil {
-						return err
-					}
-					defer e.mgr.Close()
-					cl, err := e.mgr.Client(c.Context)
-					if err != nil {
-						return err
-					}
-					imgs, err := cl.Images(c.Context)
-					if err != nil {
-						return err
-					}
-					if c.Bool("json") {
-						if imgs == nil {
-							imgs = []ctrd.ImageInfo{}
-						}
-						return printJSON(imgs)
-					}
-					tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "NAME\tDIGEST\tSIZE\tCREATED")
-					for _, i := range imgs {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", i.Name, i.Digest[:19], humanSize(i.Size), i.Created)
-					}
-					return tw.Flush()
-				},
+				Action:  imageListAction,
 			},
 			{
 				Name:      "rm",
 				Aliases:   []string{"remove"},
 				Usage:     "remove images",
 				ArgsUsage: "REF...",
-				Action: func(c *cli.Context) error {
-					if c.NArg() == 0 {
-						return usageError{fmt.Errorf("image rm needs a REF (see `moatc image ls`)")}
-					}
-					e, err := setup(c)
-					if err != nil {
-						return err
-					}
-					defer e.mgr.Close()
-					cl, err := e.mgr.Client(c.Context)
-					if err != nil {
-						return err
-					}
-					for _, ref := range c.Args().Slice() {
-						if err := cl.RemoveImage(c.Context, ref); err != nil {
-							return err
-						}
-						fmt.Println(ref)
-					}
-					return nil
-				},
+				Action:    imageRemoveAction,
 			},
 		},
 	}
+}
+
+func imageImportAction(c *cli.Context) error {
+	var r io.Reader
+	switch {
+	case c.NArg() != 1:
+		return usageError{fmt.Errorf("image import needs one FILE (an OCI layout or `docker save` tar; - for stdin)")}
+	case c.Args().First() == "-":
+		r = os.Stdin
+	default:
+		f, err := os.Open(c.Args().First())
+		if err != nil {
+			return fmt.Errorf("importing image: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	return importImages(c, r, c.String("name"))
+}
+
+func imagePackAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageError{fmt.Errorf("image pack needs one DIR")}
+	}
+	full, err := ctrd.Normalize(c.String("name"))
+	if err != nil {
+		return err
+	}
+	img := snapshot.Image{Name: full, Rootfs: c.Args().First()}
+	if err := img.Check(); err != nil {
+		return err
+	}
+	if out := c.String("output"); out != "" {
+		return snapshot.WriteOCIFile(out, img)
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(snapshot.WriteOCI(pw, img)) }()
+	return importImages(c, pr, "")
+}
+
+func imagePullAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageError{fmt.Errorf("image pull needs one REF, e.g. debian:bookworm-slim")}
+	}
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	defer e.mgr.Close()
+	cl, err := e.mgr.Client(c.Context)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signalContext(c)
+	defer cancel()
+	img, err := cl.Pull(ctx, c.Args().First(), snapshot.Default(), func(d ocispec.Descriptor) {
+		fmt.Fprintf(os.Stderr, "fetching %s %s (%s)\n", short(d.MediaType), d.Digest.Encoded()[:12], humanSize(d.Size))
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Println(img.Name())
+	return nil
+}
+
+func imageListAction(c *cli.Context) error {
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	defer e.mgr.Close()
+	cl, err := e.mgr.Client(c.Context)
+	if err != nil {
+		return err
+	}
+	imgs, err := cl.Images(c.Context)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		if imgs == nil {
+			imgs = []ctrd.ImageInfo{}
+		}
+		return printJSON(imgs)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tDIGEST\tSIZE\tCREATED")
+	for _, i := range imgs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", i.Name, i.Digest[:19], humanSize(i.Size), i.Created)
+	}
+	return tw.Flush()
+}
+
+func imageRemoveAction(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return usageError{fmt.Errorf("image rm needs a REF (see `moatc image ls`)")}
+	}
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	defer e.mgr.Close()
+	cl, err := e.mgr.Client(c.Context)
+	if err != nil {
+		return err
+	}
+	for _, ref := range c.Args().Slice() {
+		if err := cl.RemoveImage(c.Context, ref); err != nil {
+			return err
+		}
+		fmt.Println(ref)
+	}
+	return nil
 }
 
 func importImages(c *cli.Context, r io.Reader, name string) error {

@@ -22,104 +22,110 @@ func systemCommand() *cli.Command {
 socket under --home) on first use and leaves it running for the next command.`,
 		Subcommands: []*cli.Command{
 			{
-				Name:  "start",
-				Usage: "start the managed containerd (moatc does this on demand)",
-				Action: func(c *cli.Context) error {
-					e, err := setup(c)
-					if err != nil {
-						return err
-					}
-					if err := e.daemon.Start(c.Context); err != nil {
-						return err
-					}
-					pid, _ := e.daemon.Pid()
-					fmt.Printf("containerd running (pid %d) on %s\n", pid, e.daemon.Address())
-					return nil
-				},
+				Name:   "start",
+				Usage:  "start the managed containerd (moatc does this on demand)",
+				Action: systemStartAction,
 			},
 			{
-				Name:  "stop",
-				Usage: "stop the managed containerd",
-				Flags: []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "stop it even while runs are active"}},
-				Action: func(c *cli.Context) error {
-					e, err := setup(c)
-					if err != nil {
-						return err
-					}
-					runs, err := e.mgr.Store.List()
-					if err != nil {
-						return err
-					}
-					for _, r := range runs {
-						if r.Active() && !c.Bool("force") {
-							return fmt.Errorf("run %s is active: stop it first (`moatc stop %s`), or use `moatc system stop --force`", r.Name, r.Name)
-						}
-					}
-					// buildkitd first: it works on containerd's store.
-					if err := e.mgr.StopBuilder(c.Context, 10*time.Second); err != nil {
-						return err
-					}
-					if err := e.daemon.Stop(c.Context, 10*time.Second); err != nil {
-						return err
-					}
-					if _, err := e.mgr.SweepSandboxes(c.Context, false); err != nil {
-						return err
-					}
-					if err := e.mgr.PruneSandboxRoot(); err != nil {
-						return err
-					}
-					if err := cni.Prune(c.Context); err != nil {
-						return err
-					}
-					fmt.Println("containerd stopped")
-					return nil
-				},
+				Name:   "stop",
+				Usage:  "stop the managed containerd",
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "stop it even while runs are active"}},
+				Action: systemStopAction,
 			},
 			{
-				Name:  "status",
-				Usage: "show the stack: containerd, runtimes, versions",
-				Flags: []cli.Flag{jsonFlag},
-				Action: func(c *cli.Context) error {
-					e, err := setup(c)
-					if err != nil {
-						return err
-					}
-					st := systemStatus(c.Context, e)
-					if c.Bool("json") {
-						return printJSON(st)
-					}
-					tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintf(tw, "containerd:\t%s\n", st.Containerd.State)
-					fmt.Fprintf(tw, "  address:\t%s\n", st.Containerd.Address)
-					fmt.Fprintf(tw, "  managed:\t%v\n", st.Containerd.Managed)
-					if st.Containerd.Version != "" {
-						fmt.Fprintf(tw, "  version:\t%s\n", st.Containerd.Version)
-					}
-					if st.Containerd.Pid != 0 {
-						fmt.Fprintf(tw, "  pid:\t%d (up %s)\n", st.Containerd.Pid, st.Containerd.Uptime)
-					}
-					fmt.Fprintf(tw, "  namespace:\t%s\n", st.Containerd.Namespace)
-					fmt.Fprintf(tw, "prefix:\t%s\n", st.Prefix)
-					for _, r := range st.Runtimes {
-						fmt.Fprintf(tw, "runtime %s:\t%s (%s)\n", r.Name, r.Status, r.Shim)
-						for _, b := range r.Binaries {
-							fmt.Fprintf(tw, "  %s:\t%s\n", b.Name, b.Version)
-						}
-						if r.Flags != "" {
-							fmt.Fprintf(tw, "  runsc flags:\t%s\n", r.Flags)
-						}
-					}
-					fmt.Fprintf(tw, "buildkitd:\t%s\n", st.Buildkitd.State)
-					fmt.Fprintf(tw, "  address:\t%s\n", st.Buildkitd.Address)
-					if st.Buildkitd.Pid != 0 {
-						fmt.Fprintf(tw, "  pid:\t%d\n", st.Buildkitd.Pid)
-					}
-					fmt.Fprintf(tw, "  version:\t%s\n", st.Buildkitd.Version)
-					return tw.Flush()
-				},
+				Name:   "status",
+				Usage:  "show the stack: containerd, runtimes, versions",
+				Flags:  []cli.Flag{jsonFlag},
+				Action: systemStatusAction,
 			},
 		},
 	}
+}
+
+func systemStartAction(c *cli.Context) error {
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	if err := e.daemon.Start(c.Context); err != nil {
+		return err
+	}
+	pid, _ := e.daemon.Pid()
+	fmt.Printf("containerd running (pid %d) on %s\n", pid, e.daemon.Address())
+	return nil
+}
+
+func systemStopAction(c *cli.Context) error {
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	runs, err := e.mgr.Store.List()
+	if err != nil {
+		return err
+	}
+	for _, r := range runs {
+		if r.Active() && !c.Bool("force") {
+			return fmt.Errorf("run %s is active: stop it first (`moatc stop %s`), or use `moatc system stop --force`", r.Name, r.Name)
+		}
+	}
+	// buildkitd first: it works on containerd's store.
+	if err := e.mgr.StopBuilder(c.Context, 10*time.Second); err != nil {
+		return err
+	}
+	if err := e.daemon.Stop(c.Context, 10*time.Second); err != nil {
+		return err
+	}
+	if _, err := e.mgr.SweepSandboxes(c.Context, false); err != nil {
+		return err
+	}
+	if err := e.mgr.PruneSandboxRoot(); err != nil {
+		return err
+	}
+	if err := cni.Prune(c.Context); err != nil {
+		return err
+	}
+	fmt.Println("containerd stopped")
+	return nil
+}
+
+func systemStatusAction(c *cli.Context) error {
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	st := systemStatus(c.Context, e)
+	if c.Bool("json") {
+		return printJSON(st)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "containerd:\t%s\n", st.Containerd.State)
+	fmt.Fprintf(tw, "  address:\t%s\n", st.Containerd.Address)
+	fmt.Fprintf(tw, "  managed:\t%v\n", st.Containerd.Managed)
+	if st.Containerd.Version != "" {
+		fmt.Fprintf(tw, "  version:\t%s\n", st.Containerd.Version)
+	}
+	if st.Containerd.Pid != 0 {
+		fmt.Fprintf(tw, "  pid:\t%d (up %s)\n", st.Containerd.Pid, st.Containerd.Uptime)
+	}
+	fmt.Fprintf(tw, "  namespace:\t%s\n", st.Containerd.Namespace)
+	fmt.Fprintf(tw, "prefix:\t%s\n", st.Prefix)
+	for _, r := range st.Runtimes {
+		fmt.Fprintf(tw, "runtime %s:\t%s (%s)\n", r.Name, r.Status, r.Shim)
+		for _, b := range r.Binaries {
+			fmt.Fprintf(tw, "  %s:\t%s\n", b.Name, b.Version)
+		}
+		if r.Flags != "" {
+			fmt.Fprintf(tw, "  runsc flags:\t%s\n", r.Flags)
+		}
+	}
+	fmt.Fprintf(tw, "buildkitd:\t%s\n", st.Buildkitd.State)
+	fmt.Fprintf(tw, "  address:\t%s\n", st.Buildkitd.Address)
+	if st.Buildkitd.Pid != 0 {
+		fmt.Fprintf(tw, "  pid:\t%d\n", st.Buildkitd.Pid)
+	}
+	fmt.Fprintf(tw, "  version:\t%s\n", st.Buildkitd.Version)
+	return tw.Flush()
 }
 
 type binaryStatus struct {
