@@ -91,6 +91,10 @@ type Config struct {
 	StateDir   string       // records, leases, lock, libcni cache: MOATC_HOME/cni/state (required)
 	Pool       netip.Prefix // IPv4, cut into one /24 per run; default $MOATC_NETWORK_POOL, else DefaultPool
 	DNS        []netip.Addr // nameservers for runs; default: the host's (see the package doc)
+	// DeleteLinkCommand, when set, returns the argv of a process that deletes link NAME
+	// (moatc's `_link-del NAME`): a run's bridge is then deleted by that process, which outlives
+	// the caller (see removeBridge). Unset, the bridge is deleted in place.
+	DeleteLinkCommand func(name string) []string
 }
 
 // DefaultPool is the address pool runs' subnets come from unless configured otherwise.
@@ -642,7 +646,7 @@ func (m *Manager) teardown(ctx context.Context, runID string, rec *record, detac
 		collect(removeNetNS(netnsPath(runID)))
 	})
 	wg.Go(func() {
-		collect(removeBridge(bridgeName(runID), detachBridge))
+		collect(m.removeBridge(bridgeName(runID), detachBridge))
 		m.step("bridge")
 	})
 	wg.Wait()

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -136,12 +137,12 @@ func makeBridge(name string, gw netip.Prefix) error {
 
 // removeBridge deletes a run's bridge and any veth still enslaved to it (its container end may
 // live in a netns something still holds open, so deleting the netns alone is not enough). With
-// detach, the bridge itself is deleted by an `ip link del` that outlives this process: deleting
-// a bridge waits out kernel RCU grace periods (35-75 ms here) inside the deleting syscall, which
-// no library call can hand to another process, and nothing needs that to be over before a run's
-// moatc exits. Until it is gone its subnet counts as taken (allocate skips subnets routed to
-// mc-* bridges) and Leftovers still lists it.
-func removeBridge(name string, detach bool) error {
+// detach, the bridge itself is deleted by a process that outlives this one (moatc's
+// `_link-del`): deleting a bridge waits out kernel RCU grace periods (35-75 ms here) inside the
+// deleting syscall, and nothing needs that to be over before a run's moatc exits. Until it is
+// gone its subnet counts as taken (allocate skips subnets routed to mc-* bridges) and
+// Leftovers still lists it.
+func (m *Manager) removeBridge(name string, detach bool) error {
 	ls, err := links()
 	if err != nil {
 		return err
@@ -163,7 +164,7 @@ func removeBridge(name string, detach bool) error {
 			}
 		}
 	}
-	if detach && deleteDetached(name) {
+	if detach && m.deleteDetached(name) {
 		return errors.Join(errs...)
 	}
 	if err := deleteLink(br); err != nil {
@@ -172,17 +173,35 @@ func removeBridge(name string, detach bool) error {
 	return errors.Join(errs...)
 }
 
-// deleteDetached starts `ip link del name` in a session of its own and does not wait for it.
-func deleteDetached(name string) bool {
-	ip, err := lookSbin("ip")
-	if err != nil {
+// deleteDetached starts the configured link-deleting process in a session of its own and
+// does not wait for it.
+func (m *Manager) deleteDetached(name string) bool {
+	if m.cfg.DeleteLinkCommand == nil {
 		return false
 	}
-	cmd := exec.Command(ip, "link", "del", name)
+	argv := m.cfg.DeleteLinkCommand(name)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if cmd.Start() != nil {
 		return false
 	}
 	cmd.Process.Release()
 	return true
+}
+
+// DeleteLink deletes the link called name, if there is one: the body of `moatc _link-del`.
+// Only moatc's own bridges (mc-*) are deleted this way.
+func DeleteLink(name string) error {
+	if !strings.HasPrefix(name, "mc-") {
+		return fmt.Errorf("%q is not a moatc bridge (mc-*)", name)
+	}
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("finding link %s: %w", name, err)
+	}
+	return deleteLink(l)
 }

@@ -39,6 +39,15 @@ func main() {
 		}
 		return
 	}
+	// A run's bridge is deleted by `moatc _link-del NAME`, which outlives the run's moatc (see
+	// cni.Config.DeleteLinkCommand).
+	if len(os.Args) == 3 && os.Args[1] == linkDelCommand {
+		if err := cni.DeleteLink(os.Args[2]); err != nil {
+			fmt.Fprintf(os.Stderr, "moatc: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	app := newApp()
 	err := app.Run(os.Args)
 	os.Exit(exitCode(err))
@@ -110,6 +119,17 @@ Examples:
 	}
 }
 
+const linkDelCommand = "_link-del"
+
+// self is the path of this moatc binary, for the processes it starts of itself.
+func self() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return os.Args[0]
+	}
+	return exe
+}
+
 // env is what every command works with.
 type env struct {
 	home, prefix string
@@ -141,7 +161,8 @@ func setup(c *cli.Context) (*env, error) {
 		return nil, err
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
-	netCfg := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state")}
+	netCfg := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
+		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }}
 	if cfg.CNIPluginDir != "" {
 		netCfg.PluginDirs = []string{cfg.CNIPluginDir}
 	}
@@ -162,11 +183,7 @@ func setup(c *cli.Context) (*env, error) {
 		Store: store, Prefix: prefix, Dir: home, Net: nets,
 		Conn: ctrd.Options{Address: addr, Namespace: ns, Daemon: d},
 		SuperviseCommand: func(id string) []string {
-			exe, err := os.Executable()
-			if err != nil {
-				exe = os.Args[0]
-			}
-			return []string{exe, "--home", home, "--prefix", prefix, "--address", addr, "--namespace", ns, "_supervise", id}
+			return []string{self(), "--home", home, "--prefix", prefix, "--address", addr, "--namespace", ns, "_supervise", id}
 		},
 	}
 	if err := e.mgr.Reconcile(c.Context); err != nil {
