@@ -96,7 +96,7 @@ func statusCommand() *cli.Command {
 			row("Error", r.Error)
 			row("Workspace", r.Workspace)
 			row("Image", r.Spec.Image)
-			row("Runtime", r.Spec.Runtime)
+			row("Runtime", string(r.Spec.Runtime))
 			row("Command", strings.Join(r.Spec.Command, " "))
 			row("User", r.Spec.User)
 			for _, m := range r.Spec.Mounts {
@@ -110,7 +110,7 @@ func statusCommand() *cli.Command {
 				}
 				row("Mount", m.Host+" -> "+m.Container+" ("+mode+")"+from)
 			}
-			row("Network", r.Spec.Network)
+			row("Network", string(r.Spec.Network))
 			if r.Spec.Network != "none" {
 				row("Policy", pick(r.Spec.Policy, "permissive"))
 				for _, a := range r.Spec.Allow {
@@ -195,7 +195,7 @@ func stopCommand() *cli.Command {
 		Usage:     "stop runs: SIGTERM, then SIGKILL after the grace period",
 		ArgsUsage: "RUN...",
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "time", Aliases: []string{"t"}, Value: 10, Usage: "grace period in `SECONDS` before SIGKILL"},
+			&cli.IntFlag{Name: "time", Aliases: []string{"t"}, Value: 10, Usage: "grace period in `SECONDS` before SIGKILL (default: the run's --stop-timeout, else 10)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
@@ -207,7 +207,11 @@ func stopCommand() *cli.Command {
 			}
 			defer e.mgr.Close()
 			for _, ref := range c.Args().Slice() {
-				r, err := e.mgr.Stop(c.Context, ref, time.Duration(c.Int("time"))*time.Second)
+				grace := time.Duration(c.Int("time")) * time.Second
+				if !c.IsSet("time") {
+					grace = -1 // the run's --stop-timeout, else 10s
+				}
+				r, err := e.mgr.Stop(c.Context, ref, grace)
 				if err != nil {
 					return err
 				}
