@@ -133,6 +133,11 @@ func dryRun(c *cli.Context, req run.Request) error {
 	if c.Bool("json") {
 		return printJSON(p)
 	}
+	return printPlan(p)
+}
+
+// printPlan prints a dry run's plan as a table.
+func printPlan(p plan) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	row := func(k string, v ...string) {
 		if len(v) == 0 {
@@ -153,18 +158,7 @@ func dryRun(c *cli.Context, req run.Request) error {
 	row("command:", config.Printable(strings.Join(p.Command, " "), 200))
 	row("runtime:", p.Runtime)
 	row("user:", p.User)
-	row("workdir:", p.Workdir)
-	row("hostname:", pick(p.Hostname, "the run's name"))
-	row("init:", onOff(p.Init, "tini as PID 1", "no (the command is PID 1)"))
-	row("rootfs:", onOff(p.ReadOnly, "read-only", "writable"))
-	row("tmpfs:", p.Tmpfs...)
-	var ls []string
-	for _, k := range sortedKeys(p.Labels) {
-		ls = append(ls, k+"="+p.Labels[k])
-	}
-	row("labels:", ls...)
-	row("stop timeout:", fmt.Sprintf("%ds", p.StopTime))
-	row("when it ends:", onOff(p.Remove, "its record and log are removed (--rm)", "its record and log are kept"))
+	printDockerSettings(row, p)
 	row("env:", strings.Join(p.Env, " "))
 	row("mounts:", p.Mounts...)
 	row("network:", p.Network)
@@ -195,4 +189,20 @@ func onOff(on bool, yes, no string) string {
 		return yes
 	}
 	return no
+}
+
+// printDockerSettings prints the settings of the flags named as Docker's.
+func printDockerSettings(row func(string, ...string), p plan) {
+	row("workdir:", p.Workdir)
+	row("hostname:", pick(p.Hostname, "the run's name"))
+	row("init:", onOff(p.Init, "tini as PID 1", "no (the command is PID 1)"))
+	row("rootfs:", onOff(p.ReadOnly, "read-only", "writable"))
+	row("tmpfs:", p.Tmpfs...)
+	var ls []string
+	for _, k := range sortedKeys(p.Labels) {
+		ls = append(ls, k+"="+p.Labels[k])
+	}
+	row("labels:", ls...)
+	row("stop timeout:", fmt.Sprintf("%ds", p.StopTime))
+	row("when it ends:", onOff(p.Remove, "its record and log are removed (--rm)", "its record and log are kept"))
 }
