@@ -203,6 +203,6 @@ func printDockerSettings(row func(string, ...string), p plan) {
 		ls = append(ls, k+"="+p.Labels[k])
 	}
 	row("labels:", ls...)
-	row("stop timeout:", fmt.Sprintf("%ds", p.StopTime))
-	row("when it ends:", onOff(p.Remove, "its record and log are removed (--rm)", "its record and log are kept"))
+	row("stop grace:", fmt.Sprintf("%ds", p.StopTime))
+	row("at the end:", onOff(p.Remove, "its record and log are removed (--rm)", "its record and log are kept"))
 }
