@@ -34,7 +34,16 @@ type Container struct {
 	Pids        int64    // the most processes and threads at once; 0 is unlimited
 	NetNS       string   // an existing network namespace; empty means a new, empty one
 	CapAdd      []string // capabilities beyond Docker's default set, e.g. CAP_NET_ADMIN
+	ReadOnly    bool     // the rootfs read-only (mounts keep their own modes)
+	// Init, when set, is a host init binary (tini) mounted read-only at InitPath and run as
+	// PID 1 with Args as its child: it forwards signals and reaps zombies.
+	Init string
+	// Labels are the person's own container labels; moatc's (LabelRunID, LabelRole) win.
+	Labels map[string]string
 }
+
+// InitPath is where Container.Init is mounted in the container.
+const InitPath = "/sbin/moatc-init"
 
 // CreateContainer creates the container and its rootfs snapshot, both labelled with the run.
 func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.Container, error) {
@@ -42,12 +51,21 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 	if err != nil {
 		return nil, err
 	}
+	args, mounts := s.Args, s.Mounts
+	if s.Init != "" {
+		args = append([]string{InitPath, "--"}, args...)
+		mounts = append(append([]specs.Mount(nil), mounts...), specs.Mount{Destination: InitPath, Type: "bind", Source: s.Init,
+			Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+	}
 	spec := []oci.SpecOpts{
 		oci.WithImageConfig(s.Image),
-		oci.WithProcessArgs(s.Args...),
+		oci.WithProcessArgs(args...),
 		oci.WithEnv(s.Env),
-		oci.WithMounts(s.Mounts),
+		oci.WithMounts(mounts),
 		oci.WithHostname(s.Hostname),
+	}
+	if s.ReadOnly {
+		spec = append(spec, oci.WithRootFSReadonly())
 	}
 	if s.Cwd != "" {
 		spec = append(spec, oci.WithProcessCwd(s.Cwd))
@@ -75,8 +93,15 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 	spec = append(spec, hardening()...)
 	spec = append(spec, s.Runtime.SpecOpts(s)...)
 	labels := map[string]string{LabelRunID: s.RunID, LabelRole: s.Role}
+	ctrLabels := map[string]string{}
+	for k, v := range s.Labels {
+		ctrLabels[k] = v
+	}
+	for k, v := range labels {
+		ctrLabels[k] = v
+	}
 	opts := append([]containerd.NewContainerOpts{
-		containerd.WithContainerLabels(labels),
+		containerd.WithContainerLabels(ctrLabels),
 		containerd.WithImage(s.Image),
 		containerd.WithSnapshotter(s.Snapshotter),
 		containerd.WithNewSnapshot(s.ID, s.Image, snapshots.WithLabels(labels)),

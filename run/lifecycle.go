@@ -120,8 +120,9 @@ func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
 	return err
 }
 
-// Stop asks the workload to end with SIGTERM and kills it after grace. It returns once the
-// run's end is recorded.
+// Stop asks the workload to end with SIGTERM and kills it after grace; a negative grace is
+// the run's own --stop-timeout (DefaultStopTimeout without one). It returns once the run's
+// end is recorded (or its record is gone: a --rm run).
 func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*state.Run, error) {
 	r, err := m.Store.Find(ref)
 	if err != nil {
@@ -129,6 +130,16 @@ func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*s
 	}
 	if !r.Active() {
 		return r, nil
+	}
+	if grace < 0 {
+		grace = DefaultStopTimeout * time.Second
+		if r.Spec.StopTimeout != nil {
+			grace = time.Duration(*r.Spec.StopTimeout) * time.Second
+		}
+	}
+	removed := func(last *state.Run) (*state.Run, error) {
+		last.State = state.Stopped
+		return last, nil
 	}
 	c, err := m.Client(ctx)
 	if err != nil {
@@ -160,9 +171,14 @@ func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*s
 			return nil, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
-		if r, err = m.Store.Get(r.ID); err != nil {
+		cur, err := m.Store.Get(r.ID)
+		if errors.Is(err, state.ErrNotFound) && r.Spec.Remove {
+			return removed(r)
+		}
+		if err != nil {
 			return nil, err
 		}
+		r = cur
 	}
 	ctr, err := c.LoadContainer(ctx, r.ContainerID)
 	if err == nil {
@@ -186,6 +202,9 @@ func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*s
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		cur, err := m.Store.Get(r.ID)
+		if errors.Is(err, state.ErrNotFound) && r.Spec.Remove {
+			return removed(r)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/moatc/moatc/internal/atomicfile"
 	"io"
 	"os"
 	"os/signal"
@@ -51,6 +52,8 @@ type Request struct {
 	Name      string
 	Workspace string // absolute
 	Spec      state.Spec
+	// Ports are Spec.Publish parsed (Resolve fills both); when nil, Start parses Spec.Publish.
+	Ports []cni.Port
 	// Deps, when set, makes the image from declared dependencies (built once per distinct
 	// list); Spec.Image is then ignored.
 	Deps *Deps
@@ -122,7 +125,7 @@ func (m *Manager) probe(ctx context.Context, c *ctrd.Client, rt ctrd.Runtime, im
 		return err
 	}
 	os.MkdirAll(filepath.Dir(mark), 0o700)
-	return state.WriteFile(mark, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
+	return atomicfile.Write(mark, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
 }
 
 var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
@@ -130,29 +133,10 @@ var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 // Start creates a run and, in the foreground, supervises it to its end and returns its exit
 // code. A detached run is handed to a supervisor process and Start returns once it runs.
 // Problems found before anything is created (bad input, a missing image or runtime, a name in
-// use) leave nothing behind.
+// use) leave nothing behind. A run with Spec.Remove is returned as it ended, its record gone.
 func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.Run, int, error) {
-	if req.Name != "" && !validName.MatchString(req.Name) {
-		return nil, 0, fmt.Errorf("%q is not a valid run name: use letters, digits, '_', '.' and '-', starting with a letter or digit", req.Name)
-	}
-	ports, err := parsePorts(req.Spec)
-	if err != nil {
+	if err := m.check(req); err != nil {
 		return nil, 0, err
-	}
-	// A taken host port is refused before anything exists (Setup binds them for real later).
-	if err := cni.CheckPorts(ports); err != nil {
-		return nil, 0, err
-	}
-	if err := m.checkExposure(req.Workspace, req.Spec.Mounts); err != nil {
-		return nil, 0, err
-	}
-	if req.Spec.Network != "none" {
-		// An unknown grant, an unreadable store or a bad allow entry stops the run here.
-		if _, err := m.ResolveEgress(req.Spec); err != nil {
-			return nil, 0, err
-		}
-	} else if len(req.Spec.Grants) > 0 {
-		return nil, 0, fmt.Errorf("grants reach the network through the run's proxy: drop --network none, or the grants")
 	}
 	rt := m.Runtime(req.Spec)
 	if err := rt.Check(); err != nil {
@@ -176,12 +160,69 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 		return nil, 0, err
 	}
 	req.Spec.Image = img.Name()
+	r, err := m.record(c, req, buildLog)
+	if err != nil {
+		return nil, 0, err
+	}
+	if req.Spec.Detach {
+		if err := m.detach(r); err != nil {
+			return nil, 0, err
+		}
+		r, err = m.Store.Get(r.ID)
+		return r, 0, err
+	}
+	code, final, err := m.runToEnd(ctx, r, img, stdio, nil)
+	if final != nil {
+		r = final
+	}
+	return r, code, err
+}
+
+// check refuses, before anything is created, a request that cannot run: a bad name, a taken
+// or impossible port, an exposed home, an unknown grant, a missing init.
+func (m *Manager) check(req Request) error {
+	if req.Name != "" && !validName.MatchString(req.Name) {
+		return fmt.Errorf("%q is not a valid run name: use letters, digits, '_', '.' and '-', starting with a letter or digit", req.Name)
+	}
+	ports := req.Ports
+	if ports == nil || req.Spec.Network == state.NetworkNone {
+		var err error
+		if ports, err = parsePorts(req.Spec); err != nil {
+			return err
+		}
+	}
+	// A taken host port is refused before anything exists (Setup binds them for real later).
+	if err := cni.CheckPorts(ports); err != nil {
+		return err
+	}
+	if err := m.checkExposure(req.Workspace, req.Spec.Mounts); err != nil {
+		return err
+	}
+	if req.Spec.Network != state.NetworkNone {
+		// An unknown grant, an unreadable store or a bad allow entry stops the run here.
+		if _, err := m.ResolveEgress(req.Spec); err != nil {
+			return err
+		}
+	} else if len(req.Spec.Grants) > 0 {
+		return fmt.Errorf("grants reach the network through the run's proxy: drop --network none, or the grants")
+	}
+	if req.Spec.Init {
+		if _, err := m.InitBinary(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// record writes the new run's record, picking a free default name.
+func (m *Manager) record(c *ctrd.Client, req Request, buildLog string) (*state.Run, error) {
 	id := state.NewID()
 	r := &state.Run{
 		ID: id, Name: req.Name, Workspace: req.Workspace, Spec: req.Spec, State: state.Created,
 		ContainerID: "moatc-" + id, Namespace: c.Namespace, Address: c.Address,
 		Created: time.Now().UTC(), Supervisor: state.Self(),
 	}
+	var err error
 	// A default name carries 4 digits of the id; when another run has them too, more.
 	for _, n := range []int{4, 8, len(id)} {
 		if req.Name == "" {
@@ -196,22 +237,23 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 			err = fmt.Errorf("%w; free space in %s (df -h %s) and run again", err, m.Store.Dir(""), m.Store.Dir(""))
 		}
-		return nil, 0, err
+		return nil, err
 	}
 	if buildLog != "" {
 		// The run's directory keeps the log of the build that made its image.
 		os.Link(buildLog, filepath.Join(m.Store.Dir(r.ID), "build.log"))
 	}
-	if req.Spec.Detach {
-		if err := m.detach(r); err != nil {
-			return nil, 0, err
+	return r, nil
+}
+
+// InitBinary is the host's tini-static, which --init mounts read-only as the run's PID 1.
+func (m *Manager) InitBinary() (string, error) {
+	for _, p := range []string{filepath.Join(m.Prefix, "bin", "tini-static"), "/usr/bin/tini-static"} {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p, nil
 		}
-		r, err = m.Store.Get(r.ID)
-		return r, 0, err
 	}
-	code, err := m.execute(ctx, r, img, stdio, nil)
-	r, _ = m.Store.Get(r.ID)
-	return r, code, err
+	return "", fmt.Errorf("--init needs tini-static, which is not installed: run `apt-get install tini` (or `make setup`), or drop --init")
 }
 
 func defaultName(workspace, suffix string) string {
@@ -225,155 +267,260 @@ func defaultName(workspace, suffix string) string {
 	return base + "-" + suffix
 }
 
-// execute creates the container and task, supervises them to the end and records the result.
-// started, if set, is called once the task runs (or with the error that kept it from running).
+// execute runs r to its end (see launch) and removes its record then if the run asked so.
 func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Image, stdio Stdio, started func(error)) (int, error) {
-	notify := func(err error) {
-		if started != nil {
-			started(err)
-			started = nil
+	code, _, err := m.runToEnd(ctx, r, img, stdio, started)
+	return code, err
+}
+
+// runToEnd is execute, returning the run's final record too. A run with --rm loses its
+// record once it has ended (Docker removes the container then, detached or not); one whose
+// end could not be recorded keeps it, for the next moatc command to finish.
+func (m *Manager) runToEnd(ctx context.Context, r *state.Run, img containerd.Image, stdio Stdio, started func(error)) (int, *state.Run, error) {
+	code, err := m.launch(ctx, r, img, stdio, started)
+	final, gerr := m.Store.Get(r.ID)
+	if gerr != nil {
+		return code, nil, err
+	}
+	if final.Spec.Remove && !final.Active() {
+		if rerr := m.Store.Remove(r.ID); rerr != nil {
+			fmt.Fprintf(os.Stderr, "moatc: warning: removing the record of run %s (--rm): %v; remove it with `moatc destroy %s`\n", r.Name, rerr, r.ID)
 		}
 	}
-	// Cleanup must finish even when the caller's context is cancelled.
-	bg := context.WithoutCancel(ctx)
+	return code, final, err
+}
+
+// launch creates the container and task, supervises them to the end and records the result.
+// started, if set, is called once the task runs (or with the error that kept it from running).
+func (m *Manager) launch(ctx context.Context, r *state.Run, img containerd.Image, stdio Stdio, started func(error)) (int, error) {
+	l := &launching{m: m, r: r, img: img, stdio: stdio, started: started, bg: context.WithoutCancel(ctx), pins: m.pinDir(r.ID)}
+	defer l.cleanup()
 	c, err := m.Client(ctx)
 	if err != nil {
-		notify(err)
-		m.fail(r.ID, err, nil)
+		return l.failed(err, nil)
+	}
+	l.c = c
+	if err := l.mounts(); err != nil {
+		return l.failed(err, nil)
+	}
+	if err := l.create(ctx); err != nil {
+		return l.failed(err, nil)
+	}
+	if l.nw != nil && l.nw.Proxy != nil {
+		go l.nw.Proxy.Serve(l.bg)
+	}
+	if err := l.openOutput(); err != nil {
+		c.RemoveContainer(l.bg, r.ContainerID)
+		return l.failed(err, nil)
+	}
+	if m.stopRequested(r.ID) {
+		l.o.abort()
+		c.RemoveContainer(l.bg, r.ContainerID)
+		return m.stoppedBeforeStart(r.ID, l.notify)
+	}
+	if err := l.newTask(ctx); err != nil {
+		l.o.abort()
+		c.RemoveContainer(l.bg, r.ContainerID)
+		return l.failed(err, exitCodeOf(err))
+	}
+	// `moatc stop` of a run not started yet: it is not started.
+	if m.stopRequested(r.ID) {
+		l.task.Delete(l.bg, containerd.WithProcessKill)
+		l.o.abort()
+		c.RemoveContainer(l.bg, r.ContainerID)
+		return m.stoppedBeforeStart(r.ID, l.notify)
+	}
+	if err := l.start(ctx); err != nil {
 		return 0, err
 	}
-	spec := r.Spec
+	l.notify(nil)
+	code, released, err := m.follow(l.bg, r, l.task, l.statusC, stdio.Console, l.o)
+	l.netReleased = released
+	return code, err
+}
+
+// launching is one run's way from its record to a started task.
+type launching struct {
+	m       *Manager
+	r       *state.Run
+	img     containerd.Image
+	stdio   Stdio
+	started func(error)
+	bg      context.Context // cleanup must finish even when the caller's context is cancelled
+	c       *ctrd.Client
+	pins    string
+	specMts []specs.Mount
+	eg      *egress
+	nw      *cni.Network
+	netUsed bool // the network was asked for: it is released on every path out
+	ctr     containerd.Container
+	o       *runOutput
+	task    containerd.Task
+	statusC <-chan containerd.ExitStatus
+
+	netReleased bool
+}
+
+func (l *launching) notify(err error) {
+	if l.started != nil {
+		l.started(err)
+		l.started = nil
+	}
+}
+
+// failed records that the run could not start and says so to whoever waits for the start.
+func (l *launching) failed(err error, code *int) (int, error) {
+	l.notify(err)
+	l.m.fail(l.r.ID, err, code)
+	return 0, err
+}
+
+// cleanup releases the network unless follow did (after the container is gone), the proxy,
+// and the mount pins.
+func (l *launching) cleanup() {
+	if l.netUsed && !l.netReleased {
+		l.m.Net.Teardown(l.bg, l.r.ID)
+	}
+	if l.eg != nil {
+		l.eg.close()
+	}
+	mountpin.Unpin(l.pins)
+}
+
+// mounts makes the container's mounts: the workspace, each -m source opened again and pinned
+// now (what is mounted is what was resolved, whatever the workload does to the path
+// meanwhile; the pins go once the task exists), and the tmpfs mounts.
+func (l *launching) mounts() error {
+	spec := l.r.Spec
 	// nosuid, nodev: a setuid file or device node the workload leaves in the workspace gains
 	// nothing on the next run.
-	mounts := []specs.Mount{{Destination: "/workspace", Type: "bind", Source: r.Workspace, Options: []string{"rbind", "rw", "nosuid", "nodev"}}}
-	// Each -m source is opened again and pinned now: what is mounted is what was resolved,
-	// whatever the workload does to the path meanwhile. The pins go once the task exists.
-	pins := m.pinDir(r.ID)
-	defer mountpin.Unpin(pins)
+	wsMode := "rw"
+	if spec.WorkspaceRO {
+		wsMode = "ro"
+	}
+	l.specMts = []specs.Mount{{Destination: "/workspace", Type: "bind", Source: l.r.Workspace, Options: []string{"rbind", wsMode, "nosuid", "nodev"}}}
 	for i, mt := range spec.Mounts {
-		src, err := m.pin(r, i, mt)
+		src, err := l.m.pin(l.r, i, mt)
 		if err != nil {
-			notify(err)
-			m.fail(r.ID, err, nil)
-			return 0, err
+			return err
 		}
 		mode := "rw"
 		if mt.ReadOnly {
 			mode = "ro"
 		}
-		mounts = append(mounts, specs.Mount{Destination: mt.Container, Type: "bind", Source: src, Options: []string{"rbind", mode, "nosuid", "nodev"}})
+		l.specMts = append(l.specMts, specs.Mount{Destination: mt.Container, Type: "bind", Source: src, Options: []string{"rbind", mode, "nosuid", "nodev"}})
 	}
-	// The network is made while the container is created (their names derive from the run
-	// id); both must be ready before the task, since gVisor copies the netns at task create.
+	for _, t := range spec.Tmpfs {
+		l.specMts = append(l.specMts, specs.Mount{Destination: t.Path, Type: "tmpfs", Source: "tmpfs", Options: t.Options})
+	}
+	return nil
+}
+
+// create makes the container and, side by side, its network and proxy (their names derive
+// from the run id); both must be ready before the task, since gVisor copies the netns at
+// task create. On failure nothing of the container is left.
+func (l *launching) create(ctx context.Context) error {
+	m, r, spec := l.m, l.r, l.r.Spec
 	var netns string
-	netReleased := false
 	netReady := make(chan error, 1)
-	var nw *cni.Network
-	var eg *egress
-	if spec.Network != "none" {
+	if spec.Network != state.NetworkNone {
 		// The run's proxy: grants decrypted, its port bound on the gateway during Setup.
-		if eg, err = m.newEgress(r); err != nil {
-			notify(err)
-			m.fail(r.ID, err, nil)
-			return 0, err
+		var err error
+		if l.eg, err = m.newEgress(r); err != nil {
+			return err
 		}
-		defer eg.close()
 		paths := m.Net.Paths(r.ID)
 		netns = paths.NetNSPath
-		mounts = append(mounts,
+		l.specMts = append(l.specMts,
 			specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: paths.HostsPath, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
 			specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: paths.ResolvPath, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+		l.netUsed = true
 		go func() {
 			var err error
-			nw, err = m.setupNetwork(ctx, r, eg)
+			l.nw, err = m.setupNetwork(ctx, r, l.eg)
 			netReady <- err
-		}()
-		// Every path out of here releases the network, after the container is gone.
-		defer func() {
-			if !netReleased {
-				m.Net.Teardown(bg, r.ID)
-			}
 		}()
 	} else {
 		netReady <- nil
 	}
-	ctr, err := c.CreateContainer(ctx, ctrd.Container{
-		ID: r.ContainerID, RunID: r.ID, Role: ctrd.RoleWorkload, Image: img, Snapshotter: snapshot.Default(),
-		Runtime: m.Runtime(spec), Args: spec.Command, Env: spec.Env, Cwd: "/workspace", User: spec.User,
-		Mounts: mounts, TTY: spec.TTY, Hostname: r.Name, Memory: spec.Memory, CPUs: spec.CPUs, Pids: spec.Pids, NetNS: netns,
-		CapAdd: spec.CapAdd,
+	var initBin string
+	if spec.Init {
+		var err error
+		if initBin, err = m.InitBinary(); err != nil {
+			<-netReady
+			return err
+		}
+	}
+	ctr, err := l.c.CreateContainer(ctx, ctrd.Container{
+		ID: r.ContainerID, RunID: r.ID, Role: ctrd.RoleWorkload, Image: l.img, Snapshotter: snapshot.Default(),
+		Runtime: m.Runtime(spec), Args: spec.Command, Env: spec.Env, Cwd: pick(spec.Workdir, "/workspace"), User: spec.User,
+		Mounts: l.specMts, TTY: spec.TTY, Hostname: pick(spec.Hostname, r.Name), Memory: spec.Memory, CPUs: spec.CPUs, Pids: spec.Pids,
+		NetNS: netns, CapAdd: spec.CapAdd, ReadOnly: spec.ReadOnly, Init: initBin, Labels: spec.Labels,
 	})
 	if netErr := <-netReady; err == nil && netErr != nil {
-		c.RemoveContainer(bg, r.ContainerID)
+		l.c.RemoveContainer(l.bg, r.ContainerID)
 		err = netErr
 	}
-	if err == nil && eg != nil {
+	if err == nil && l.eg != nil {
 		// Before the task: the workload's first request already goes through the proxy.
-		if err = eg.start(bg, nw); err == nil {
-			err = eg.attach(ctx, ctr, img, nw)
+		if err = l.eg.start(l.bg, l.nw); err == nil {
+			err = l.eg.attach(ctx, ctr, l.img, l.nw)
 		}
 		if err != nil {
-			c.RemoveContainer(bg, r.ContainerID)
+			l.c.RemoveContainer(l.bg, r.ContainerID)
 		}
 	}
-	if err != nil {
-		notify(err)
-		m.fail(r.ID, err, nil)
-		return 0, err
-	}
-	if nw != nil && nw.Proxy != nil {
-		go nw.Proxy.Serve(bg)
-	}
-	// The shim owns the output of a run with no stdin or terminal of moatc's; moatc records
-	// that of an interactive one itself.
-	logPath := m.Store.LogPath(r.ID)
-	o := &runOutput{}
-	if stdio.In == nil && stdio.Console == nil {
+	l.ctr = ctr
+	return err
+}
+
+// openOutput prepares the run's log. The shim owns the output of a run with no stdin or
+// terminal of moatc's; moatc records that of an interactive one itself.
+func (l *launching) openOutput() error {
+	logPath := l.m.Store.LogPath(l.r.ID)
+	l.o = &runOutput{}
+	var err error
+	if l.stdio.In == nil && l.stdio.Console == nil {
 		err = prepareLog(logPath)
 	} else {
-		o.rec, err = newRecorder(logPath, r.Spec.LogMax)
+		l.o.rec, err = newRecorder(logPath, l.r.Spec.LogMax)
 	}
 	if err != nil {
-		c.RemoveContainer(bg, r.ContainerID)
 		err = fmt.Errorf("opening the run's log: %w", err)
 		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-			err = m.recordError("the run's output", err)
+			err = l.m.recordError("the run's output", err)
 		}
-		notify(err)
-		m.fail(r.ID, err, nil)
-		return 0, err
 	}
-	if m.stopRequested(r.ID) {
-		o.abort()
-		c.RemoveContainer(bg, r.ContainerID)
-		return m.stoppedBeforeStart(r.ID, notify)
-	}
-	var task containerd.Task
+	return err
+}
+
+// newTask creates the task with its IO, then lets the mount pins go, and starts printing the
+// shim's log of a foreground run.
+func (l *launching) newTask(ctx context.Context) error {
+	spec, stdio := l.r.Spec, l.stdio
+	logPath := l.m.Store.LogPath(l.r.ID)
 	var creator cio.Creator
 	taskReady := make(chan struct{})
-	if o.rec == nil {
-		exe, err := m.loggerPath()
+	if l.o.rec == nil {
+		exe, err := l.m.loggerPath()
 		if err != nil {
-			c.RemoveContainer(bg, r.ContainerID)
-			notify(err)
-			m.fail(r.ID, err, nil)
-			return 0, err
+			return err
 		}
-		creator = shimLog(exe, logPath, r.Spec.LogMax, spec.TTY)
+		creator = shimLog(exe, logPath, spec.LogMax, spec.TTY)
 	} else {
 		var stdin io.Reader
 		if stdio.In != nil {
 			// At EOF the shim must be told to close the workload's stdin, or it never sees EOF.
 			stdin = &stdinCloser{r: stdio.In, close: func() {
 				<-taskReady
-				if task != nil {
-					task.CloseIO(bg, containerd.WithStdinCloser)
+				if l.task != nil {
+					l.task.CloseIO(l.bg, containerd.WithStdinCloser)
 				}
 			}}
 		}
-		outLog, errLog := o.rec.stream("stdout"), o.rec.stream("stderr")
+		outLog, errLog := l.o.rec.stream("stdout"), l.o.rec.stream("stderr")
 		if spec.TTY {
-			outLog = o.rec.stream("tty")
+			outLog = l.o.rec.stream("tty")
 		}
 		ioOpts := []cio.Opt{cio.WithStreams(stdin, tee(stdio.Out, outLog), tee(stdio.Err, errLog))}
 		if spec.TTY {
@@ -381,22 +528,18 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 		}
 		creator = cio.NewCreator(ioOpts...)
 	}
-	task, err = ctr.NewTask(ctx, creator)
+	task, err := l.ctr.NewTask(ctx, creator)
+	l.task = task
 	close(taskReady)
 	// runc has made the container's mounts, and gVisor's gofer its own: the pins can go.
-	if uerr := mountpin.Unpin(pins); uerr != nil {
+	if uerr := mountpin.Unpin(l.pins); uerr != nil {
 		fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", uerr)
 	}
 	if err != nil {
-		o.abort()
-		c.RemoveContainer(bg, r.ContainerID)
-		err = startError(err)
-		notify(err)
-		m.fail(r.ID, err, exitCodeOf(err))
-		return 0, err
+		return startError(err)
 	}
-	if o.rec == nil && (stdio.Out != nil || stdio.Err != nil) {
-		o.tail = tailOutput(logPath, stdio.Out, stdio.Err)
+	if l.o.rec == nil && (stdio.Out != nil || stdio.Err != nil) {
+		l.o.tail = tailOutput(logPath, stdio.Out, stdio.Err)
 	}
 	if stdio.Console != nil {
 		// Size the TTY before the command starts, so its first look at the size is right.
@@ -404,50 +547,45 @@ func (m *Manager) execute(ctx context.Context, r *state.Run, img containerd.Imag
 			task.Resize(ctx, uint32(sz.Width), uint32(sz.Height))
 		}
 	}
-	// `moatc stop` of a run not started yet: it is not started.
-	if m.stopRequested(r.ID) {
-		task.Delete(bg, containerd.WithProcessKill)
-		o.abort()
-		c.RemoveContainer(bg, r.ContainerID)
-		return m.stoppedBeforeStart(r.ID, notify)
-	}
+	return nil
+}
+
+// start starts the task and records it running. On failure nothing is left but the record
+// saying why, and the waiter is told.
+func (l *launching) start(ctx context.Context) error {
+	m, r, task, bg := l.m, l.r, l.task, l.bg
 	statusC, err := task.Wait(bg)
 	if err == nil {
 		err = task.Start(ctx)
 	}
 	if err != nil {
 		task.Delete(bg, containerd.WithProcessKill)
-		o.abort()
-		c.RemoveContainer(bg, r.ContainerID)
-		err = startError(err)
-		notify(err)
-		m.fail(r.ID, err, exitCodeOf(err))
-		return 0, err
+		l.o.abort()
+		l.c.RemoveContainer(bg, r.ContainerID)
+		_, err = l.failed(startError(err), exitCodeOf(startError(err)))
+		return err
 	}
+	l.statusC = statusC
 	now := time.Now().UTC()
 	if _, err := m.Store.Update(r.ID, func(r *state.Run) error {
 		if r.State == state.Created {
 			r.State = state.Running
 		}
 		r.Pid, r.Started = int(task.Pid()), &now
-		r.Output = o.owner()
+		r.Output = l.o.owner()
 		return nil
 	}); err != nil {
 		// A run that cannot be recorded is not left running unrecorded.
 		task.Kill(bg, syscall.SIGKILL, containerd.WithKillAll)
 		<-statusC
 		task.Delete(bg)
-		o.abort()
-		c.RemoveContainer(bg, r.ContainerID)
+		l.o.abort()
+		l.c.RemoveContainer(bg, r.ContainerID)
 		err = m.recordError("the start of run "+r.ID, err)
-		notify(err)
-		return 0, err
+		l.notify(err)
+		return err
 	}
-	notify(nil)
-
-	code, released, err := m.follow(bg, r, task, statusC, stdio.Console, o)
-	netReleased = released
-	return code, err
+	return nil
 }
 
 // follow supervises a started task to its end: it forwards signals, waits (through containerd
@@ -746,7 +884,7 @@ func (m *Manager) setupNetwork(ctx context.Context, r *state.Run, eg *egress) (*
 		}
 		hostPorts = append(hostPorts, hp)
 	}
-	o := cni.Options{Hostname: r.Name, Ports: ports, HostPorts: hostPorts}
+	o := cni.Options{Hostname: pick(r.Spec.Hostname, r.Name), Ports: ports, HostPorts: hostPorts}
 	if eg != nil {
 		o.Strict, o.Listen = eg.cfg.Policy.Strict, eg.listen
 	}

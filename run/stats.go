@@ -163,7 +163,7 @@ func metricSample(mt *types.Metric) (sample, error) {
 }
 
 func makeStats(r *state.Run, a, b sample, host uint64) Stats {
-	st := Stats{Run: r.ID, Name: r.Name, Runtime: r.Spec.Runtime, MemoryUsage: b.mem, Pids: b.pids}
+	st := Stats{Run: r.ID, Name: r.Name, Runtime: string(r.Spec.Runtime), MemoryUsage: b.mem, Pids: b.pids}
 	if dt := b.at.Sub(a.at); dt > 0 && b.cpu >= a.cpu {
 		st.CPUPercent = float64(b.cpu-a.cpu) / float64(dt.Nanoseconds()) * 100
 	}

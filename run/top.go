@@ -56,7 +56,7 @@ func (m *Manager) Top(ctx context.Context, ref string) (*Top, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Top{Run: r.ID, Runtime: r.Spec.Runtime}
+	t := &Top{Run: r.ID, Runtime: string(r.Spec.Runtime)}
 	if r.Spec.Runtime == "runc" {
 		pids, err := task.Pids(ctx)
 		if err != nil {

@@ -9,7 +9,7 @@ PREFIX=${PREFIX:-${MOATC_PREFIX:-/opt/moatc}}
 CONTAINERD_VERSION=v2.4.2
 GVISOR_VERSION=v0.0.0-20260527191743-a81fd9dd382e
 BUILDKIT_VERSION=v0.34.2
-APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 debootstrap busybox-static ca-certificates
+APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 debootstrap busybox-static ca-certificates tini
   zsh fish) # zsh, fish: the tests check moatc's completion scripts with them
 
 here=$(cd "$(dirname "$0")/.." && pwd)

@@ -48,10 +48,10 @@ type Spec struct {
 	Interactive bool     `json:"interactive,omitempty"`
 	TTY         bool     `json:"tty,omitempty"`
 	Detach      bool     `json:"detach,omitempty"`
-	Runtime     string   `json:"runtime"`            // gvisor or runc
+	Runtime     Runtime  `json:"runtime"`            // gvisor or runc
 	Platform    string   `json:"platform,omitempty"` // gVisor platform
 	Debug       bool     `json:"debug,omitempty"`
-	Network     string   `json:"network"`           // default or none
+	Network     Network  `json:"network"`           // default or none
 	Publish     []string `json:"publish,omitempty"` // -p specs, [IP:]HOST:CONTAINER[/proto]
 	Memory      int64    `json:"memory,omitempty"`
 	CPUs        float64  `json:"cpus,omitempty"`
@@ -65,8 +65,39 @@ type Spec struct {
 	Allow  []string `json:"allow,omitempty"`  // hosts a strict run may reach
 	// UpstreamCA is a PEM bundle the proxy trusts for upstream servers, besides the system's.
 	UpstreamCA string `json:"upstream_ca,omitempty"`
-	// Labels are the user's KEY=VALUE tags on the run (moatc list --filter label=KEY=VALUE).
-	Labels map[string]string `json:"labels,omitempty"`
+
+	// Docker's run flags of the same names.
+	Remove      bool              `json:"remove,omitempty"`       // --rm: the record goes once the run ends
+	Workdir     string            `json:"workdir,omitempty"`      // -w; empty is /workspace
+	Init        bool              `json:"init,omitempty"`         // --init: tini as PID 1
+	ReadOnly    bool              `json:"read_only,omitempty"`    // --read-only rootfs
+	Tmpfs       []Tmpfs           `json:"tmpfs,omitempty"`        // --tmpfs
+	Hostname    string            `json:"hostname,omitempty"`     // empty is the run's name
+	Labels      map[string]string `json:"labels,omitempty"`       // --label, never moatc.*
+	StopTimeout *int              `json:"stop_timeout,omitempty"` // seconds moatc stop waits by default
+	WorkspaceRO bool              `json:"workspace_ro,omitempty"` // the workspace mounted read-only
+}
+
+// Runtime is how a run is isolated.
+type Runtime string
+
+const (
+	GVisor Runtime = "gvisor" // the default: gVisor's user-space kernel
+	Runc   Runtime = "runc"   // --no-sandbox: the host kernel
+)
+
+// Network is a run's network mode.
+type Network string
+
+const (
+	NetworkDefault Network = "default" // a private network with egress
+	NetworkNone    Network = "none"    // loopback only
+)
+
+// Tmpfs is a tmpfs mounted in the container (--tmpfs PATH[:OPTIONS]).
+type Tmpfs struct {
+	Path    string   `json:"path"`
+	Options []string `json:"options,omitempty"`
 }
 
 // Run is one run's metadata.json.
@@ -332,13 +363,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return WriteFile(path, append(b, '\n'), 0o600)
-}
-
-// WriteFile writes data to path atomically (temp file in the same directory, fsync, rename).
-// Other packages call atomicfile.Write directly; this stays for the callers not moved yet.
-func WriteFile(path string, data []byte, perm os.FileMode) error {
-	return atomicfile.Write(path, data, perm)
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }
 
 // Lock takes an exclusive flock on path (creating it) and returns its release.

@@ -2,12 +2,15 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/moatc/moatc/agent"
+	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/internal/suggest"
+	"github.com/moatc/moatc/run"
 )
 
 // agentCommands are moatc claude, codex, gemini and copilot: a run with the agent's CLI.
@@ -60,4 +63,51 @@ func commandNotFound(c *cli.Context, name string) {
 	}
 	fmt.Fprintln(c.App.ErrWriter, msg)
 	cli.OsExiter(2)
+}
+
+// agentRequest makes req a run of the agent called name (the agent command's, or the one
+// moatc.yaml names for a run with no command), if any; the command line's command is its
+// own arguments.
+func agentRequest(c *cli.Context, req *run.Request, o *run.Options, file *config.File, name string) error {
+	args := o.Command
+	if name == "" && file.Agent != nil && len(args) == 0 {
+		name = file.Agent.Name
+	}
+	if name == "" {
+		return nil
+	}
+	a, err := agent.Lookup(name)
+	if err != nil {
+		if file.Agent != nil && name == file.Agent.Name {
+			return &config.Error{Path: file.Path, Line: file.Agent.Line, Key: "agent", Msg: err.Error()}
+		}
+		return err
+	}
+	ao := agent.Options{Home: c.String("home"), Terminal: isTerminal(os.Stdin), DryRun: c.Bool("dry-run"),
+		PolicySet: c.IsSet("policy") || file.NetPolicy != "", Args: args}
+	if c.Command.Name != "run" {
+		ao.Prompt, ao.Version = c.String("prompt"), c.String("agent-version")
+	}
+	if file.Agent != nil && agentMatches(a, file.Agent.Name) {
+		ao.Version = pick(ao.Version, file.Agent.Version)
+		ao.Args = append(append([]string(nil), file.Agent.Args...), ao.Args...)
+	}
+	if req.Deps == nil {
+		req.Deps = o.DepsRequest(req.Workspace, file)
+	}
+	if err := agent.Apply(req, a, ao); err != nil {
+		return usageError{err}
+	}
+	if ep := c.String("entrypoint"); ep != "" {
+		req.Spec.Command = append([]string{ep}, args...)
+	}
+	if _, _, _, err := run.Plan(*req.Deps); err != nil {
+		return err
+	}
+	return nil
+}
+
+func agentMatches(a agent.Agent, name string) bool {
+	b, err := agent.Lookup(name)
+	return err == nil && b.Name == a.Name
 }

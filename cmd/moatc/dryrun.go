@@ -33,6 +33,14 @@ type plan struct {
 	Config     string              `json:"config,omitempty"`
 	Trust      string              `json:"trust"`
 	PolicyKeys []string            `json:"policy_keys"`
+	Workdir    string              `json:"workdir"`
+	Hostname   string              `json:"hostname,omitempty"` // empty: the run's name, chosen at start
+	Init       bool                `json:"init"`
+	ReadOnly   bool                `json:"read_only"`
+	Remove     bool                `json:"remove"`
+	Tmpfs      []string            `json:"tmpfs"`
+	Labels     map[string]string   `json:"labels"`
+	StopTime   int                 `json:"stop_timeout"`
 }
 
 type builtImage struct {
@@ -49,10 +57,25 @@ type proxyPlan struct {
 
 func dryRun(c *cli.Context, req run.Request) error {
 	s := req.Spec
-	p := plan{Workspace: req.Workspace, Image: s.Image, Command: s.Command, Runtime: s.Runtime, User: s.User,
-		Network: s.Network, Policy: s.Policy, Allowed: []string{}, Grants: map[string][]string{},
+	wsMode := "rw"
+	if s.WorkspaceRO {
+		wsMode = "ro"
+	}
+	p := plan{Workspace: req.Workspace, Image: s.Image, Command: s.Command, Runtime: string(s.Runtime), User: s.User,
+		Network: string(s.Network), Policy: s.Policy, Allowed: []string{}, Grants: map[string][]string{},
 		HostPorts: append([]string{}, s.HostPorts...), Published: append([]string{}, s.Publish...),
-		Env: []string{}, Mounts: []string{req.Workspace + " -> /workspace (rw)"}, Trust: "no config file", PolicyKeys: []string{}}
+		Env: []string{}, Mounts: []string{req.Workspace + " -> /workspace (" + wsMode + ")"}, Trust: "no config file", PolicyKeys: []string{},
+		Workdir: pick(s.Workdir, "/workspace"), Hostname: pick(s.Hostname, req.Name), Init: s.Init, ReadOnly: s.ReadOnly, Remove: s.Remove,
+		Tmpfs: []string{}, Labels: map[string]string{}, StopTime: run.DefaultStopTimeout}
+	for _, t := range s.Tmpfs {
+		p.Tmpfs = append(p.Tmpfs, t.Path+" ("+strings.Join(t.Options, ",")+")")
+	}
+	for k, v := range s.Labels {
+		p.Labels[k] = v
+	}
+	if s.StopTimeout != nil {
+		p.StopTime = *s.StopTimeout
+	}
 	if s.Platform != "" {
 		p.Runtime += " (" + s.Platform + ")"
 	}
@@ -110,6 +133,11 @@ func dryRun(c *cli.Context, req run.Request) error {
 	if c.Bool("json") {
 		return printJSON(p)
 	}
+	return printPlan(p)
+}
+
+// printPlan prints a dry run's plan as a table.
+func printPlan(p plan) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	row := func(k string, v ...string) {
 		if len(v) == 0 {
@@ -130,6 +158,7 @@ func dryRun(c *cli.Context, req run.Request) error {
 	row("command:", config.Printable(strings.Join(p.Command, " "), 200))
 	row("runtime:", p.Runtime)
 	row("user:", p.User)
+	printDockerSettings(row, p)
 	row("env:", strings.Join(p.Env, " "))
 	row("mounts:", p.Mounts...)
 	row("network:", p.Network)
@@ -153,4 +182,27 @@ func dryRun(c *cli.Context, req run.Request) error {
 	}
 	row("trust:", p.Trust)
 	return tw.Flush()
+}
+
+func onOff(on bool, yes, no string) string {
+	if on {
+		return yes
+	}
+	return no
+}
+
+// printDockerSettings prints the settings of the flags named as Docker's.
+func printDockerSettings(row func(string, ...string), p plan) {
+	row("workdir:", p.Workdir)
+	row("hostname:", pick(p.Hostname, "the run's name"))
+	row("init:", onOff(p.Init, "tini as PID 1", "no (the command is PID 1)"))
+	row("rootfs:", onOff(p.ReadOnly, "read-only", "writable"))
+	row("tmpfs:", p.Tmpfs...)
+	var ls []string
+	for _, k := range sortedKeys(p.Labels) {
+		ls = append(ls, k+"="+p.Labels[k])
+	}
+	row("labels:", ls...)
+	row("stop grace:", fmt.Sprintf("%ds", p.StopTime))
+	row("at the end:", onOff(p.Remove, "its record and log are removed (--rm)", "its record and log are kept"))
 }

@@ -6,29 +6,18 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sort"
-	"strings"
 	"syscall"
 
 	"github.com/containerd/console"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
-	"github.com/moatc/moatc/agent"
-	"github.com/moatc/moatc/builder"
-	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
-	"github.com/moatc/moatc/ctrd"
-	"github.com/moatc/moatc/deps"
-	"github.com/moatc/moatc/mounts"
-	"github.com/moatc/moatc/policy"
 	"github.com/moatc/moatc/run"
 	"github.com/moatc/moatc/state"
 	"github.com/moatc/moatc/trust"
 )
-
-const defaultImage = "debian:bookworm-slim"
 
 func runCommand() *cli.Command {
 	return &cli.Command{
@@ -60,7 +49,7 @@ func runFlags(agent bool) []cli.Flag {
 		publish.Aliases = nil
 	}
 	flags := []cli.Flag{
-		&cli.StringFlag{Name: "image", Usage: "image to run (short names resolve as Docker's do; default " + defaultImage + ")"},
+		&cli.StringFlag{Name: "image", Usage: "image to run (short names resolve as Docker's do; default " + run.DefaultImage + "; wins over moatc.yaml's image and base_image)"},
 		&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the container (K alone copies the host's value); repeatable"},
 		&cli.StringFlag{Name: "name", Aliases: []string{"n"}, Usage: "name of the run (default: the workspace's name and a short id)"},
 		&cli.StringSliceFlag{Name: "mount", Aliases: []string{"m"}, Usage: "bind mount `HOST:CONTAINER[:ro|rw]`; relative HOST paths are from the workspace; repeatable"},
@@ -82,6 +71,16 @@ func runFlags(agent bool) []cli.Flag {
 		&cli.StringFlag{Name: "upstream-ca", Usage: "a PEM `FILE` of CAs the proxy trusts for upstream servers, besides the system's (default: upstream_ca in moatc's config.yaml)"},
 		&cli.StringSliceFlag{Name: "cap-add", Usage: "give the workload a `CAPABILITY` beyond Docker's default set, e.g. NET_ADMIN; repeatable"},
 		&cli.StringFlag{Name: "entrypoint", Usage: "run the executable `CMD` with the arguments after -- (for an agent: instead of the agent, in its image, policy and state)"},
+		&cli.StringSliceFlag{Name: "env-file", Usage: "read env from `FILE` in Docker's format (K=V or K per line, # comments); after moatc.yaml's env, before -e; repeatable"},
+		&cli.BoolFlag{Name: "rm", Usage: "remove the run's record and log once it ends (with -d too: when the detached run ends)"},
+		&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "working directory `DIR` in the container (default /workspace)"},
+		&cli.BoolFlag{Name: "init", Usage: "run a small init (tini) as PID 1 that forwards signals and reaps zombies"},
+		&cli.BoolFlag{Name: "read-only", Usage: "mount the container's root filesystem read-only (/workspace, mounts and --tmpfs keep their modes)"},
+		&cli.BoolFlag{Name: "workspace-ro", Usage: "mount the workspace read-only"},
+		&cli.StringSliceFlag{Name: "tmpfs", Usage: "mount a tmpfs at `PATH[:OPTIONS]` (nosuid,nodev,noexec unless exec; e.g. /run:size=64m); repeatable"},
+		&cli.StringFlag{Name: "hostname", Usage: "the container's host `NAME` (default: the run's name)"},
+		&cli.StringSliceFlag{Name: "label", Usage: "set a container label `KEY=VALUE` (not moatc.*); repeatable"},
+		&cli.Int64Flag{Name: "stop-timeout", Usage: "`SECONDS` 'moatc stop' waits before SIGKILL when not given -t (default 10)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "show what the run would be (image, mounts, grants, policy, proxy, trust) and start nothing"},
 		&cli.BoolFlag{Name: "rebuild", Usage: "rebuild the dependency image even if the list is unchanged"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no build progress"},
@@ -104,7 +103,7 @@ func runAction(c *cli.Context, agentName string) error {
 	if c.Bool("dry-run") {
 		return dryRun(c, req)
 	}
-	if req.Spec.Runtime == "runc" {
+	if req.Spec.Runtime == state.Runc {
 		fmt.Fprintln(os.Stderr, "moatc: warning: running without the gVisor sandbox (runc): the workload shares the host kernel; reduced isolation")
 	}
 	e, err := setup(c)
@@ -159,296 +158,43 @@ func stdinFor(s state.Spec) *os.File {
 	return nil
 }
 
-// buildRequest merges moatc.yaml and the flags into a run request, checking every input
-// before anything is created. agentName is the agent command's (moatc claude), or "".
+// buildRequest fills run.Options from the flags and resolves them against moatc.yaml (see
+// run.Resolve). agentName is the agent command's (moatc claude), or "".
 func buildRequest(c *cli.Context, agentName string) (run.Request, error) {
-	var req run.Request
-	pos, cmd := splitArgs(c)
-	if len(pos) > 1 {
-		return req, usageError{fmt.Errorf("run takes one workspace PATH, got %q; put the command after --, e.g. moatc run %s -- %s", pos, pos[0], strings.Join(pos[1:], " "))}
-	}
-	ws := "."
-	if len(pos) == 1 {
-		ws = pos[0]
-	}
-	ws, err := filepath.Abs(ws)
-	if err != nil {
-		return req, err
-	}
-	fi, err := os.Stat(ws)
-	if err != nil {
-		return req, fmt.Errorf("workspace %s does not exist: create it or name another directory", ws)
-	}
-	if !fi.IsDir() {
-		return req, fmt.Errorf("workspace %s is not a directory", ws)
-	}
-	file, err := loadTrusted(c, ws)
-	if err != nil {
-		return req, err
-	}
-	req.Workspace = ws
-	req.Name = pick(c.String("name"), file.Name)
-	s := &req.Spec
-	s.Image = pick(c.String("image"), file.Image, defaultImage)
-	s.Command = cmd
-	if ep := c.String("entrypoint"); ep != "" {
-		s.Command = append([]string{ep}, cmd...)
-	}
-	if len(s.Command) == 0 {
-		s.Command = file.Command
-	}
-	if len(s.Command) == 0 {
-		s.Command = []string{"/bin/sh"}
-	}
-	s.Runtime = "gvisor"
-	if c.Bool("no-sandbox") || file.Sandbox == "none" {
-		s.Runtime = "runc"
-	}
-	s.Platform = c.String("sandbox-platform")
-	switch s.Platform {
-	case "", "systrap", "ptrace":
-	case "kvm":
-		if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err != nil {
-			return req, fmt.Errorf("--sandbox-platform kvm needs a usable /dev/kvm (%v): use systrap (the default) instead", err)
-		} else {
-			f.Close()
-		}
-	default:
-		return req, usageError{fmt.Errorf("--sandbox-platform %q: write systrap, kvm or ptrace", s.Platform)}
-	}
-	s.Debug = c.Bool("verbose")
-	s.Interactive = c.Bool("interactive") || (file.Interactive != nil && *file.Interactive)
-	s.Detach = c.Bool("detach")
-	if s.Interactive && s.Detach {
-		return req, usageError{fmt.Errorf("-i and -d do not go together: an interactive run needs your terminal")}
-	}
-	s.TTY = s.Interactive && isTerminal(os.Stdin)
-
-	// The workload runs as the workspace's owner, so what it writes is theirs.
-	st := fi.Sys().(*syscall.Stat_t)
-	s.User = fmt.Sprintf("%d:%d", st.Uid, st.Gid)
-	if u := c.String("user"); u != "" {
-		s.User = u
-	}
-	home := "/tmp"
-	if s.User == "0" || strings.HasPrefix(s.User, "0:") || s.User == "root" {
-		home = "/root"
-	}
-	s.Env = append(s.Env, "HOME="+home)
-	if s.TTY {
-		s.Env = append(s.Env, "TERM="+pick(os.Getenv("TERM"), "xterm"))
-	}
-	for _, k := range sortedKeys(file.Env) {
-		s.Env = append(s.Env, k+"="+file.Env[k])
-	}
-	for _, kv := range c.StringSlice("env") {
-		k, v, ok := strings.Cut(kv, "=")
-		if k == "" || strings.ContainsAny(k, " \t\n") {
-			return req, usageError{fmt.Errorf("-e %q: write NAME=value (or NAME to copy the host's value)", kv)}
-		}
-		if !ok {
-			v = os.Getenv(k)
-		}
-		s.Env = append(s.Env, k+"="+v)
-	}
-	for _, m := range file.Mounts {
-		mt, err := parseMount(ws, m.Text)
-		if err != nil {
-			return req, &config.Error{Path: file.Path, Line: m.Line, Key: "mounts", Msg: err.Error()}
-		}
-		s.Mounts = append(s.Mounts, mt)
-	}
-	for _, m := range c.StringSlice("mount") {
-		mt, err := parseMount(ws, m)
-		if err != nil {
-			return req, err
-		}
-		s.Mounts = append(s.Mounts, mt)
-	}
-	s.Network = pick(c.String("network"), file.Network, "default")
-	if s.Network != "default" && s.Network != "none" {
-		return req, usageError{fmt.Errorf("--network %q: write default (a private network with egress) or none (loopback only)", s.Network)}
-	}
-	for _, p := range file.Ports {
-		if _, err := cni.ParsePublish(p.Text); err != nil {
-			return req, &config.Error{Path: file.Path, Line: p.Line, Key: "ports", Msg: err.Error()}
-		}
-		s.Publish = append(s.Publish, p.Text)
-	}
-	for _, p := range c.StringSlice("publish") {
-		if _, err := cni.ParsePublish(p); err != nil {
-			return req, usageError{fmt.Errorf("-p %s: %w", p, err)}
-		}
-		s.Publish = append(s.Publish, p)
-	}
-	if len(file.Dependencies) > 0 {
-		req.Deps = depsRequest(c, ws, file)
-		if _, _, _, err := run.Plan(*req.Deps); err != nil {
-			return req, err
-		}
-	}
-	s.Memory, s.CPUs = file.Memory, file.CPUs
-	if m := c.String("memory"); m != "" {
-		if s.Memory, err = config.ParseMemory(m); err != nil {
-			return req, usageError{fmt.Errorf("--memory: %w", err)}
-		}
+	pos, cmd := run.SplitArgs(c.Args().Slice(), os.Args)
+	o := run.Options{
+		Home: c.String("home"), Args: pos, Command: cmd, Entrypoint: c.String("entrypoint"),
+		Name: c.String("name"), Image: c.String("image"), Env: c.StringSlice("env"), EnvFiles: c.StringSlice("env-file"),
+		Mounts: c.StringSlice("mount"), Publish: c.StringSlice("publish"), HostPorts: c.StringSlice("host-port"),
+		Network: c.String("network"), Platform: c.String("sandbox-platform"), User: c.String("user"),
+		Memory: c.String("memory"), LogMax: c.String("log-max"), Grants: c.StringSlice("grant"), Allow: c.StringSlice("allow"),
+		Policy: c.String("policy"), UpstreamCA: c.String("upstream-ca"), CapAdd: c.StringSlice("cap-add"),
+		Interactive: c.Bool("interactive"), Detach: c.Bool("detach"), NoSandbox: c.Bool("no-sandbox"), Debug: c.Bool("verbose"),
+		Terminal: isTerminal(os.Stdin), Rebuild: c.Bool("rebuild"), Quiet: c.Bool("quiet"), DryRun: c.Bool("dry-run"),
+		Remove: c.Bool("rm"), Workdir: c.String("workdir"), Init: c.Bool("init"), ReadOnly: c.Bool("read-only"),
+		WorkspaceRO: c.Bool("workspace-ro"), Tmpfs: c.StringSlice("tmpfs"), Hostname: c.String("hostname"), Labels: c.StringSlice("label"),
 	}
 	if c.IsSet("cpus") {
-		if s.CPUs = c.Float64("cpus"); s.CPUs <= 0 {
-			return req, usageError{fmt.Errorf("--cpus %v: give a positive number such as 1.5", s.CPUs)}
-		}
-	}
-	s.Pids = config.DefaultPids
-	if file.Pids > 0 {
-		s.Pids = file.Pids
+		v := c.Float64("cpus")
+		o.CPUs = &v
 	}
 	if c.IsSet("pids-limit") {
-		switch n := c.Int64("pids-limit"); {
-		case n == -1:
-			s.Pids = 0
-		case n < 1:
-			return req, usageError{fmt.Errorf("--pids-limit %d: give a positive number, or -1 for no limit", n)}
-		default:
-			s.Pids = n
-		}
+		v := c.Int64("pids-limit")
+		o.Pids = &v
 	}
-	if v := c.String("log-max"); v != "" {
-		if s.LogMax, err = config.ParseSize(v); err != nil {
-			return req, usageError{fmt.Errorf("--log-max: %w", err)}
-		}
-		if s.LogMax < 256<<10 {
-			return req, usageError{fmt.Errorf("--log-max %s: give at least 256k", v)}
-		}
+	if c.IsSet("stop-timeout") {
+		v := c.Int64("stop-timeout")
+		o.StopTimeout = &v
 	}
-	for _, p := range file.HostPorts {
-		hp, err := cni.ParseHostPort(p.Text)
-		if err != nil {
-			return req, &config.Error{Path: file.Path, Line: p.Line, Key: "network.host", Msg: err.Error()}
-		}
-		s.HostPorts = append(s.HostPorts, hp.String())
+	req, file, err := run.Resolve(o)
+	if err == nil {
+		err = agentRequest(c, &req, &o, file, agentName)
 	}
-	for _, p := range c.StringSlice("host-port") {
-		hp, err := cni.ParseHostPort(p)
-		if err != nil {
-			return req, usageError{fmt.Errorf("--host-port %s: %w", p, err)}
-		}
-		s.HostPorts = append(s.HostPorts, hp.String())
+	var ue *run.UsageError
+	if errors.As(err, &ue) {
+		return req, usageError{err}
 	}
-	if err := egressRequest(c, file, s); err != nil {
-		return req, err
-	}
-	if len(s.HostPorts) > 0 && s.Network == "none" {
-		return req, usageError{fmt.Errorf("host ports cannot be opened with network none: drop --host-port/network.host or the network setting")}
-	}
-	// `moatc run` with no command in a workspace whose moatc.yaml names an agent starts it.
-	if agentName == "" && file.Agent != nil && len(cmd) == 0 {
-		agentName = file.Agent.Name
-	}
-	if agentName != "" {
-		if err := agentRequest(c, &req, file, agentName, cmd); err != nil {
-			return req, err
-		}
-	}
-	return req, nil
-}
-
-// agentRequest makes req a run of the agent called name; args are its own arguments.
-func agentRequest(c *cli.Context, req *run.Request, file *config.File, name string, args []string) error {
-	a, err := agent.Lookup(name)
-	if err != nil {
-		if file.Agent != nil && name == file.Agent.Name {
-			return &config.Error{Path: file.Path, Line: file.Agent.Line, Key: "agent", Msg: err.Error()}
-		}
-		return err
-	}
-	o := agent.Options{Home: c.String("home"), Terminal: isTerminal(os.Stdin), DryRun: c.Bool("dry-run"),
-		PolicySet: c.IsSet("policy") || file.NetPolicy != "", Args: args}
-	if c.Command.Name != "run" {
-		o.Prompt, o.Version = c.String("prompt"), c.String("agent-version")
-	}
-	if file.Agent != nil && agentMatches(a, file.Agent.Name) {
-		o.Version = pick(o.Version, file.Agent.Version)
-		o.Args = append(append([]string(nil), file.Agent.Args...), o.Args...)
-	}
-	if req.Deps == nil {
-		req.Deps = depsRequest(c, req.Workspace, file)
-	}
-	if err := agent.Apply(req, a, o); err != nil {
-		return usageError{err}
-	}
-	if ep := c.String("entrypoint"); ep != "" {
-		req.Spec.Command = append([]string{ep}, args...)
-	}
-	if _, _, _, err := run.Plan(*req.Deps); err != nil {
-		return err
-	}
-	return nil
-}
-
-func agentMatches(a agent.Agent, name string) bool {
-	b, err := agent.Lookup(name)
-	return err == nil && b.Name == a.Name
-}
-
-// egressRequest fills in the grants, the policy, the upstream CA and extra capabilities.
-func egressRequest(c *cli.Context, file *config.File, s *state.Spec) error {
-	seen := map[string]bool{}
-	for _, g := range file.Grants {
-		if !seen[g.Text] {
-			s.Grants, seen[g.Text] = append(s.Grants, g.Text), true
-		}
-	}
-	for _, g := range c.StringSlice("grant") {
-		if !seen[g] {
-			s.Grants, seen[g] = append(s.Grants, g), true
-		}
-	}
-	for _, a := range file.Allow {
-		if _, err := policy.ParsePattern(a.Text); err != nil {
-			return &config.Error{Path: file.Path, Line: a.Line, Key: "network.allow", Msg: err.Error()}
-		}
-		s.Allow = append(s.Allow, a.Text)
-	}
-	for _, a := range c.StringSlice("allow") {
-		if _, err := policy.ParsePattern(a); err != nil {
-			return usageError{fmt.Errorf("--allow: %w", err)}
-		}
-		s.Allow = append(s.Allow, a)
-	}
-	s.Policy = pick(c.String("policy"), file.NetPolicy)
-	if s.Policy == "" && len(c.StringSlice("allow")) > 0 {
-		s.Policy = policy.Strict
-	}
-	s.Policy = pick(s.Policy, policy.Permissive)
-	if _, err := policy.ParseMode(s.Policy); err != nil {
-		return usageError{fmt.Errorf("--policy: %w", err)}
-	}
-	if s.Policy == policy.Permissive && len(c.StringSlice("allow")) > 0 {
-		return usageError{fmt.Errorf("--allow applies to a strict policy, and this run is permissive (which allows every host): drop --allow, or use --policy strict")}
-	}
-	s.UpstreamCA = c.String("upstream-ca")
-	if s.UpstreamCA == "" {
-		set, err := config.LoadSettings(filepath.Join(c.String("home"), "config.yaml"))
-		if err != nil {
-			return err
-		}
-		s.UpstreamCA = set.UpstreamCA
-	}
-	if s.UpstreamCA != "" {
-		abs, err := filepath.Abs(s.UpstreamCA)
-		if err != nil {
-			return err
-		}
-		s.UpstreamCA = abs
-	}
-	for _, cp := range c.StringSlice("cap-add") {
-		name, err := ctrd.ParseCapability(cp)
-		if err != nil {
-			return usageError{fmt.Errorf("--cap-add: %w", err)}
-		}
-		s.CapAdd = append(s.CapAdd, name)
-	}
-	return nil
+	return req, err
 }
 
 // loadTrusted reads the workspace's config file and refuses it when it sets policy keys the
@@ -464,81 +210,10 @@ func loadTrusted(c *cli.Context, ws string) (*config.File, error) {
 	return file, nil
 }
 
-// depsRequest turns moatc.yaml's dependencies into a build request. The base is base_image,
-// else the run's image (flag or file), else run.DefaultBase.
+// depsRequest turns moatc.yaml's dependencies into a build request (see run.Options.DepsRequest).
 func depsRequest(c *cli.Context, ws string, file *config.File) *run.Deps {
-	d := &run.Deps{Base: pick(file.BaseImage, c.String("image"), file.Image), Rebuild: c.Bool("rebuild"), Progress: os.Stderr,
-		Scope: run.CacheScope(ws)}
-	if c.Bool("quiet") {
-		d.Mode = builder.ModeQuiet
-	}
-	for _, it := range file.Dependencies {
-		d.Entries = append(d.Entries, deps.Entry{Text: it.Text, File: file.Path, Line: it.Line})
-	}
-	return d
-}
-
-// parseMount parses HOST:CONTAINER[:ro|rw]. HOST is resolved now, so a bad or escaping
-// source is refused before anything is made; the run resolves it again when it mounts it.
-func parseMount(ws, spec string) (state.Mount, error) {
-	bad := func(why string) (state.Mount, error) {
-		return state.Mount{}, usageError{fmt.Errorf("mount %q: %s; write HOST:CONTAINER[:ro|rw], e.g. ../data:/data:ro", spec, why)}
-	}
-	parts := strings.Split(spec, ":")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return bad("malformed")
-	}
-	m := state.Mount{Source: parts[0], Container: parts[1]}
-	if len(parts) == 3 {
-		switch parts[2] {
-		case "ro":
-			m.ReadOnly = true
-		case "rw":
-		default:
-			return bad(fmt.Sprintf("mode %q is neither ro nor rw", parts[2]))
-		}
-	}
-	if !filepath.IsAbs(m.Container) {
-		return bad("the container path must be absolute")
-	}
-	f, err := mounts.Open(ws, m.Source)
-	if err != nil {
-		var esc *mounts.EscapeError
-		if errors.As(err, &esc) {
-			return state.Mount{}, err
-		}
-		if errors.Is(err, os.ErrNotExist) {
-			return bad(fmt.Sprintf("host path %s does not exist", m.Source))
-		}
-		return bad(fmt.Sprintf("host path %s cannot be opened (%v)", m.Source, errors.Unwrap(err)))
-	}
-	defer f.Close()
-	if m.Host, err = mounts.RealPath(f); err != nil {
-		return state.Mount{}, err
-	}
-	m.Container = filepath.Clean(m.Container)
-	return m, nil
-}
-
-// splitArgs returns the positional arguments before "--" and the command after it. urfave/cli
-// drops the "--" when it directly follows the flags and keeps it after a PATH, so the split is
-// found from the end: the command is what follows the first "--" of os.Args.
-func splitArgs(c *cli.Context) (pos, cmd []string) {
-	args := c.Args().Slice()
-	for i, a := range os.Args {
-		if a == "--" {
-			cmd = os.Args[i+1:]
-			break
-		}
-	}
-	if len(cmd) > len(args) {
-		cmd = args
-	}
-	pos = args[:len(args)-len(cmd)]
-	if n := len(pos); n > 0 && pos[n-1] == "--" {
-		pos = pos[:n-1]
-	}
-	return pos, cmd
+	o := run.Options{Image: c.String("image"), Rebuild: c.Bool("rebuild"), Quiet: c.Bool("quiet")}
+	return o.DepsRequest(ws, file)
 }
 
 func pick(vals ...string) string {

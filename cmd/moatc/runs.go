@@ -164,7 +164,7 @@ func specRows(row func(k, v string), r *state.Run, store *state.Store) {
 	row("Error", r.Error)
 	row("Workspace", r.Workspace)
 	row("Image", r.Spec.Image)
-	row("Runtime", r.Spec.Runtime)
+	row("Runtime", string(r.Spec.Runtime))
 	row("Command", strings.Join(r.Spec.Command, " "))
 	row("User", r.Spec.User)
 	for _, m := range r.Spec.Mounts {
@@ -178,7 +178,7 @@ func specRows(row func(k, v string), r *state.Run, store *state.Store) {
 		}
 		row("Mount", m.Host+" -> "+m.Container+" ("+mode+")"+from)
 	}
-	row("Network", r.Spec.Network)
+	row("Network", string(r.Spec.Network))
 	if r.Spec.Network != "none" {
 		row("Policy", pick(r.Spec.Policy, "permissive"))
 		for _, a := range r.Spec.Allow {
