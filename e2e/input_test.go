@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -303,10 +304,32 @@ func TestTTYWithoutTerminal(t *testing.T) {
 	ws := workspace(t)
 	before := len(list(t))
 	r := moatcRun(t, opts{stdin: "x\n"}, busyboxRun("runc", []string{"-t"}, ws, "true")...)
-	if r.code == 0 || !strings.Contains(r.stderr, "-t") {
+	if r.code != 125 || !strings.Contains(r.stderr, "the input device is not a TTY") || !strings.Contains(r.stderr, "-t") {
 		t.Errorf("run -t without a terminal: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := moatcRun(t, opts{}, busyboxRun("runc", []string{"-d", "-t"}, ws, "true")...); r.code != 2 {
+		t.Errorf("run -d -t: exit %d, stderr %q", r.code, r.stderr)
 	}
 	if after := len(list(t)); after != before {
 		t.Errorf("run -t without a terminal left %d run records", after-before)
+	}
+	// With a terminal (script(1) gives moatc one): -it and -t give the command a TTY, and
+	// -t=false takes it away even with -i.
+	script := "r=; test -t 0 && r=tty0; test -t 1 && r=\"$r tty1\"; echo \"tty:${r:-none}\"\n"
+	if err := os.WriteFile(filepath.Join(ws, "tty.sh"), []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for flags, want := range map[string]string{"-it": "tty:tty0 tty1", "-t": "tty:tty0 tty1", "-i -t=false": "tty:none"} {
+		cmd := moatc + " run --no-sandbox " + flags + " --image busybox " + ws + " -- sh /workspace/tty.sh"
+		out, err := exec.Command("sh", "-c", "sleep 2 | script -eqc '"+cmd+"' /dev/null").CombinedOutput()
+		got := ""
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(strings.TrimPrefix(l, "^D"), "tty:") {
+				got = strings.TrimSpace(strings.TrimPrefix(l, "^D"))
+			}
+		}
+		if err != nil || got != want {
+			t.Errorf("run %s with a terminal: %v, output %q, want %q", flags, err, out, want)
+		}
 	}
 }

@@ -56,8 +56,11 @@ type Options struct {
 	UpstreamCA string
 	CapAdd     []string
 
-	Interactive, Detach, NoSandbox, Debug bool
-	Terminal                              bool // stdin is a terminal
+	// Interactive (-i), TTY (-t) and NoSandbox are nil when the flag is not given: moatc.yaml
+	// decides then, and a flag given either way beats the file.
+	Interactive, TTY, NoSandbox *bool
+	Detach, Debug               bool
+	Terminal                    bool // stdin is a terminal
 	Rebuild, Quiet                        bool
 	DryRun                                bool
 
@@ -182,7 +185,7 @@ func (o *Options) process(s *state.Spec, file *config.File, fi os.FileInfo) erro
 		s.Command = []string{"/bin/sh"}
 	}
 	s.Runtime = state.GVisor
-	if o.NoSandbox || file.Sandbox == "none" {
+	if (o.NoSandbox == nil && file.Sandbox == "none") || (o.NoSandbox != nil && *o.NoSandbox) {
 		s.Runtime = state.Runc
 	}
 	s.Platform = o.Platform
@@ -198,17 +201,38 @@ func (o *Options) process(s *state.Spec, file *config.File, fi os.FileInfo) erro
 		return usagef("--sandbox-platform %q: write systrap, kvm or ptrace", s.Platform)
 	}
 	s.Debug = o.Debug
-	s.Interactive = o.Interactive || (file.Interactive != nil && *file.Interactive)
+	s.Interactive = file.Interactive != nil && *file.Interactive
+	if o.Interactive != nil {
+		s.Interactive = *o.Interactive
+	}
 	s.Detach = o.Detach
 	if s.Interactive && s.Detach {
 		return usagef("-i and -d do not go together: an interactive run needs your terminal")
 	}
+	// -i alone gives a TTY when stdin is one; -t asks for one (Docker's "the input device is
+	// not a TTY" when stdin is not), -t=false refuses one.
 	s.TTY = s.Interactive && o.Terminal
+	if o.TTY != nil {
+		if *o.TTY && s.Detach {
+			return usagef("-t and -d do not go together: a detached run has no terminal")
+		}
+		if *o.TTY && !o.Terminal {
+			return &NoTTYError{}
+		}
+		s.TTY = *o.TTY
+	}
 	s.User = defaultUser(fi)
 	if o.User != "" {
 		s.User = o.User
 	}
 	return nil
+}
+
+// NoTTYError refuses -t when stdin is not a terminal.
+type NoTTYError struct{}
+
+func (*NoTTYError) Error() string {
+	return "the input device is not a TTY: drop -t, or run moatc from a terminal"
 }
 
 // defaultUser is the workspace owner's uid:gid: what the workload writes is theirs.

@@ -228,3 +228,38 @@ func TestSplitArgs(t *testing.T) {
 		}
 	}
 }
+
+// -i and -t given either way beat moatc.yaml; not given, the file decides.
+func TestResolveBoolFlagsBeatTheFile(t *testing.T) {
+	yes, no := true, false
+	yaml := "interactive: true\n" // sandbox: is a policy key (it needs moatc trust): not here
+	req, err := resolveIn(t, yaml, Options{Terminal: true, NoSandbox: &yes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Spec.Runtime != state.Runc || !req.Spec.Interactive || !req.Spec.TTY {
+		t.Errorf("the file's settings: runtime %q interactive %v tty %v", req.Spec.Runtime, req.Spec.Interactive, req.Spec.TTY)
+	}
+	req, err = resolveIn(t, yaml, Options{Terminal: true, NoSandbox: &no, Interactive: &no})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Spec.Runtime != state.GVisor || req.Spec.Interactive || req.Spec.TTY {
+		t.Errorf("--no-sandbox=false -i=false lost to the file: runtime %q interactive %v tty %v", req.Spec.Runtime, req.Spec.Interactive, req.Spec.TTY)
+	}
+	req, err = resolveIn(t, "", Options{Terminal: true, Interactive: &yes, TTY: &no})
+	if err != nil || req.Spec.TTY || !req.Spec.Interactive {
+		t.Errorf("-i -t=false: tty %v interactive %v err %v", req.Spec.TTY, req.Spec.Interactive, err)
+	}
+	req, err = resolveIn(t, "", Options{Terminal: true, TTY: &yes})
+	if err != nil || !req.Spec.TTY || req.Spec.Interactive {
+		t.Errorf("-t alone: tty %v interactive %v err %v", req.Spec.TTY, req.Spec.Interactive, err)
+	}
+	var nt *NoTTYError
+	if _, err := resolveIn(t, "", Options{Terminal: false, TTY: &yes}); !errors.As(err, &nt) {
+		t.Errorf("-t without a terminal: %v", err)
+	}
+	if _, err := resolveIn(t, "", Options{Terminal: true, TTY: &yes, Detach: true}); !isUsage(err) {
+		t.Errorf("-t -d: %v", err)
+	}
+}

@@ -18,9 +18,10 @@ func agentCommands() []*cli.Command {
 	var cmds []*cli.Command
 	for _, a := range agent.All() {
 		cmds = append(cmds, &cli.Command{
-			Name:      a.Name,
-			Usage:     "run " + a.Title + " in the sandbox against a workspace, its key held by moatc's proxy",
-			ArgsUsage: "[PATH] [-- AGENT ARGS...]",
+			Name:                   a.Name,
+			Usage:                  "run " + a.Title + " in the sandbox against a workspace, its key held by moatc's proxy",
+			ArgsUsage:              "[PATH] [-- AGENT ARGS...]",
+			UseShortOptionHandling: true,
 			Description: fmt.Sprintf(`Runs %[1]s (npm %[2]s, installed into the run's image on top of the workspace's
 dependencies) against PATH (default: the current directory), mounted at /workspace.
 

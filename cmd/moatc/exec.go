@@ -184,15 +184,19 @@ func restartCommand() *cli.Command {
 old); its container, writable layer and network are made afresh. It runs detached:
 follow it with moatc logs -f RUN or moatc attach RUN.`,
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "time", Aliases: []string{"t"}, Value: 10, Usage: "grace period in `SECONDS` before SIGKILL"},
+			&cli.IntFlag{Name: "time", Aliases: []string{"t"}, Usage: "grace period in `SECONDS` before SIGKILL (default: the run's --stop-timeout, else 10)"},
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
 				return eachRun(c, "restarted", nil)
 			}
-			if c.Int("time") < 0 {
-				return usageError{fmt.Errorf("--time must be 0 or more seconds")}
+			grace := -time.Second // the run's own --stop-timeout
+			if c.IsSet("time") {
+				if c.Int("time") < 0 {
+					return usageError{fmt.Errorf("--time must be 0 or more seconds")}
+				}
+				grace = time.Duration(c.Int("time")) * time.Second
 			}
 			e, err := setup(c)
 			if err != nil {
@@ -200,7 +204,7 @@ follow it with moatc logs -f RUN or moatc attach RUN.`,
 			}
 			defer e.mgr.Close()
 			return eachRun(c, "restarted", func(ref string) (*state.Run, error) {
-				return e.mgr.Restart(c.Context, ref, time.Duration(c.Int("time"))*time.Second)
+				return e.mgr.Restart(c.Context, ref, grace)
 			})
 		},
 	}

@@ -21,9 +21,10 @@ import (
 
 func runCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "run",
-		Usage:     "run a command in a container against a workspace",
-		ArgsUsage: "[PATH] [-- CMD ARGS...]",
+		Name:                   "run",
+		Usage:                  "run a command in a container against a workspace",
+		ArgsUsage:              "[PATH] [-- CMD ARGS...]",
+		UseShortOptionHandling: true,
 		Description: `Runs CMD (default /bin/sh) in a new container. PATH (default: the current directory) is
 mounted read-write at /workspace, the working directory, and the command runs as the
 workspace owner's uid:gid. Settings come from PATH/moatc.yaml (or agent.yaml, moat.yaml);
@@ -54,6 +55,7 @@ func runFlags(agent bool) []cli.Flag {
 		&cli.StringFlag{Name: "name", Aliases: []string{"n"}, Usage: "name of the run (default: the workspace's name and a short id)"},
 		&cli.StringSliceFlag{Name: "mount", Aliases: []string{"m"}, Usage: "bind mount `HOST:CONTAINER[:ro|rw]`; relative HOST paths are from the workspace; repeatable"},
 		&cli.BoolFlag{Name: "interactive", Aliases: []string{"i"}, Usage: "pass stdin, with a TTY when stdin is a terminal"},
+		&cli.BoolFlag{Name: "tty", Aliases: []string{"t"}, Usage: "give the command a TTY (stdin must be a terminal); -t=false: none, even with -i"},
 		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "run in the background and print the run id"},
 		&cli.BoolFlag{Name: "no-sandbox", Usage: "run under runc instead of gVisor (reduced isolation: the host kernel is shared)"},
 		&cli.StringFlag{Name: "sandbox-platform", Usage: "gVisor platform: systrap (default), kvm or ptrace"},
@@ -130,7 +132,10 @@ func runAction(c *cli.Context, agentName string) error {
 			return fmt.Errorf("setting the terminal to raw mode: %w", err)
 		}
 		defer con.Reset()
-		stdio.Console, stdio.In, stdio.Out = con, con, con
+		stdio.Console, stdio.Out = con, con
+		if stdio.In != nil {
+			stdio.In = con
+		}
 	}
 	r, code, err := e.mgr.Start(c.Context, req, stdio)
 	if err != nil {
@@ -169,7 +174,8 @@ func buildRequest(c *cli.Context, agentName string) (run.Request, error) {
 		Network: c.String("network"), Platform: c.String("sandbox-platform"), User: c.String("user"),
 		Memory: c.String("memory"), LogMax: c.String("log-max"), Grants: c.StringSlice("grant"), Allow: c.StringSlice("allow"),
 		Policy: c.String("policy"), UpstreamCA: c.String("upstream-ca"), CapAdd: c.StringSlice("cap-add"),
-		Interactive: c.Bool("interactive"), Detach: c.Bool("detach"), NoSandbox: c.Bool("no-sandbox"), Debug: c.Bool("verbose"),
+		Interactive: boolIfSet(c, "interactive"), TTY: boolIfSet(c, "tty"), NoSandbox: boolIfSet(c, "no-sandbox"),
+		Detach: c.Bool("detach"), Debug: c.Bool("verbose"),
 		Terminal: isTerminal(os.Stdin), Rebuild: c.Bool("rebuild"), Quiet: c.Bool("quiet"), DryRun: c.Bool("dry-run"),
 		Remove: c.Bool("rm"), Workdir: c.String("workdir"), Init: c.Bool("init"), ReadOnly: c.Bool("read-only"),
 		WorkspaceRO: c.Bool("workspace-ro"), Tmpfs: c.StringSlice("tmpfs"), Hostname: c.String("hostname"), Labels: c.StringSlice("label"),
@@ -223,6 +229,15 @@ func pick(vals ...string) string {
 		}
 	}
 	return ""
+}
+
+// boolIfSet is a boolean flag's value when it was given (either way), nil otherwise.
+func boolIfSet(c *cli.Context, name string) *bool {
+	if !c.IsSet(name) {
+		return nil
+	}
+	v := c.Bool(name)
+	return &v
 }
 
 // isTerminal reports whether f is a terminal (not just a character device: /dev/null is one).
