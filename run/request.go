@@ -61,8 +61,8 @@ type Options struct {
 	Interactive, TTY, NoSandbox *bool
 	Detach, Debug               bool
 	Terminal                    bool // stdin is a terminal
-	Rebuild, Quiet                        bool
-	DryRun                                bool
+	Rebuild, Quiet              bool
+	DryRun                      bool
 
 	Remove      bool
 	Workdir     string
