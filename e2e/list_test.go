@@ -30,7 +30,7 @@ func TestListFiltersAndChangingCommandsJSON(t *testing.T) {
 			if r := moatcRun(t, opts{}, busyboxRun(rt, []string{"-n", done}, ws, "sh", "-c", "exit 5")...); r.code != 5 {
 				t.Fatalf("exit %d, want 5: %s", r.code, r.stderr)
 			}
-			liveID := strings.TrimSpace(mustRun(t, busyboxRun(rt, []string{"-d", "-n", live}, ws, "sleep", "300")...).stdout)
+			liveID := strings.TrimSpace(mustRun(t, busyboxRun(rt, []string{"-d", "-n", live, "--label", "team=" + rt, "--label", "tier=web"}, ws, "sleep", "300")...).stdout)
 			doneID := status(t, done).ID
 
 			// Different keys AND, one key's values OR.
@@ -48,6 +48,14 @@ func TestListFiltersAndChangingCommandsJSON(t *testing.T) {
 			}
 			if got := lines(mustRun(t, "list", "-q", "--filter", "label=nobody=here").stdout); len(got) != 0 {
 				t.Errorf("a label no run has matched %v", got)
+			}
+			for _, f := range []string{"label=team=" + rt, "label=tier"} {
+				if got := lines(mustRun(t, "list", "-q", "--filter", f).stdout); strings.Join(got, ",") != liveID {
+					t.Errorf("--filter %s: %v, want [%s]", f, got, liveID)
+				}
+			}
+			if got := lines(mustRun(t, "list", "-q", "--filter", "label=tier=db").stdout); len(got) != 0 {
+				t.Errorf("label=tier=db matched %v", got)
 			}
 			out := mustRun(t, "list", "--filter", "id="+liveID, "--format", "{{.Name}} {{.State}} {{.Spec.Runtime}}").stdout
 			if out != live+" running "+rt+"\n" {
