@@ -154,6 +154,11 @@ func TestWaitRestartAttach(t *testing.T) {
 			if st := status(t, name+"-long"); st.State != "running" {
 				t.Fatalf("after restart: %s", st.State)
 			}
+			// A --rm run's record goes when it ends; wait still gets its code (from the events).
+			mustRun(t, busyboxRun(rt, []string{"-d", "--rm", "-n", name + "-rm"}, ws, "sh", "-c", "sleep 1; exit 3")...)
+			if r := mustRun(t, "wait", name+"-rm"); r.stdout != "3\n" {
+				t.Fatalf("wait on a -d --rm run: want 3, got %q", r.stdout)
+			}
 			if r := moatcRun(t, opts{}, "wait", "no-such-run"); r.code != 125 || !strings.Contains(r.stderr, "no such run") {
 				t.Fatalf("wait on an unknown run: %d %q", r.code, r.stderr)
 			}

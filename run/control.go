@@ -2,6 +2,7 @@ package run
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"syscall"
@@ -39,9 +40,14 @@ func (m *Manager) Wait(ctx context.Context, ref string) (*state.Run, error) {
 		case <-time.After(poll):
 		}
 		poll = min(poll*2, 200*time.Millisecond)
-		if r, err = m.Store.Get(r.ID); err != nil {
+		cur, err := m.Store.Get(r.ID)
+		if errors.Is(err, state.ErrNotFound) && r.Spec.Remove {
+			return m.removedEnd(ctx, r), nil
+		}
+		if err != nil {
 			return nil, err
 		}
+		r = cur
 		if r.Active() && !r.Supervisor.Alive() && time.Since(lastCheck) > time.Second {
 			lastCheck = time.Now()
 			if err := m.Reconcile(ctx); err != nil {

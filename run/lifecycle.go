@@ -137,10 +137,6 @@ func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*s
 			grace = time.Duration(*r.Spec.StopTimeout) * time.Second
 		}
 	}
-	removed := func(last *state.Run) (*state.Run, error) {
-		last.State = state.Stopped
-		return last, nil
-	}
 	c, err := m.Client(ctx)
 	if err != nil {
 		return nil, err
@@ -154,56 +150,82 @@ func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*s
 	if err != nil {
 		return nil, fmt.Errorf("stopping run %s: %w", ref, err)
 	}
-	// A run not started yet is not started at all: its supervisor sees the mark before it
-	// starts the task. If it started meanwhile, it is signalled below like any other.
-	for r.Started == nil {
-		if !r.Active() {
-			return r, nil
-		}
-		if !r.Supervisor.Alive() {
-			if err := m.finalizeAbandoned(ctx, r.ID); err != nil {
-				return nil, err
-			}
-			return m.Store.Get(r.ID)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		cur, err := m.Store.Get(r.ID)
-		if errors.Is(err, state.ErrNotFound) && r.Spec.Remove {
-			return removed(r)
-		}
-		if err != nil {
-			return nil, err
-		}
-		r = cur
+	r, done, err := m.awaitStart(ctx, r)
+	if done || err != nil {
+		return r, err
 	}
 	ctr, err := c.LoadContainer(ctx, r.ContainerID)
 	if err == nil {
 		if task, terr := ctr.Task(ctx, nil); terr == nil {
-			if wait, werr := task.Wait(ctx); werr == nil {
-				task.Kill(ctx, syscall.SIGTERM)
-				select {
-				case <-wait:
-				case <-time.After(grace):
-					task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
-					<-wait
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				}
+			if err := terminate(ctx, task, grace); err != nil {
+				return nil, err
 			}
 		}
 	} else if !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("stopping run %s: %w", r.ID, err)
 	}
-	// The supervisor records the end; wait for it, and do it ourselves if it is gone.
+	return m.awaitEnd(ctx, r)
+}
+
+// awaitStart waits for a run marked stopping to have started, or to be over (done): a run not
+// started yet is not started at all, since its supervisor sees the mark before it starts the
+// task. If it started meanwhile, it is signalled like any other.
+func (m *Manager) awaitStart(ctx context.Context, r *state.Run) (*state.Run, bool, error) {
+	for r.Started == nil {
+		if !r.Active() {
+			return r, true, nil
+		}
+		if !r.Supervisor.Alive() {
+			if err := m.finalizeAbandoned(ctx, r.ID); err != nil {
+				return nil, true, err
+			}
+			r, err := m.Store.Get(r.ID)
+			return r, true, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, true, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		cur, err := m.Store.Get(r.ID)
+		if errors.Is(err, state.ErrNotFound) && r.Spec.Remove {
+			return m.removedEnd(ctx, r), true, nil
+		}
+		if err != nil {
+			return nil, true, err
+		}
+		r = cur
+	}
+	return r, false, nil
+}
+
+// terminate sends SIGTERM and, after grace, SIGKILL to every process of the task, and waits
+// for it to exit.
+func terminate(ctx context.Context, task containerd.Task, grace time.Duration) error {
+	wait, err := task.Wait(ctx)
+	if err != nil {
+		return nil // gone already
+	}
+	task.Kill(ctx, syscall.SIGTERM)
+	select {
+	case <-wait:
+	case <-time.After(grace):
+		task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
+		<-wait
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
+}
+
+// awaitEnd waits for the supervisor to record the end of a run whose task was told to end,
+// and records it itself if the supervisor is gone.
+func (m *Manager) awaitEnd(ctx context.Context, r *state.Run) (*state.Run, error) {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		cur, err := m.Store.Get(r.ID)
 		if errors.Is(err, state.ErrNotFound) && r.Spec.Remove {
-			return removed(r)
+			return m.removedEnd(ctx, r), nil
 		}
 		if err != nil {
 			return nil, err
@@ -219,6 +241,21 @@ func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*s
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// removedEnd is the end of a --rm run whose record went once it ended: its last record, with
+// the state and exit code of its "exited" event.
+func (m *Manager) removedEnd(ctx context.Context, last *state.Run) *state.Run {
+	end := *last
+	end.State = state.Stopped
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m.Store.Events(ectx, state.EventOptions{Since: last.Created, Until: time.Now(),
+		Filter: state.EventFilter{Runs: []string{last.ID}, Types: []string{"exited"}}}, func(e state.Event) error {
+		end.State, end.ExitCode, end.Error = e.State, e.ExitCode, e.Error
+		return nil
+	})
+	return &end
 }
 
 // ActiveError refuses to destroy a run that still runs.
