@@ -127,55 +127,92 @@ func FindSandboxes(sc SandboxScope) (map[string]*HostSandbox, error) {
 	if sc.Root == "" || sc.Namespace == "" {
 		return nil, fmt.Errorf("finding sandboxes: no runsc root or namespace")
 	}
-	found := map[string]*HostSandbox{}
-	get := func(id, root string) *HostSandbox {
-		s := found[id]
-		if s == nil {
-			s = &HostSandbox{ID: id, Root: root, Legacy: root == sc.legacyRoot()}
-			if sc.TaskDir != "" {
-				s.Bundle = filepath.Join(sc.TaskDir, id)
-			}
-			found[id] = s
-		}
-		return s
-	}
+	ss := &sandboxSet{sc: sc, found: map[string]*HostSandbox{}}
 	// State first: a legacy entry is the home's when its bundle is the home's.
+	if err := ss.readState(); err != nil {
+		return nil, err
+	}
+	if err := ss.readProcs(); err != nil {
+		return nil, err
+	}
+	for _, s := range ss.found {
+		for _, pid := range append(append([]int(nil), s.Shims...), s.Procs...) {
+			if age, ok := processAge(pid); ok && (s.Youngest == 0 || age < s.Youngest) {
+				s.Youngest = age
+			}
+		}
+		sort.Ints(s.Shims)
+		sort.Ints(s.Procs)
+		sort.Strings(s.StateFiles)
+	}
+	return ss.found, nil
+}
+
+// sandboxSet gathers what FindSandboxes finds, by container id.
+type sandboxSet struct {
+	sc    SandboxScope
+	found map[string]*HostSandbox
+}
+
+func (ss *sandboxSet) get(id, root string) *HostSandbox {
+	s := ss.found[id]
+	if s == nil {
+		s = &HostSandbox{ID: id, Root: root, Legacy: root == ss.sc.legacyRoot()}
+		if ss.sc.TaskDir != "" {
+			s.Bundle = filepath.Join(ss.sc.TaskDir, id)
+		}
+		ss.found[id] = s
+	}
+	return s
+}
+
+// readState reads runsc's state files: the home's root, and the home's entries in the shared
+// legacy root.
+func (ss *sandboxSet) readState() error {
+	sc := ss.sc
 	if err := readStateDir(sc.root(), func(id, file string, st *runscState) {
-		s := get(id, sc.root())
+		s := ss.get(id, sc.root())
 		s.Proven, s.InRoot = true, true
 		s.StateFiles = append(s.StateFiles, file)
 		if st != nil && st.Spec.Linux.CgroupsPath != "" {
 			s.Cgroups = st.Spec.Linux.CgroupsPath
 		}
 	}); err != nil {
-		return nil, err
+		return err
 	}
-	if sc.TaskDir != "" {
-		legacy := map[string][]string{}
-		mine := map[string]*runscState{}
-		if err := readStateDir(sc.legacyRoot(), func(id, file string, st *runscState) {
-			legacy[id] = append(legacy[id], file)
-			if st != nil && under(sc.TaskDir, st.BundleDir) {
-				mine[id] = st
-			}
-		}); err != nil {
-			return nil, err
-		}
-		for id, st := range mine {
-			s := get(id, sc.legacyRoot())
-			s.Proven, s.InRoot = true, true
-			s.StateFiles = append(s.StateFiles, legacy[id]...)
-			s.Cgroups = st.Spec.Linux.CgroupsPath
-		}
+	if sc.TaskDir == "" {
+		return nil
 	}
+	legacy := map[string][]string{}
+	mine := map[string]*runscState{}
+	if err := readStateDir(sc.legacyRoot(), func(id, file string, st *runscState) {
+		legacy[id] = append(legacy[id], file)
+		if st != nil && under(sc.TaskDir, st.BundleDir) {
+			mine[id] = st
+		}
+	}); err != nil {
+		return err
+	}
+	for id, st := range mine {
+		s := ss.get(id, sc.legacyRoot())
+		s.Proven, s.InRoot = true, true
+		s.StateFiles = append(s.StateFiles, legacy[id]...)
+		s.Cgroups = st.Spec.Linux.CgroupsPath
+	}
+	return nil
+}
+
+// readProcs adds the shims and runsc processes of the process list, read once.
+func (ss *sandboxSet) readProcs() error {
+	sc := ss.sc
 	procs, err := listProcs()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	shimOf := map[int]*HostSandbox{}
 	for _, p := range procs {
 		if id, ok := sc.isShim(p.argv); ok {
-			s := get(id, sc.root())
+			s := ss.get(id, sc.root())
 			s.Shims = append(s.Shims, p.pid)
 			s.Proven = s.Proven || sc.Managed || sc.shimUsesRoot(p.pid)
 			shimOf[p.pid] = s
@@ -186,7 +223,7 @@ func FindSandboxes(sc SandboxScope) (map[string]*HostSandbox, error) {
 		if !ok {
 			continue
 		}
-		s := get(id, root)
+		s := ss.get(id, root)
 		if !s.InRoot { // first seen as a shim: its sandbox says which root
 			s.Root, s.Legacy = root, root == sc.legacyRoot()
 		}
@@ -196,17 +233,7 @@ func FindSandboxes(sc SandboxScope) (map[string]*HostSandbox, error) {
 			sh.Proven = true
 		}
 	}
-	for _, s := range found {
-		for _, pid := range append(append([]int(nil), s.Shims...), s.Procs...) {
-			if age, ok := processAge(pid); ok && (s.Youngest == 0 || age < s.Youngest) {
-				s.Youngest = age
-			}
-		}
-		sort.Ints(s.Shims)
-		sort.Ints(s.Procs)
-		sort.Strings(s.StateFiles)
-	}
-	return found, nil
+	return nil
 }
 
 // runscState is what moatc reads of a runsc state file.

@@ -57,25 +57,8 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 	}
 	defer lr.Close()
 	p := newPrinter(out, errw, o.Timestamps)
-	if o.New {
-		if err := lr.skip(); err != nil {
-			return err
-		}
-	} else if o.Tail > 0 {
-		t := &tailer{n: o.Tail}
-		for {
-			c, err := lr.next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			t.add(c)
-		}
-		for _, c := range t.result() {
-			p.print(c)
-		}
+	if err := lr.position(o, p); err != nil {
+		return err
 	}
 	for {
 		c, err := lr.next()
@@ -113,6 +96,32 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 // logFinishWait bounds how long `logs -f` waits, after a run's end, for its logger to finish:
 // the shim gives a logger about 12 s before it kills it.
 const logFinishWait = 15 * time.Second
+
+// position moves past what is not to be printed: everything there is now (New), or all but
+// the last Tail lines, which it prints.
+func (lr *logReader) position(o LogOptions, p *printer) error {
+	if o.New {
+		return lr.skip()
+	}
+	if o.Tail <= 0 {
+		return nil
+	}
+	t := &tailer{n: o.Tail}
+	for {
+		c, err := lr.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		t.add(c)
+	}
+	for _, c := range t.result() {
+		p.print(c)
+	}
+	return nil
+}
 
 // skip passes over what the log holds now.
 func (lr *logReader) skip() error {
