@@ -27,6 +27,7 @@ the Dockerfile instead. The full build log is kept in ~/.moatc/builds/.`,
 			&cli.BoolFlag{Name: "rebuild", Usage: "build even if the image exists"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress"},
 			&cli.StringFlag{Name: "image", Usage: "base image when moatc.yaml sets no base_image"},
+			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
 			ws := "."
@@ -52,6 +53,9 @@ the Dockerfile instead. The full build log is kept in ~/.moatc/builds/.`,
 			if err != nil {
 				return err
 			}
+			if c.Bool("dry-run") && c.Bool("json") {
+				return printJSON(buildResult{Image: tag, Base: base, Items: planItems(plan), Dockerfile: string(plan.Dockerfile(base)), DryRun: true})
+			}
 			if c.Bool("dry-run") {
 				fmt.Printf("# image %s from %s\n", tag, base)
 				for _, it := range plan.Items {
@@ -71,10 +75,36 @@ the Dockerfile instead. The full build log is kept in ~/.moatc/builds/.`,
 			if err != nil {
 				return err
 			}
+			if c.Bool("json") {
+				return printJSON(buildResult{Image: name, Base: base, Items: planItems(plan)})
+			}
 			fmt.Println(name)
 			return nil
 		},
 	}
+}
+
+// buildResult is what build made (or, with --dry-run, would make), for --json.
+type buildResult struct {
+	Image      string     `json:"image"`
+	Base       string     `json:"base"`
+	Items      []planItem `json:"dependencies"`
+	Dockerfile string     `json:"dockerfile,omitempty"`
+	DryRun     bool       `json:"dry_run,omitempty"`
+}
+
+type planItem struct {
+	Name    string `json:"name"`
+	Version string `json:"version,omitempty"`
+	Source  string `json:"source"`
+}
+
+func planItems(p *deps.Plan) []planItem {
+	items := []planItem{}
+	for _, it := range p.Items {
+		items = append(items, planItem{Name: it.Name(), Version: it.Version, Source: it.Source()})
+	}
+	return items
 }
 
 func depsCommand() *cli.Command {

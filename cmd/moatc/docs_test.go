@@ -45,3 +45,27 @@ func TestCLIReferenceIsComplete(t *testing.T) {
 		}
 	}
 }
+
+// TestChangingCommandsTakeJSON: every command but those whose output is the workload's (or a
+// script) prints its result as JSON with --json.
+func TestChangingCommandsTakeJSON(t *testing.T) {
+	exempt := map[string]bool{"exec": true, "logs": true, "attach": true, "completion": true, "_supervise": true}
+	var walk func(path string, cmds []*cli.Command)
+	walk = func(path string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			full := strings.TrimSpace(path + " " + c.Name)
+			if len(c.Subcommands) > 0 {
+				walk(full, c.Subcommands)
+				continue
+			}
+			has := false
+			for _, f := range c.Flags {
+				has = has || f.Names()[0] == "json"
+			}
+			if !has && !exempt[full] {
+				t.Errorf("`moatc %s` has no --json", full)
+			}
+		}
+	}
+	walk("", newApp().Commands)
+}

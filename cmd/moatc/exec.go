@@ -184,19 +184,16 @@ func restartCommand() *cli.Command {
 old); its container, writable layer and network are made afresh. It runs detached:
 follow it with moatc logs -f RUN or moatc attach RUN.`,
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "time", Aliases: []string{"t"}, Usage: "grace period in `SECONDS` before SIGKILL (default: the run's --stop-timeout, else 10)"},
+			timeFlag,
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
 				return eachRun(c, "restarted", nil)
 			}
-			grace := -time.Second // the run's own --stop-timeout
-			if c.IsSet("time") {
-				if c.Int("time") < 0 {
-					return usageError{fmt.Errorf("--time must be 0 or more seconds")}
-				}
-				grace = time.Duration(c.Int("time")) * time.Second
+			grace, err := graceFlag(c)
+			if err != nil {
+				return err
 			}
 			e, err := setup(c)
 			if err != nil {
@@ -208,6 +205,20 @@ follow it with moatc logs -f RUN or moatc attach RUN.`,
 			})
 		},
 	}
+}
+
+var timeFlag = &cli.IntFlag{Name: "time", Aliases: []string{"t"}, Usage: "grace period in `SECONDS` before SIGKILL (default: the run's --stop-timeout, else 10)"}
+
+// graceFlag is -t/--time as a duration; not given, it is negative: the run's own
+// --stop-timeout, else 10 s (see run.Manager.Stop).
+func graceFlag(c *cli.Context) (time.Duration, error) {
+	if !c.IsSet("time") {
+		return -time.Second, nil
+	}
+	if c.Int("time") < 0 {
+		return 0, usageError{fmt.Errorf("--time must be 0 or more seconds")}
+	}
+	return time.Duration(c.Int("time")) * time.Second, nil
 }
 
 func attachCommand() *cli.Command {

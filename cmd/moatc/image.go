@@ -26,6 +26,7 @@ func imageCommand() *cli.Command {
 docker-archive tar ('docker save'); '-' reads standard input.`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Usage: "name for an image the archive does not name"},
+					jsonFlag,
 				},
 				Action: imageImportAction,
 			},
@@ -39,6 +40,7 @@ and imports it, or writes it as an OCI image layout tar with -o (import it later
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "name", Required: true, Usage: "image name, e.g. busybox:latest"},
 					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write an OCI layout tar to `FILE` instead of importing"},
+					jsonFlag,
 				},
 				Action: imagePackAction,
 			},
@@ -46,6 +48,7 @@ and imports it, or writes it as an OCI image layout tar with -o (import it later
 				Name:      "pull",
 				Usage:     "pull an image from a registry",
 				ArgsUsage: "REF",
+				Flags:     []cli.Flag{jsonFlag},
 				Action:    imagePullAction,
 			},
 			{
@@ -60,6 +63,7 @@ and imports it, or writes it as an OCI image layout tar with -o (import it later
 				Aliases:   []string{"remove"},
 				Usage:     "remove images",
 				ArgsUsage: "REF...",
+				Flags:     []cli.Flag{jsonFlag},
 				Action:    imageRemoveAction,
 			},
 		},
@@ -97,7 +101,13 @@ func imagePackAction(c *cli.Context) error {
 		return err
 	}
 	if out := c.String("output"); out != "" {
-		return snapshot.WriteOCIFile(out, img)
+		if err := snapshot.WriteOCIFile(out, img); err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return printJSON([]imageDone{{Name: full, Action: "packed", File: out}})
+		}
+		return nil
 	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(snapshot.WriteOCI(pw, img)) }()
@@ -125,8 +135,7 @@ func imagePullAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println(img.Name())
-	return nil
+	return printImages(c, "pulled", []string{img.Name()})
 }
 
 func imageListAction(c *cli.Context) error {
@@ -170,13 +179,17 @@ func imageRemoveAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var done []string
 	for _, ref := range c.Args().Slice() {
 		if err := cl.RemoveImage(c.Context, ref); err != nil {
+			if len(done) > 0 {
+				printImages(c, "removed", done)
+			}
 			return err
 		}
-		fmt.Println(ref)
+		done = append(done, ref)
 	}
-	return nil
+	return printImages(c, "removed", done)
 }
 
 func importImages(c *cli.Context, r io.Reader, name string) error {
@@ -193,10 +206,29 @@ func importImages(c *cli.Context, r io.Reader, name string) error {
 	if err != nil {
 		return err
 	}
-	for _, n := range names {
-		fmt.Println(n)
+	return printImages(c, "imported", names)
+}
+
+// imageDone is one image a changing image command acted on, for --json.
+type imageDone struct {
+	Name   string `json:"name"`
+	Action string `json:"action"` // imported, packed, pulled or removed
+	File   string `json:"file,omitempty"`
+}
+
+// printImages prints the names, one a line, or with --json a list of imageDone.
+func printImages(c *cli.Context, action string, names []string) error {
+	if !c.Bool("json") {
+		for _, n := range names {
+			fmt.Println(n)
+		}
+		return nil
 	}
-	return nil
+	done := []imageDone{}
+	for _, n := range names {
+		done = append(done, imageDone{Name: n, Action: action})
+	}
+	return printJSON(done)
 }
 
 func shortImage(name string) string { return ctrd.ShortName(name) }

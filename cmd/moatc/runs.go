@@ -303,12 +303,16 @@ func stopCommand() *cli.Command {
 		Usage:     "stop runs: SIGTERM, then SIGKILL after the grace period",
 		ArgsUsage: "RUN...",
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "time", Aliases: []string{"t"}, Value: 10, Usage: "grace period in `SECONDS` before SIGKILL"},
+			timeFlag,
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
 				return eachRun(c, "stopped", nil)
+			}
+			grace, err := graceFlag(c)
+			if err != nil {
+				return err
 			}
 			e, err := setup(c)
 			if err != nil {
@@ -316,7 +320,7 @@ func stopCommand() *cli.Command {
 			}
 			defer e.mgr.Close()
 			return eachRun(c, "stopped", func(ref string) (*state.Run, error) {
-				return e.mgr.Stop(c.Context, ref, time.Duration(c.Int("time"))*time.Second)
+				return e.mgr.Stop(c.Context, ref, grace)
 			})
 		},
 	}

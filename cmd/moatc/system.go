@@ -24,12 +24,13 @@ socket under --home) on first use and leaves it running for the next command.`,
 			{
 				Name:   "start",
 				Usage:  "start the managed containerd (moatc does this on demand)",
+				Flags:  []cli.Flag{jsonFlag},
 				Action: systemStartAction,
 			},
 			{
 				Name:   "stop",
 				Usage:  "stop the managed containerd",
-				Flags:  []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "stop it even while runs are active"}},
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "stop it even while runs are active"}, jsonFlag},
 				Action: systemStopAction,
 			},
 			{
@@ -51,8 +52,18 @@ func systemStartAction(c *cli.Context) error {
 		return err
 	}
 	pid, _ := e.daemon.Pid()
+	if c.Bool("json") {
+		return printJSON(daemonDone{State: "running", Pid: pid, Address: e.daemon.Address()})
+	}
 	fmt.Printf("containerd running (pid %d) on %s\n", pid, e.daemon.Address())
 	return nil
+}
+
+// daemonDone is what system start and stop did, for --json.
+type daemonDone struct {
+	State   string `json:"state"` // running or stopped
+	Pid     int    `json:"pid,omitempty"`
+	Address string `json:"address"`
 }
 
 func systemStopAction(c *cli.Context) error {
@@ -84,6 +95,9 @@ func systemStopAction(c *cli.Context) error {
 	}
 	if err := cni.Prune(c.Context); err != nil {
 		return err
+	}
+	if c.Bool("json") {
+		return printJSON(daemonDone{State: "stopped", Address: e.daemon.Address()})
 	}
 	fmt.Println("containerd stopped")
 	return nil
