@@ -8,7 +8,6 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/moatc/moatc/daemon"
 )
@@ -70,9 +69,4 @@ func Connect(ctx context.Context, o Options) (*Client, error) {
 		return nil, &NotAnsweringError{Address: addr, Err: err}
 	}
 	return &Client{Client: c, Address: addr, Namespace: ns, Managed: managed}, nil
-}
-
-// Context returns ctx carrying the client's namespace.
-func (c *Client) Context(ctx context.Context) context.Context {
-	return namespaces.WithNamespace(ctx, c.Namespace)
 }

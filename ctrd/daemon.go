@@ -50,9 +50,6 @@ func (d *Daemon) process() *daemon.Process {
 	}
 }
 
-// LogPath is where the daemon's output goes.
-func (d *Daemon) LogPath() string { return d.process().LogPath() }
-
 // Answering reports whether something accepts connections on the socket.
 func (d *Daemon) Answering() bool { return daemon.Answering(d.Address()) }
 

@@ -229,10 +229,6 @@ func appendHeader(b []byte, s byte, t time.Time, n int) []byte {
 	return binary.BigEndian.AppendUint32(b, uint32(n))
 }
 
-func appendRecord(b []byte, s byte, t time.Time, p []byte) []byte {
-	return append(appendHeader(b, s, t, len(p)), p...)
-}
-
 func (r *recorder) noteBytes(text string, m *Mark) []byte {
 	b, _ := json.Marshal(note{Text: text, Mark: m})
 	return b

@@ -555,3 +555,7 @@ func TestGather(t *testing.T) {
 	}
 	t.Logf("128 KB written in 32 KB pieces came in %d records", reads)
 }
+
+func appendRecord(b []byte, s byte, t time.Time, p []byte) []byte {
+	return append(appendHeader(b, s, t, len(p)), p...)
+}
