@@ -13,7 +13,13 @@ import (
 const bashCompletion = `# bash completion for moatc
 _moatc_complete() {
 	local cur="${COMP_WORDS[COMP_CWORD]}" words
-	local line=("${COMP_WORDS[@]:0:COMP_CWORD}")
+	local line=("${COMP_WORDS[@]:0:COMP_CWORD}") w
+	COMPREPLY=()
+	# After --, every word is the workload's: complete file names, and never ask moatc (the
+	# line would be a command it runs).
+	for w in "${line[@]}"; do
+		[[ "$w" == "--" ]] && return 0
+	done
 	if [[ "$cur" == -* ]]; then
 		line+=("$cur")
 	fi
@@ -30,6 +36,11 @@ _moatc() {
 	local cur="${words[CURRENT]}"
 	local -a line
 	line=("${(@)words[1,CURRENT-1]}")
+	# After --, every word is the workload's: complete file names, and never ask moatc.
+	if (( ${line[(Ie)--]} )); then
+		_files
+		return
+	fi
 	if [[ "$cur" == -* ]]; then
 		line+=("$cur")
 	fi

@@ -165,8 +165,11 @@ piped, else from a prompt that does not echo; never from an argument (it would l
 				hs = append(hs, grant.Header{Name: strings.TrimSpace(n), Template: strings.TrimSpace(t)})
 			}
 			g := grant.Grant{Name: name, Kind: grant.Custom}
-			for _, h := range c.StringSlice("host") {
-				g.Rules = append(g.Rules, grant.Rule{Host: strings.TrimSpace(h), Headers: hs})
+			// The app keeps flag values whole (an -e value may hold commas): hosts are split here.
+			for _, v := range c.StringSlice("host") {
+				for _, h := range strings.Split(v, ",") {
+					g.Rules = append(g.Rules, grant.Rule{Host: strings.TrimSpace(h), Headers: hs})
+				}
 			}
 			if err := grant.Validate(g); err != nil {
 				return usageError{fmt.Errorf("grant add %s: %w", name, err)}

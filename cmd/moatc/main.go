@@ -6,13 +6,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
@@ -30,6 +34,9 @@ type exitStatus int
 func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 func main() {
+	// What moatc starts (the managed containerd, buildkitd, shims, supervisors) gets the fds
+	// moatc passes on purpose and no others: not a lock or pipe moatc's caller left open.
+	closeInheritedOnExec()
 	// The shim runs `moatc _log VALUE` as a run's logger, once per run: straight to it, with
 	// none of the command line's set-up.
 	if len(os.Args) == 3 && os.Args[1] == run.LogCommand {
@@ -46,6 +53,11 @@ func main() {
 			fmt.Fprintf(os.Stderr, "moatc: %v\n", err)
 			os.Exit(1)
 		}
+		return
+	}
+	// A completion request is never a command: after --, urfave/cli would take the flag for
+	// the workload's argument and run the line typed so far.
+	if n := len(os.Args); n > 1 && os.Args[n-1] == "--generate-bash-completion" && slices.Contains(os.Args[:n-1], "--") {
 		return
 	}
 	app := newApp()
@@ -109,6 +121,8 @@ Examples:
 			return usageError{err}
 		},
 		EnableBashCompletion: true, // for `moatc completion`
+		// -e A=a,b, --label k=a,b and --tmpfs /t:size=1m,exec keep their commas, as Docker's do.
+		DisableSliceFlagSeparator: true,
 		Commands: append([]*cli.Command{
 			runCommand(), execCommand(), listCommand(), statusCommand(), logsCommand(), attachCommand(), waitCommand(), killCommand(), stopCommand(), restartCommand(),
 			eventsCommand(), versionCommand(), completionCommand(),
@@ -116,6 +130,20 @@ Examples:
 			topCommand(), statsCommand(), cpCommand(),
 		}, agentCommands()...),
 		CommandNotFound: commandNotFound,
+	}
+}
+
+// closeInheritedOnExec marks every fd above stderr close-on-exec. moatc's own files are so
+// already (Go opens them that way); the ones it inherited may not be.
+func closeInheritedOnExec() {
+	if err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC); err == nil {
+		return
+	}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
 	}
 }
 
