@@ -40,8 +40,8 @@ func TestExec(t *testing.T) {
 				t.Fatalf("exec without -i read stdin: %d %q", r.code, r.stdout)
 			}
 			// A TTY: script(1) gives moatc a terminal.
-			out, err := exec.Command("script", "-eqc", moatc+" exec -it "+name+" -- sh -c 'test -t 0 && test -t 1 && echo has-tty; exit 4'", "/dev/null").CombinedOutput()
-			if code := exitCodeOf(err); code != 4 || !strings.Contains(string(out), "has-tty") {
+			out, err := exec.Command("script", "-eqc", moatc+" exec -it "+name+" -- sh -c 'test -t 0 && test -t 1 && echo has-tty; echo term=$TERM; exit 4'", "/dev/null").CombinedOutput()
+			if code := exitCodeOf(err); code != 4 || !strings.Contains(string(out), "has-tty") || !strings.Contains(string(out), "term=xterm") {
 				t.Fatalf("exec -it: exit %d (%v), output %q", code, err, out)
 			}
 			if r := moatcRun(t, opts{stdin: "x"}, "exec", "-t", name, "--", "true"); r.code != 125 || !strings.Contains(r.stderr, "not a TTY") {
@@ -49,6 +49,12 @@ func TestExec(t *testing.T) {
 			}
 			if r := moatcRun(t, opts{}, "exec", name, "--", "no-such-command"); r.code != 127 {
 				t.Fatalf("exec of a missing command: want 127, got %d %q", r.code, r.stderr)
+			}
+			if r := moatcRun(t, opts{}, "exec", name, "--", "/no/such/file"); r.code != 127 {
+				t.Fatalf("exec of a missing path: want 127, got %d %q", r.code, r.stderr)
+			}
+			if r := moatcRun(t, opts{}, "exec", "-w", "relative", name, "--", "true"); r.code != 2 {
+				t.Fatalf("exec -w relative: want 2, got %d %q", r.code, r.stderr)
 			}
 			if r := moatcRun(t, opts{}, "exec", name, "--", "/etc/passwd"); r.code != 126 {
 				t.Fatalf("exec of a file that cannot run: want 126, got %d %q", r.code, r.stderr)

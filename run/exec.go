@@ -133,7 +133,10 @@ func (m *Manager) Exec(ctx context.Context, ref string, o ExecOptions, stdio Std
 func execStartError(run string, err error) error {
 	msg := err.Error()
 	switch {
-	case strings.Contains(msg, "error finding executable"), strings.Contains(msg, "executable file not found"):
+	case strings.Contains(msg, "chdir") || strings.Contains(msg, "cwd"):
+		// A missing working directory is not a missing command.
+	case strings.Contains(msg, "error finding executable"), strings.Contains(msg, "executable file not found"),
+		strings.Contains(msg, "no such file or directory"):
 		return &ExitError{Code: 127, Err: fmt.Errorf("exec in run %s: the command is not found in the container: %w", run, err)}
 	case strings.Contains(msg, "permission denied"), strings.Contains(msg, "exec format error"):
 		return &ExitError{Code: 126, Err: fmt.Errorf("exec in run %s: the command cannot be run: %w", run, err)}
@@ -155,6 +158,10 @@ func (m *Manager) execSpec(ctx context.Context, ctr containerd.Container, o Exec
 	p.Terminal = o.TTY
 	p.ConsoleSize = nil
 	p.Env = mergeEnv(p.Env, o.Env)
+	if o.TTY && !slices.ContainsFunc(o.Env, func(kv string) bool { return strings.HasPrefix(kv, "TERM=") }) {
+		// As docker exec -t: a terminal gets a TERM, unless the caller gave one.
+		p.Env = mergeEnv(p.Env, []string{"TERM=xterm"})
+	}
 	if o.Workdir != "" {
 		if !strings.HasPrefix(o.Workdir, "/") {
 			return nil, fmt.Errorf("the working directory %q must be absolute, like /workspace/src", o.Workdir)

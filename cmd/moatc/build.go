@@ -26,7 +26,7 @@ the Dockerfile instead. The full build log is kept in ~/.moatc/builds/.`,
 			&cli.BoolFlag{Name: "dry-run", Usage: "print what would be built and the Dockerfile"},
 			&cli.BoolFlag{Name: "rebuild", Usage: "build even if the image exists"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress"},
-			&cli.StringFlag{Name: "image", Usage: "base image when moatc.yaml sets no base_image"},
+			&cli.StringFlag{Name: "image", Usage: "base `IMAGE` when moatc.yaml sets no base_image"},
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +50,9 @@ func execAction(c *cli.Context) error {
 		return usageError{fmt.Errorf("exec needs a RUN and a command: moatc exec RUN -- CMD [ARG...]")}
 	}
 	o := run.ExecOptions{Args: args[1:], Env: envFromFlags(c.StringSlice("env")), Workdir: c.String("workdir"), User: c.String("user"), TTY: c.Bool("tty")}
+	if o.Workdir != "" && !filepath.IsAbs(o.Workdir) {
+		return usageError{fmt.Errorf("-w %q: the working directory must be absolute, like /workspace/src", o.Workdir)}
+	}
 	if o.TTY && !isTerminal(os.Stdin) {
 		return fmt.Errorf("the input device is not a TTY: drop -t, or run moatc exec from a terminal")
 	}

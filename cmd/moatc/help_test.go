@@ -49,6 +49,9 @@ func TestHelpFitsTheTerminal(t *testing.T) {
 			t.Errorf("moatc %s --help is not help:\n%s", strings.Join(p, " "), help)
 		}
 		for _, l := range strings.Split(help, "\n") {
+			if strings.HasSuffix(l, " value") && strings.Contains(l, "--") {
+				t.Errorf("moatc %s --help: a flag without a value name (put it in backquotes in its usage): %s", strings.Join(p, " "), l)
+			}
 			n := utf8.RuneCountInString(l)
 			if n > 100 || (n > helpWidth && strings.Contains(strings.TrimSpace(l), " ")) {
 				t.Errorf("moatc %s --help: a line of %d columns:\n%s", strings.Join(p, " "), n, l)

@@ -25,7 +25,7 @@ func imageCommand() *cli.Command {
 				Description: `Imports images where no registry is reachable. FILE is an OCI image layout tar or a
 docker-archive tar ('docker save'); '-' reads standard input.`,
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "name", Usage: "name for an image the archive does not name"},
+					&cli.StringFlag{Name: "name", Usage: "`REF` for an image the archive does not name"},
 					jsonFlag,
 				},
 				Action: imageImportAction,
@@ -38,7 +38,7 @@ docker-archive tar ('docker save'); '-' reads standard input.`,
 and imports it, or writes it as an OCI image layout tar with -o (import it later with
 'moatc image import'). The image is labelled moatc.built-locally=true.`,
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "name", Required: true, Usage: "image name, e.g. busybox:latest"},
+					&cli.StringFlag{Name: "name", Required: true, Usage: "image `REF`, e.g. busybox:latest"},
 					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write an OCI layout tar to `FILE` instead of importing"},
 					jsonFlag,
 				},
