@@ -355,10 +355,13 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// printable keeps what a terminal shows as text: no escape sequences from the workload.
+// printable keeps what a terminal shows as text: no escape sequences from the workload. Lines
+// are joined with "; ", so tar's messages stay apart on one line.
 func printable(s string) string {
+	s = strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(s), "\n", " ;; ")), " ")
+	s = strings.ReplaceAll(s, " ;; ", "; ")
 	s = strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\t' {
+		if r == '\t' {
 			return ' '
 		}
 		if r < 0x20 || r == 0x7f || !unicode.IsPrint(r) {

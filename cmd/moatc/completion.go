@@ -98,10 +98,18 @@ func completionScript(app *cli.App, shell string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("making the fish completion: %w", err)
 		}
-		if !strings.HasSuffix(s, "\n") {
-			s += "\n"
+		// urfave lists --help twice where a command has it twice, and keeps the backquotes
+		// that name a flag's value: one line each, plain words.
+		var out []string
+		seen := map[string]bool{}
+		for _, l := range strings.Split(strings.ReplaceAll(s, "`", ""), "\n") {
+			if l != "" && seen[l] {
+				continue
+			}
+			seen[l] = true
+			out = append(out, l)
 		}
-		return s, nil
+		return strings.TrimRight(strings.Join(out, "\n"), "\n") + "\n", nil
 	}
 	return "", usageError{fmt.Errorf("no completion for shell %q: use bash, zsh or fish", shell)}
 }

@@ -36,6 +36,16 @@ func TestCompletionScriptsAreValid(t *testing.T) {
 			if shell == "fish" && !strings.Contains(s, "complete -c moatc") {
 				t.Errorf("fish script has no completions:\n%s", s)
 			}
+			seen := map[string]bool{}
+			for _, l := range strings.Split(s, "\n") {
+				if shell == "fish" && l != "" && seen[l] {
+					t.Errorf("%s script repeats a line: %s", shell, l)
+				}
+				seen[l] = true
+			}
+			if strings.Contains(s, "`") && shell == "fish" {
+				t.Errorf("fish script keeps backquotes")
+			}
 			if _, err := exec.LookPath(check[0]); err != nil {
 				// `make setup` installs zsh and fish, so CI checks every script.
 				if os.Getenv("CI") == "true" {

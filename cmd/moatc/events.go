@@ -21,7 +21,7 @@ when it is past).
 
 Examples:
   moatc events --json                       # one JSON object a line
-  moatc events --since 1h --until 0s        # the last hour's events, then exit
+  moatc events --since 1h --until 0s        # the last hour, then exit
   moatc events --filter run=web --filter type=exited`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "since", Usage: "replay logged events from `TIME` (10m, 2006-01-02T15:04:05Z, a date or Unix seconds)"},
