@@ -181,7 +181,7 @@ func TestNotFound(t *testing.T) {
 }
 
 func TestPrintable(t *testing.T) {
-	if got := printable("tar: x: Cannot stat\n\x1b]0;pwned\x07\x1b[2J"); got != "tar: x: Cannot stat ]0;pwned[2J" {
+	if got := printable("tar: x: Cannot stat\n\x1b]0;pwned\x07\x1b[2J"); got != "tar: x: Cannot stat; ]0;pwned[2J" {
 		t.Errorf("printable: %q", got)
 	}
 }
