@@ -240,3 +240,23 @@ func TestRunflagsInputChecks(t *testing.T) {
 		t.Errorf("--image busybox with base_image set: built from %q (%v)\n%s%s", p.Built.Base, err, r.stdout, r.stderr)
 	}
 }
+
+// TestRunflagsKeepCommas: a flag's value is taken whole, commas and all, as Docker takes it.
+func TestRunflagsKeepCommas(t *testing.T) {
+	requireStack(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			name := "commas-" + rt
+			r := mustRun(t, busyboxRun(rt, []string{"-n", name, "-e", "X=a,b,c", "--label", "k=a,b", "--tmpfs", "/t:exec,size=1m"}, ws,
+				"sh", "-c", `echo "X=$X"; grep " /t " /proc/mounts`)...)
+			defer moatcRun(t, opts{}, "destroy", name)
+			if !strings.Contains(r.stdout, "X=a,b,c\n") || !strings.Contains(r.stdout, " /t tmpfs") {
+				t.Fatalf("-e and --tmpfs with commas: %q", r.stdout)
+			}
+			if got := lines(mustRun(t, "list", "-q", "--filter", "label=k=a,b").stdout); len(got) != 1 {
+				t.Fatalf("--label k=a,b: list --filter label=k=a,b found %v", got)
+			}
+		})
+	}
+}
