@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/moatc/moatc/internal/atomicfile"
 	"io"
 	"os"
 	"os/signal"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/internal/atomicfile"
 	mountpin "github.com/moatc/moatc/mounts"
 	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"

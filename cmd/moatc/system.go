@@ -10,7 +10,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
 )
 
@@ -71,29 +70,7 @@ func systemStopAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	runs, err := e.mgr.Store.List()
-	if err != nil {
-		return err
-	}
-	for _, r := range runs {
-		if r.Active() && !c.Bool("force") {
-			return fmt.Errorf("run %s is active: stop it first (`moatc stop %s`), or use `moatc system stop --force`", r.Name, r.Name)
-		}
-	}
-	// buildkitd first: it works on containerd's store.
-	if err := e.mgr.StopBuilder(c.Context, 10*time.Second); err != nil {
-		return err
-	}
-	if err := e.daemon.Stop(c.Context, 10*time.Second); err != nil {
-		return err
-	}
-	if _, err := e.mgr.SweepSandboxes(c.Context, false); err != nil {
-		return err
-	}
-	if err := e.mgr.PruneSandboxRoot(); err != nil {
-		return err
-	}
-	if err := cni.Prune(c.Context); err != nil {
+	if err := e.mgr.StopStack(c.Context, c.Bool("force")); err != nil {
 		return err
 	}
 	if c.Bool("json") {
