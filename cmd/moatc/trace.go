@@ -1,19 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/proxy"
+	"github.com/moatc/moatc/run"
 )
 
 func traceCommand() *cli.Command {
@@ -49,72 +46,11 @@ func traceAction(c *cli.Context) error {
 		return err
 	}
 	defer e.mgr.Close()
-	r, err := e.mgr.Store.Find(ref)
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(e.mgr.Store.Dir(r.ID), "network.jsonl")
-	f, err := os.Open(path)
-	if os.IsNotExist(err) && !c.Bool("follow") {
-		if r.Spec.Network == "none" {
-			return fmt.Errorf("run %s has no network, so no proxy and no requests", ref)
-		}
-		f = nil // no request yet
-	} else if err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("reading the trace of run %s: %w", ref, err)
-	}
 	out := traceTable(c.Bool("json"))
 	defer out.flush()
-	var rd *bufio.Reader
-	if f != nil {
-		defer f.Close()
-		rd = bufio.NewReader(f)
-	}
-	for {
-		if rd == nil {
-			if f, err = os.Open(path); err == nil {
-				defer f.Close()
-				rd = bufio.NewReader(f)
-			}
-		}
-		for rd != nil {
-			line, err := rd.ReadBytes('\n')
-			if len(line) > 0 && line[len(line)-1] == '\n' {
-				out.line(line)
-			} else if len(line) > 0 {
-				// A line still being written: read it whole next time.
-				f.Seek(-int64(len(line)), io.SeekCurrent)
-				rd.Reset(f)
-			}
-			if err != nil {
-				break
-			}
-		}
-		if !c.Bool("follow") {
-			return nil
-		}
-		cur, err := e.mgr.Store.Get(r.ID)
-		if err != nil {
-			return err
-		}
-		if !cur.Active() {
-			if rd == nil {
-				return nil
-			}
-			// One last read: what the proxy wrote before the run ended.
-			for {
-				line, err := rd.ReadBytes('\n')
-				if len(line) > 0 {
-					out.line(line)
-				}
-				if err != nil {
-					return nil
-				}
-			}
-		}
-		out.flush()
-		time.Sleep(200 * time.Millisecond)
-	}
+	ctx, cancel := signalContext(c)
+	defer cancel()
+	return e.mgr.Trace(ctx, ref, run.TraceOptions{Follow: c.Bool("follow"), Idle: out.flush}, out.line)
 }
 
 type tracePrinter struct {
