@@ -119,19 +119,11 @@ Examples:
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() == 0 {
-				return eachRun(c, "signalled", nil)
-			}
 			sig, err := signal.ParseSignal(c.String("signal"))
-			if err != nil || sig == 0 {
+			if c.NArg() > 0 && (err != nil || sig == 0) {
 				return usageError{fmt.Errorf("%q is not a signal: use a name such as TERM, INT, USR1 or KILL, or a number (kill -l lists them)", c.String("signal"))}
 			}
-			e, err := setup(c)
-			if err != nil {
-				return err
-			}
-			defer e.mgr.Close()
-			return eachRun(c, "signalled", func(ref string) (*state.Run, error) {
+			return onEachRun(c, "signalled", func(e *env, ref string) (*state.Run, error) {
 				return e.mgr.Kill(c.Context, ref, syscall.Signal(sig))
 			})
 		},
@@ -192,19 +184,11 @@ follow it with moatc logs -f RUN or moatc attach RUN.`,
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() == 0 {
-				return eachRun(c, "restarted", nil)
-			}
 			grace, err := graceFlag(c)
 			if err != nil {
 				return err
 			}
-			e, err := setup(c)
-			if err != nil {
-				return err
-			}
-			defer e.mgr.Close()
-			return eachRun(c, "restarted", func(ref string) (*state.Run, error) {
+			return onEachRun(c, "restarted", func(e *env, ref string) (*state.Run, error) {
 				return e.mgr.Restart(c.Context, ref, grace)
 			})
 		},

@@ -267,6 +267,19 @@ type didRun struct {
 	ExitCode *int   `json:"exit_code,omitempty"`
 }
 
+// onEachRun is eachRun for a command that needs moatc's set-up: fn gets it with each RUN.
+func onEachRun(c *cli.Context, action string, fn func(e *env, ref string) (*state.Run, error)) error {
+	if c.NArg() == 0 {
+		return eachRun(c, action, nil)
+	}
+	e, err := setup(c)
+	if err != nil {
+		return err
+	}
+	defer e.mgr.Close()
+	return eachRun(c, action, func(ref string) (*state.Run, error) { return fn(e, ref) })
+}
+
 // eachRun applies do to every RUN argument in turn and prints each id (or, with --json, the
 // list of what was done, also when a later run fails).
 func eachRun(c *cli.Context, action string, do func(ref string) (*state.Run, error)) error {
@@ -307,19 +320,11 @@ func stopCommand() *cli.Command {
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() == 0 {
-				return eachRun(c, "stopped", nil)
-			}
 			grace, err := graceFlag(c)
 			if err != nil {
 				return err
 			}
-			e, err := setup(c)
-			if err != nil {
-				return err
-			}
-			defer e.mgr.Close()
-			return eachRun(c, "stopped", func(ref string) (*state.Run, error) {
+			return onEachRun(c, "stopped", func(e *env, ref string) (*state.Run, error) {
 				return e.mgr.Stop(c.Context, ref, grace)
 			})
 		},
@@ -334,15 +339,7 @@ func destroyCommand() *cli.Command {
 		ArgsUsage: "RUN...",
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "kill a run that is still running"}, jsonFlag},
 		Action: func(c *cli.Context) error {
-			if c.NArg() == 0 {
-				return eachRun(c, "removed", nil)
-			}
-			e, err := setup(c)
-			if err != nil {
-				return err
-			}
-			defer e.mgr.Close()
-			return eachRun(c, "removed", func(ref string) (*state.Run, error) {
+			return onEachRun(c, "removed", func(e *env, ref string) (*state.Run, error) {
 				return e.mgr.Destroy(c.Context, ref, c.Bool("force"))
 			})
 		},
