@@ -73,7 +73,7 @@ func TestRecorderFullDisk(t *testing.T) {
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
 		if os.Getuid() != 0 && os.Getenv("CI") != "true" {
-			t.Skipf("mount tmpfs (needs root): %v %s", err, out)
+			t.Skipf("mount tmpfs needs root (not CI, so skipping): %v %s", err, out)
 		}
 		t.Fatalf("mount tmpfs: %v %s", err, out)
 	}

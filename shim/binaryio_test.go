@@ -538,7 +538,7 @@ func startStack(t *testing.T) *stack {
 		if os.Getenv("CI") == "true" {
 			t.Fatal(why)
 		}
-		t.Skip(why)
+		t.Skip(why + " (not CI, so skipping)")
 	}
 	for _, p := range []string{filepath.Join(stackPrefix, "bin", "runsc"), filepath.Join(stackPrefix, "images", "busybox.oci.tar")} {
 		if _, err := os.Stat(p); err != nil {

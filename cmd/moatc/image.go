@@ -118,15 +118,11 @@ func imagePullAction(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return usageError{fmt.Errorf("image pull needs one REF, e.g. debian:bookworm-slim")}
 	}
-	e, err := setup(c)
+	cl, closeClient, err := imageClient(c)
 	if err != nil {
 		return err
 	}
-	defer e.mgr.Close()
-	cl, err := e.mgr.Client(c.Context)
-	if err != nil {
-		return err
-	}
+	defer closeClient()
 	ctx, cancel := signalContext(c)
 	defer cancel()
 	img, err := cl.Pull(ctx, c.Args().First(), snapshot.Default(), func(d ocispec.Descriptor) {
@@ -139,15 +135,11 @@ func imagePullAction(c *cli.Context) error {
 }
 
 func imageListAction(c *cli.Context) error {
-	e, err := setup(c)
+	cl, closeClient, err := imageClient(c)
 	if err != nil {
 		return err
 	}
-	defer e.mgr.Close()
-	cl, err := e.mgr.Client(c.Context)
-	if err != nil {
-		return err
-	}
+	defer closeClient()
 	imgs, err := cl.Images(c.Context)
 	if err != nil {
 		return err
@@ -170,15 +162,11 @@ func imageRemoveAction(c *cli.Context) error {
 	if c.NArg() == 0 {
 		return usageError{fmt.Errorf("image rm needs a REF (see `moatc image ls`)")}
 	}
-	e, err := setup(c)
+	cl, closeClient, err := imageClient(c)
 	if err != nil {
 		return err
 	}
-	defer e.mgr.Close()
-	cl, err := e.mgr.Client(c.Context)
-	if err != nil {
-		return err
-	}
+	defer closeClient()
 	var done []string
 	for _, ref := range c.Args().Slice() {
 		if err := cl.RemoveImage(c.Context, ref); err != nil {
@@ -193,15 +181,11 @@ func imageRemoveAction(c *cli.Context) error {
 }
 
 func importImages(c *cli.Context, r io.Reader, name string) error {
-	e, err := setup(c)
+	cl, closeClient, err := imageClient(c)
 	if err != nil {
 		return err
 	}
-	defer e.mgr.Close()
-	cl, err := e.mgr.Client(c.Context)
-	if err != nil {
-		return err
-	}
+	defer closeClient()
 	names, err := cl.Import(c.Context, r, snapshot.Default(), name)
 	if err != nil {
 		return err
@@ -229,6 +213,21 @@ func printImages(c *cli.Context, action string, names []string) error {
 		done = append(done, imageDone{Name: n, Action: action})
 	}
 	return printJSON(done)
+}
+
+// imageClient is moatc's set-up and its containerd client, for the image commands; done
+// closes them.
+func imageClient(c *cli.Context) (*ctrd.Client, func(), error) {
+	e, err := setup(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	cl, err := e.mgr.Client(c.Context)
+	if err != nil {
+		e.mgr.Close()
+		return nil, nil, err
+	}
+	return cl, e.mgr.Close, nil
 }
 
 func shortImage(name string) string { return ctrd.ShortName(name) }
