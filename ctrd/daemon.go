@@ -10,6 +10,7 @@ import (
 
 	"github.com/moatc/moatc/daemon"
 	"github.com/moatc/moatc/internal/atomicfile"
+	"github.com/moatc/moatc/rootless"
 )
 
 // Daemon is the containerd that moatc starts itself when no --address is given: its own root,
@@ -18,6 +19,9 @@ import (
 type Daemon struct {
 	Dir    string // e.g. ~/.moatc/containerd
 	Prefix string // where `make setup` installed the stack, e.g. /opt/moatc
+	// Kit, when set, makes the daemon rootless: containerd runs inside this rootlesskit's
+	// namespaces, and the daemon moatc tracks (pid file, stop) is rootlesskit.
+	Kit *rootless.Kit
 }
 
 // NotInstalledError says containerd is missing from the prefix.
@@ -42,6 +46,13 @@ func (d *Daemon) TaskDir(ns string) string {
 func (d *Daemon) configPath() string { return filepath.Join(d.Dir, "config.toml") }
 
 func (d *Daemon) process() *daemon.Process {
+	if d.Kit != nil {
+		kit, _ := rootless.Binary()
+		return &daemon.Process{
+			Name: "containerd", Dir: d.Dir, Binary: kit, Args: d.Kit.Args(d.Binary(), "--config", d.configPath()),
+			Socket: d.Address(), BinDir: filepath.Join(d.Prefix, "bin"),
+		}
+	}
 	return &daemon.Process{
 		Name: "containerd", Dir: d.Dir, Binary: d.Binary(), Args: []string{"--config", d.configPath()},
 		Socket: d.Address(),
@@ -62,9 +73,29 @@ func (d *Daemon) Started() (time.Time, bool) { return d.process().Started() }
 // Start starts the daemon unless it already answers. Concurrent callers (ten `moatc run`s at
 // once on a cold machine) serialize on a lock, and only the first one starts it.
 func (d *Daemon) Start(ctx context.Context) error {
+	if d.Kit != nil && rootless.InUserNamespace() {
+		// Inside the namespaces: the kit was started from outside before moatc entered them, and
+		// a kit started from here would nest.
+		if d.Answering() {
+			return nil
+		}
+		return fmt.Errorf("the rootless containerd at %s is not running: run any moatc command again (it starts it), or `moatc system start`", d.Address())
+	}
 	return d.process().Start(ctx, func() error {
 		if _, err := os.Stat(d.Binary()); err != nil {
 			return &NotInstalledError{Path: d.Binary()}
+		}
+		if d.Kit != nil {
+			if _, err := rootless.Binary(); err != nil {
+				return err
+			}
+			if err := rootless.Preflight(); err != nil {
+				return err
+			}
+			// rootlesskit makes its state directory anew; a dead kit's files would stop it.
+			if err := os.RemoveAll(d.Kit.StateDir); err != nil {
+				return fmt.Errorf("starting rootlesskit: %w", err)
+			}
 		}
 		return atomicfile.Write(d.configPath(), []byte(d.config()), 0o600)
 	})

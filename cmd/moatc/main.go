@@ -21,6 +21,7 @@ import (
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/run"
 	"github.com/moatc/moatc/state"
 )
@@ -54,6 +55,12 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+	// rootlesskit runs `moatc _rootless-child CONTAINERD ARGS...` inside the namespaces it made.
+	if len(os.Args) > 2 && os.Args[1] == rootless.ChildCommand {
+		err := rootless.Child(os.Args[2:])
+		fmt.Fprintf(os.Stderr, "moatc: %v\n", err)
+		os.Exit(1)
 	}
 	// A completion request is never a command: after --, urfave/cli would take the flag for
 	// the workload's argument and run the line typed so far.
@@ -189,6 +196,11 @@ func setup(c *cli.Context) (*env, error) {
 		return nil, err
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
+	if rootless.Enabled() {
+		if err := enterRootless(c, d, addr); err != nil {
+			return nil, err
+		}
+	}
 	netCfg := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
 		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }}
 	if cfg.CNIPluginDir != "" {
