@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"syscall"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -162,7 +161,7 @@ func (c *Client) RemoveContainer(ctx context.Context, id string) (Removal, error
 				// be deleted either: its sandbox is killed from the host instead, and the
 				// shim reaps it like any sandbox exit.
 				if st.Status != containerd.Created || !killTaskProcess(task.Pid(), id) {
-					task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
+					KillAll(ctx, task)
 				}
 				waitStopped(ctx, task, wait, 10*time.Second)
 			}

@@ -82,7 +82,7 @@ func prepare() error {
 
 // teardown removes what the tests made and stops the managed containerd, leaving no mounts.
 func teardown() error {
-	var errs []string
+	errs := teardownRootless()
 	// Runs a failed test left running are killed first; clean leaves active runs alone.
 	if out, err := exec.Command(moatc, "list", "--json").Output(); err == nil {
 		var runs []runRecord

@@ -15,6 +15,7 @@ import (
 
 	"github.com/moatc/moatc/builder"
 	"github.com/moatc/moatc/cni"
+	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/mounts"
 	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"
@@ -210,7 +211,7 @@ func terminate(ctx context.Context, task containerd.Task, grace time.Duration) e
 	select {
 	case <-wait:
 	case <-time.After(grace):
-		task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
+		ctrd.KillAll(ctx, task)
 		<-wait
 	case <-ctx.Done():
 		return ctx.Err()

@@ -576,7 +576,7 @@ func (l *launching) start(ctx context.Context) error {
 		return nil
 	}); err != nil {
 		// A run that cannot be recorded is not left running unrecorded.
-		task.Kill(bg, syscall.SIGKILL, containerd.WithKillAll)
+		ctrd.KillAll(bg, task)
 		<-statusC
 		task.Delete(bg)
 		l.o.abort()

@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The rootless tests run moatc as an unprivileged user, on the rootless containerd that moatc
+// starts itself for that user, with a home of the user's own.
+const rootlessUser = "moatcrl"
+
+var rl struct {
+	once sync.Once
+	err  error
+	uid  int
+	gid  int
+	dir  string // the user's MOATC_HOME, holding a copy of the binary too
+	bin  string
+	user string
+	hdir string // the user's home directory
+}
+
+// rootless prepares the user and its moatc home once: the user (made by
+// scripts/rootless-user.sh when missing), a copy of moatc it can run, and the busybox image in
+// its store.
+func rootless(t *testing.T) {
+	t.Helper()
+	requireStack(t)
+	rl.once.Do(func() { rl.err = prepareRootless() })
+	if rl.err != nil {
+		t.Fatalf("preparing the rootless user: %v", rl.err)
+	}
+}
+
+func prepareRootless() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("the rootless tests are driven by root (they make and use the user %s)", rootlessUser)
+	}
+	if _, err := user.Lookup(rootlessUser); err != nil {
+		if out, err := exec.Command("bash", filepath.Join(repo, "scripts/rootless-user.sh"), "--create", rootlessUser).CombinedOutput(); err != nil {
+			return fmt.Errorf("scripts/rootless-user.sh --create %s: %v\n%s", rootlessUser, err, out)
+		}
+	}
+	u, err := user.Lookup(rootlessUser)
+	if err != nil {
+		return err
+	}
+	rl.uid, _ = strconv.Atoi(u.Uid)
+	rl.gid, _ = strconv.Atoi(u.Gid)
+	rl.user, rl.hdir = u.Username, u.HomeDir
+	// Short, for the socket paths; /tmp so the user can reach it.
+	rl.dir, err = os.MkdirTemp("/tmp", "moatc-rl-")
+	if err != nil {
+		return err
+	}
+	rl.bin = filepath.Join(rl.dir, "moatc")
+	if err := copyFile(moatc, rl.bin, 0o755); err != nil {
+		return err
+	}
+	tar := filepath.Join(rl.dir, "busybox.oci.tar")
+	if err := copyFile(filepath.Join(prefix, "images", "busybox.oci.tar"), tar, 0o644); err != nil {
+		return err
+	}
+	if err := filepath.Walk(rl.dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, rl.uid, rl.gid)
+	}); err != nil {
+		return err
+	}
+	if r := rlExec(context.Background(), opts{}, "image", "import", tar); r.code != 0 {
+		return fmt.Errorf("moatc image import as %s: exit %d: %s%s", rootlessUser, r.code, r.stdout, r.stderr)
+	}
+	return nil
+}
+
+// teardownRootless stops the user's stack and checks nothing of it is left: no process of the
+// user, no mount under its home.
+func teardownRootless() []string {
+	if rl.dir == "" {
+		return nil
+	}
+	var errs []string
+	ctx := context.Background()
+	for _, args := range [][]string{{"clean"}, {"system", "stop", "--force"}} {
+		if r := rlExec(ctx, opts{}, args...); r.code != 0 {
+			errs = append(errs, fmt.Sprintf("rootless moatc %v: exit %d: %s", args, r.code, r.stderr))
+		}
+	}
+	if procs := userProcesses(rl.uid); len(procs) > 0 {
+		errs = append(errs, "processes of "+rootlessUser+" left behind: "+strings.Join(procs, "; "))
+	}
+	if len(errs) == 0 {
+		os.RemoveAll(rl.dir)
+	}
+	return errs
+}
+
+// userProcesses lists the processes whose real uid is uid, as "PID CMDLINE".
+func userProcesses(uid int) []string {
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(st), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == "Uid:" && f[1] == strconv.Itoa(uid) {
+				cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				out = append(out, fmt.Sprintf("%d %s", pid, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '})))
+			}
+		}
+	}
+	return out
+}
+
+// rlExec runs the rootless moatc as the user.
+func rlExec(ctx context.Context, o opts, args ...string) result {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, rl.bin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if o.stdin != "" {
+		cmd.Stdin = strings.NewReader(o.stdin)
+	}
+	cmd.Env = append([]string{
+		"HOME=" + rl.hdir, "USER=" + rl.user, "LOGNAME=" + rl.user,
+		"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+		"MOATC_HOME=" + rl.dir, "MOATC_PREFIX=" + prefix,
+	}, o.env...)
+	cmd.Dir = o.dir
+	if cmd.Dir == "" {
+		cmd.Dir = rl.dir
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(rl.uid), Gid: uint32(rl.gid), Groups: []uint32{}}}
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		return result{stderr: err.Error(), code: -1}
+	}
+	return result{stdout: out.String(), stderr: errb.String(), code: code}
+}
+
+// rlRun runs the rootless moatc and fails the test unless it exits with code want.
+func rlRun(t *testing.T, want int, args ...string) result {
+	t.Helper()
+	r := rlExec(context.Background(), opts{}, args...)
+	if r.code != want {
+		t.Fatalf("rootless moatc %v: exit %d, want %d\nstdout: %s\nstderr: %s", args, r.code, want, r.stdout, r.stderr)
+	}
+	return r
+}
+
+// rlWorkspace makes an empty workspace owned by the user.
+func rlWorkspace(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp(rl.dir, "ws-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(d, rl.uid, rl.gid); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, mode)
+}
+
+// TestRootlessRun: as an ordinary user, a run under each runtime passes its exit code through,
+// and what the workload writes into the workspace is owned by the user on the host.
+func TestRootlessRun(t *testing.T) {
+	rootless(t)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := rlWorkspace(t)
+			r := rlRun(t, 3, busyboxRun(rt, nil, ws, "sh", "-c", "id -u; uname -r; echo hi > made; exit 3")...)
+			if !strings.HasPrefix(r.stdout, "0\n") {
+				t.Errorf("the workload is root of its user namespace, so id -u prints 0; got %q", r.stdout)
+			}
+			if rt == "gvisor" && !strings.Contains(r.stdout, "gvisor") {
+				t.Errorf("uname -r under gVisor: %q", r.stdout)
+			}
+			fi, err := os.Stat(filepath.Join(ws, "made"))
+			if err != nil {
+				t.Fatalf("the workload's file: %v", err)
+			}
+			if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != rl.uid || int(st.Gid) != rl.gid {
+				t.Errorf("the workload's file is owned by %d:%d on the host, want the user's %d:%d", st.Uid, st.Gid, rl.uid, rl.gid)
+			}
+		})
+	}
+}
