@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 
 	"github.com/urfave/cli/v2"
@@ -43,4 +45,13 @@ func enterRootless(c *cli.Context, d *ctrd.Daemon, addr string) error {
 		}
 	}
 	return kit.Enter()
+}
+
+// warnings is where a command's warnings go before setup: nowhere when this moatc is about to
+// run again inside the rootless namespaces, which prints them then (a dry run is never re-run).
+func warnings(c *cli.Context) io.Writer {
+	if rootless.Enabled() && !rootless.InUserNamespace() && !c.Bool("dry-run") {
+		return io.Discard
+	}
+	return os.Stderr
 }

@@ -106,7 +106,7 @@ func runAction(c *cli.Context, agentName string) error {
 		return dryRun(c, req)
 	}
 	if req.Spec.Runtime == state.Runc {
-		fmt.Fprintln(os.Stderr, "moatc: warning: running without the gVisor sandbox (runc): the workload shares the host kernel; reduced isolation")
+		fmt.Fprintln(warnings(c), "moatc: warning: running without the gVisor sandbox (runc): the workload shares the host kernel; reduced isolation")
 	}
 	e, err := setup(c)
 	if err != nil {
