@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -215,5 +216,30 @@ func TestRootlessRun(t *testing.T) {
 				t.Errorf("the workload's file is owned by %d:%d on the host, want the user's %d:%d", st.Uid, st.Gid, rl.uid, rl.gid)
 			}
 		})
+	}
+}
+
+// TestRootlessForeignContainerd: a non-root user pointed at root's containerd is told which
+// containerd moatc uses and why, and how to use it.
+func TestRootlessForeignContainerd(t *testing.T) {
+	rootless(t)
+	dir, err := os.MkdirTemp("/tmp", "moatc-rootsock-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	sock := filepath.Join(dir, "containerd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	os.Chmod(sock, 0o600) // root's, as a rootful containerd's socket is
+	r := rlRun(t, 125, "--address", sock, "list")
+	for _, want := range []string{"not this user's", "rootless containerd", "drop --address"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/rootless"
@@ -29,6 +30,12 @@ func enterRootless(c *cli.Context, d *ctrd.Daemon, addr string) error {
 		return nil
 	}
 	if addr != "" {
+		if _, err := os.Stat(addr); err != nil {
+			return &ctrd.NotAnsweringError{Address: addr, Err: err}
+		}
+		if unix.Access(addr, unix.W_OK) != nil {
+			return fmt.Errorf("the containerd at %s is not this user's (no write access to its socket: a rootful containerd belongs to root): as a non-root user moatc runs its own rootless containerd; drop --address (and MOATC_CONTAINERD_ADDRESS, address: in config.yaml) to use it", addr)
+		}
 		if _, err := kit.ChildPid(); err != nil {
 			return fmt.Errorf("using the rootless containerd at %s: moatc needs the namespaces of the rootlesskit that runs it, and %s has no child_pid (%v): drop --address to use moatc's own rootless containerd", addr, kit.StateDir, err)
 		}
