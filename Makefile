@@ -4,7 +4,7 @@ export MOATC_PREFIX := $(PREFIX)
 GO ?= go
 BIN := bin/moatc
 
-.PHONY: all build install setup base-images demo test unit e2e vet fmt bench clean
+.PHONY: all build install setup rootless-user base-images demo test unit e2e vet fmt bench clean
 
 all: build
 
@@ -17,8 +17,16 @@ install: build
 
 # Installs what is missing into $(PREFIX): Debian packages; containerd, runsc, moatc's gVisor
 # shim and buildkitd built from the Go module proxy at pinned versions. Idempotent.
+# Also: the Debian packages of rootless mode, and /dev/net/tun 0666 as Debian's udev makes it.
 setup:
 	bash scripts/setup.sh
+
+# Prepares one user for rootless moatc (subuid/subgid ranges; CREATE=1 makes the user), then
+# runs moatc doctor as that user. Idempotent. Make takes USER from the environment too, hence
+# the check that it was given on the command line.
+rootless-user: build
+	@[ "$(origin USER)" = "command line" ] || { echo "usage: make rootless-user USER=name [CREATE=1]" >&2; exit 2; }
+	MOATC=$(CURDIR)/$(BIN) bash scripts/rootless-user.sh $(if $(CREATE),--create) $(USER)
 
 # busybox:latest and debian:bookworm-slim, made locally (no registry needed).
 base-images: build

@@ -5,13 +5,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/grant"
 	"github.com/moatc/moatc/proxy"
+	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/snapshot"
 )
 
@@ -34,13 +38,18 @@ type Options struct {
 	Home     string // moatc's home: its proxy CA and credential store are checked
 }
 
-// Run performs every check, in order.
+// Run performs every check, in order. For a user who is not root, the rootless prerequisites
+// come first.
 func Run(ctx context.Context, o Options) []Check {
 	var out []Check
 	add := func(c ...Check) { out = append(out, c...) }
 
+	nonRoot := os.Geteuid() != 0
+	if nonRoot {
+		add(Rootless(o.Home)...)
+	}
 	add(binary(o.Prefix, "containerd", setupFix))
-	cl, c := containerdCheck(ctx, o)
+	cl, c := containerdCheck(ctx, o, nonRoot)
 	if cl != nil {
 		defer cl.Close()
 	}
@@ -49,11 +58,15 @@ func Run(ctx context.Context, o Options) []Check {
 		for _, b := range rt.Binaries() {
 			add(binary(o.Prefix, b, setupFix))
 		}
-		add(probeCheck(ctx, cl, rt))
+		p := probeCheck(ctx, cl, rt)
+		if cl == nil && c.Optional {
+			p.Optional, p.Fix, p.Detail = true, "", "not run: containerd is not running"
+		}
+		add(p)
 	}
 	add(cniCheck(o.Prefix))
 	add(binary(o.Prefix, "buildkitd", setupFix))
-	add(kernelChecks()...)
+	add(kernelChecks(!nonRoot)...)
 	if o.Home != "" {
 		add(homeChecks(o.Home)...)
 	}
@@ -61,10 +74,37 @@ func Run(ctx context.Context, o Options) []Check {
 	return out
 }
 
+// rootOnly returns the error of connecting to a containerd socket that this user may not use.
+func rootOnly(address string) error {
+	if address == "" {
+		return nil
+	}
+	conn, err := net.DialTimeout("unix", address, time.Second)
+	if err == nil {
+		conn.Close()
+		return nil
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	return nil
+}
+
 const setupFix = "run `make setup` as root in the moatc source tree"
 
-// containerdCheck connects to containerd; the client is nil when that failed.
-func containerdCheck(ctx context.Context, o Options) (*ctrd.Client, Check) {
+// containerdCheck connects to containerd; the client is nil when that failed. A non-root
+// user's managed daemon is the rootless one, which `moatc system start` starts: doctor does
+// not start it (a daemon started the rootful way would only fail).
+func containerdCheck(ctx context.Context, o Options, nonRoot bool) (*ctrd.Client, Check) {
+	if nonRoot && o.Conn.Address == "" && (o.Conn.Daemon == nil || !o.Conn.Daemon.Answering()) {
+		return nil, Check{Name: "containerd reachable", Optional: true, Detail: "moatc's rootless containerd is not running: `moatc system start` starts it"}
+	}
+	if nonRoot {
+		if err := rootOnly(o.Conn.Address); err != nil {
+			return nil, Check{Name: "containerd reachable", Detail: err.Error() + ": that is a rootful containerd, which a non-root user cannot use",
+				Fix: "drop --address (and MOATC_CONTAINERD_ADDRESS) so moatc uses its own rootless containerd, or run moatc as root"}
+		}
+	}
 	cl, err := ctrd.Connect(ctx, o.Conn)
 	if err != nil {
 		return nil, Check{Name: "containerd reachable", Detail: err.Error(), Fix: "see the error; `moatc system status` shows the daemon"}
@@ -113,7 +153,24 @@ func cniCheck(prefix string) Check {
 	return Check{Name: "CNI plugins", OK: true, Detail: cni}
 }
 
-func kernelChecks() []Check {
+// Rootless is the report's lines for the rootless prerequisites (package rootless) of this
+// user and moatc home ("" means $MOATC_HOME or ~/.moatc).
+func Rootless(home string) []Check {
+	var rs []rootless.Result
+	if home == "" {
+		rs = rootless.Check()
+	} else {
+		rs = rootless.CheckHome(home)
+	}
+	var out []Check
+	for _, r := range rs {
+		out = append(out, Check{Name: "rootless: " + r.Name, OK: r.OK, Detail: r.Detail, Fix: r.Fix})
+	}
+	return out
+}
+
+// kernelChecks; userns is left out for a non-root user, whose rootless checks test it better.
+func kernelChecks(userns bool) []Check {
 	var out []Check
 	add := func(c Check) { out = append(out, c) }
 	add(kernel("overlayfs", func() (bool, string) {
@@ -129,6 +186,9 @@ func kernelChecks() []Check {
 		}
 		return false, "no cgroup hierarchy at /sys/fs/cgroup"
 	}, "mount cgroups at /sys/fs/cgroup"))
+	if !userns {
+		return out
+	}
 	add(kernel("user namespaces", func() (bool, string) {
 		b, err := os.ReadFile("/proc/sys/user/max_user_namespaces")
 		n := strings.TrimSpace(string(b))

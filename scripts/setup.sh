@@ -10,7 +10,8 @@ CONTAINERD_VERSION=v2.4.2
 GVISOR_VERSION=v0.0.0-20260527191743-a81fd9dd382e
 BUILDKIT_VERSION=v0.34.2
 APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 debootstrap busybox-static ca-certificates tini
-  zsh fish) # zsh, fish: the tests check moatc's completion scripts with them
+  zsh fish # zsh, fish: the tests check moatc's completion scripts with them
+  rootlesskit slirp4netns uidmap acl) # rootless mode (docs/rootless-setup.md)
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 with_buildkit=1
@@ -43,6 +44,27 @@ fi
 ln -sf "$(command -v runc)" "$PREFIX/bin/runc"
 mkdir -p "$PREFIX/lib"
 [ -e "$PREFIX/lib/cni" ] || ln -s /usr/lib/cni "$PREFIX/lib/cni"
+
+# Rootless mode: slirp4netns makes its tap device through /dev/net/tun as the user. Debian's
+# udev rule makes it 0666; these machines have no udev, so it is 0600 root. Opening it grants
+# nothing by itself: a tap device needs CAP_NET_ADMIN in its network namespace. Rootless mode is
+# optional, so a machine where this cannot be done still gets the rest.
+tun=/dev/net/tun
+if [ ! -c "$tun" ]; then
+  modprobe tun 2>/dev/null || true
+  if { [ -c "$tun" ] || { mkdir -p /dev/net && mknod "$tun" c 10 200; }; } 2>/dev/null && chmod 0666 "$tun"; then
+    log "rootless: made $tun (char 10,200) with mode 0666"
+  else
+    log "rootless: there is no $tun and it cannot be made (modprobe tun; mknod $tun c 10 200): rootless runs will have no network"
+  fi
+elif [ "$(stat -c %a "$tun")" != 666 ]; then
+  was=$(stat -c %A "$tun")
+  if chmod 0666 "$tun"; then
+    log "rootless: $tun was $was, now $(stat -c %A "$tun") as Debian's udev default (lost at reboot: run make setup again)"
+  else
+    log "rootless: cannot chmod 0666 $tun: give each rootless user access with setfacl -m u:NAME:rw $tun"
+  fi
+fi
 
 # current NAME VERSION BIN...: true when every BIN exists and was built at VERSION.
 current() {
@@ -93,3 +115,4 @@ if [ "$with_buildkit" = 1 ] && ! current buildkit "$BUILDKIT_VERSION" buildkitd 
 fi
 
 log "ready in $PREFIX ($(ls "$PREFIX/bin" | tr '\n' ' '))"
+log "for rootless use, prepare each user once: make rootless-user USER=name"
