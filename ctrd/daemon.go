@@ -89,7 +89,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 			if _, err := rootless.Binary(); err != nil {
 				return err
 			}
-			if err := rootless.Preflight(); err != nil {
+			if err := rootless.PreflightHome(filepath.Dir(d.Dir)); err != nil {
 				return err
 			}
 			// rootlesskit makes its state directory anew; a dead kit's files would stop it.

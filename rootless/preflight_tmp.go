@@ -1,4 +1,0 @@
-package rootless
-
-// Preflight is replaced by checks.go (prerequisite checks).
-func Preflight() error { return nil }
