@@ -44,7 +44,7 @@ func Run(ctx context.Context, o Options) []Check {
 	var out []Check
 	add := func(c ...Check) { out = append(out, c...) }
 
-	nonRoot := os.Geteuid() != 0
+	nonRoot := rootless.Enabled()
 	if nonRoot {
 		add(Rootless(o.Home)...)
 	}

@@ -115,7 +115,7 @@ type prereqEnv struct {
 
 func hostPrereqs(home string, versions bool) *prereqEnv {
 	e := &prereqEnv{
-		uid: os.Geteuid(), home: home,
+		uid: HostUID(), home: home,
 		subuid: "/etc/subuid", subgid: "/etc/subgid", procSys: "/proc/sys", tun: "/dev/net/tun",
 		rootful:    "/run/containerd/containerd.sock",
 		runtimeDir: os.Getenv("XDG_RUNTIME_DIR"),
@@ -330,7 +330,8 @@ func (e *prereqEnv) idmapCheck(name string) prereq {
 		return p
 	}
 	sys, _ := st.Sys().(*syscall.Stat_t)
-	if st.Mode()&fs.ModeSetuid != 0 && sys != nil && sys.Uid == 0 {
+	// Inside moatc's user namespace the host's root is unmapped and shows as the overflow uid.
+	if st.Mode()&fs.ModeSetuid != 0 && sys != nil && (sys.Uid == 0 || InUserNamespace() && sys.Uid == overflowUID()) {
 		p.OK, p.Detail = true, path+" (setuid root)"
 		return p
 	}
@@ -514,4 +515,17 @@ func (e *prereqEnv) socketsCheck() prereq {
 	seen = append(seen, "moatc uses its own rootless containerd under "+own+" (started by `moatc system start`) unless --address names another")
 	p.Detail = strings.Join(seen, "; ")
 	return p
+}
+
+// overflowUID is the uid the kernel shows for an id the user namespace does not map.
+func overflowUID() uint32 {
+	b, err := os.ReadFile("/proc/sys/kernel/overflowuid")
+	if err != nil {
+		return 65534
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 65534
+	}
+	return uint32(n)
 }

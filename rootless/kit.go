@@ -6,7 +6,6 @@
 package rootless
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -182,8 +181,26 @@ func replaceLinks(dir string, drop func(string) bool) error {
 	return nil
 }
 
-// readTrim reads a small file as a trimmed string.
-func readTrim(path string) string {
-	b, _ := os.ReadFile(path)
-	return string(bytes.TrimSpace(b))
+
+// HostUID is the user moatc acts for on the host: the effective uid outside a user
+// namespace, and inside one the host uid that the namespace's uid maps to.
+func HostUID() int {
+	uid := os.Geteuid()
+	b, err := os.ReadFile("/proc/self/uid_map")
+	if err != nil {
+		return uid
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 3 {
+			continue
+		}
+		in, err1 := strconv.Atoi(f[0])
+		out, err2 := strconv.Atoi(f[1])
+		n, err3 := strconv.Atoi(f[2])
+		if err1 == nil && err2 == nil && err3 == nil && uid >= in && uid-in < n {
+			return out + uid - in
+		}
+	}
+	return uid
 }

@@ -46,6 +46,11 @@ func enterRootless(c *cli.Context, d *ctrd.Daemon, addr string) error {
 		switch c.Command.HelpName {
 		case "moatc system status", "moatc system stop":
 			return nil
+		case "moatc doctor":
+			// Doctor shows what is missing rather than failing to start the kit.
+			if rootless.PreflightHome(filepath.Dir(d.Dir)) != nil {
+				return nil
+			}
 		}
 		if err := d.Start(c.Context); err != nil {
 			return err
