@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
@@ -39,6 +41,11 @@ type Container struct {
 	Init string
 	// Labels are the person's own container labels; moatc's (LabelRunID, LabelRole) win.
 	Labels map[string]string
+	// Rootless: containerd runs in a user namespace with no cgroup of its own (cgroup v1,
+	// nothing delegated). The spec then names no cgroup and sets no cgroup limit: runc 1.1
+	// fails on either there. Memory and CPUs cannot be honoured and are refused; Pids is
+	// kept where it needs no cgroup (gVisor's RLIMIT_NPROC) and dropped under runc.
+	Rootless bool
 }
 
 // InitPath is where Container.Init is mounted in the container.
@@ -46,9 +53,56 @@ const InitPath = "/sbin/moatc-init"
 
 // CreateContainer creates the container and its rootfs snapshot, both labelled with the run.
 func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.Container, error) {
+	spec, err := s.specOpts()
+	if err != nil {
+		return nil, err
+	}
 	rtOpts, err := s.Runtime.ContainerOpts()
 	if err != nil {
 		return nil, err
+	}
+	labels := map[string]string{LabelRunID: s.RunID, LabelRole: s.Role}
+	ctrLabels := map[string]string{}
+	for k, v := range s.Labels {
+		ctrLabels[k] = v
+	}
+	for k, v := range labels {
+		ctrLabels[k] = v
+	}
+	opts := append([]containerd.NewContainerOpts{
+		containerd.WithContainerLabels(ctrLabels),
+		containerd.WithImage(s.Image),
+		containerd.WithSnapshotter(s.Snapshotter),
+		containerd.WithNewSnapshot(s.ID, s.Image, snapshots.WithLabels(labels)),
+		containerd.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(s.Image)}, spec...)...),
+	}, rtOpts...)
+	lctx, done, err := c.OwnedLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	ctr, err := c.NewContainer(lctx, s.ID, opts...)
+	if err != nil {
+		// WithNewSnapshot may have made the snapshot before the container failed.
+		c.SnapshotService(s.Snapshotter).Remove(ctx, s.ID)
+		if errdefs.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("creating container %s: it already exists (a leftover? `moatc clean` removes it): %w", s.ID, err)
+		}
+		return nil, fmt.Errorf("creating container %s: %w", s.ID, err)
+	}
+	return ctr, nil
+}
+
+// specOpts are the edits to containerd's default spec, after the image's config.
+func (s Container) specOpts() ([]oci.SpecOpts, error) {
+	if g, ok := s.Runtime.(GVisor); ok && g.Rootless != s.Rootless {
+		// A programming error: runsc would fail on cgroups, or drop the limits unasked.
+		return nil, fmt.Errorf("creating container %s: the gVisor runtime has Rootless %v and the container %v", s.ID, g.Rootless, s.Rootless)
+	}
+	if s.Rootless {
+		if err := s.checkRootless(); err != nil {
+			return nil, err
+		}
 	}
 	args, mounts := s.Args, s.Mounts
 	if s.Init != "" {
@@ -57,7 +111,6 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 			Options: []string{"rbind", "ro", "nosuid", "nodev"}})
 	}
 	spec := []oci.SpecOpts{
-		oci.WithImageConfig(s.Image),
 		oci.WithProcessArgs(args...),
 		oci.WithEnv(s.Env),
 		oci.WithMounts(mounts),
@@ -91,36 +144,40 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 	}
 	spec = append(spec, hardening()...)
 	spec = append(spec, s.Runtime.SpecOpts(s)...)
-	labels := map[string]string{LabelRunID: s.RunID, LabelRole: s.Role}
-	ctrLabels := map[string]string{}
-	for k, v := range s.Labels {
-		ctrLabels[k] = v
+	if s.Rootless {
+		spec = append(spec, withoutCgroup)
 	}
-	for k, v := range labels {
-		ctrLabels[k] = v
+	return spec, nil
+}
+
+// checkRootless refuses the limits a rootless containerd cannot apply.
+func (s Container) checkRootless() error {
+	var what []string
+	if s.Memory > 0 {
+		what = append(what, "a memory limit (--memory, container.memory)")
 	}
-	opts := append([]containerd.NewContainerOpts{
-		containerd.WithContainerLabels(ctrLabels),
-		containerd.WithImage(s.Image),
-		containerd.WithSnapshotter(s.Snapshotter),
-		containerd.WithNewSnapshot(s.ID, s.Image, snapshots.WithLabels(labels)),
-		containerd.WithNewSpec(spec...),
-	}, rtOpts...)
-	lctx, done, err := c.OwnedLease(ctx)
-	if err != nil {
-		return nil, err
+	if s.CPUs > 0 {
+		what = append(what, "a CPU limit (--cpus, container.cpus)")
 	}
-	defer done()
-	ctr, err := c.NewContainer(lctx, s.ID, opts...)
-	if err != nil {
-		// WithNewSnapshot may have made the snapshot before the container failed.
-		c.SnapshotService(s.Snapshotter).Remove(ctx, s.ID)
-		if errdefs.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("creating container %s: it already exists (a leftover? `moatc clean` removes it): %w", s.ID, err)
-		}
-		return nil, fmt.Errorf("creating container %s: %w", s.ID, err)
+	if len(what) == 0 {
+		return nil
 	}
-	return ctr, nil
+	return fmt.Errorf("creating container %s: %s needs cgroups, which rootless containerd cannot use on this host (none are delegated to the user): run without it",
+		s.ID, strings.Join(what, " and "))
+}
+
+// withoutCgroup leaves the container in containerd's own cgroup with no cgroup limit:
+// rootless runc on cgroup v1 works only with no cgroups path and no resources. Device rules
+// stay (runc ignores them rootless; gVisor's Sentry enforces its own device policy).
+func withoutCgroup(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+	if s.Linux == nil {
+		return nil
+	}
+	s.Linux.CgroupsPath = ""
+	if r := s.Linux.Resources; r != nil {
+		s.Linux.Resources = &specs.LinuxResources{Devices: r.Devices}
+	}
+	return nil
 }
 
 // Removal says what RemoveContainer found.

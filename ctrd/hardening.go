@@ -32,9 +32,10 @@ func hardening() []oci.SpecOpts {
 const AppArmorProfile = "moatc-default"
 
 // runcHardening is what only runc needs: AppArmor confines the host kernel's view, so it is
-// meaningless under gVisor, whose Sentry is the kernel the workload sees.
-func runcHardening() []oci.SpecOpts {
-	if !aa.HostSupports() {
+// meaningless under gVisor, whose Sentry is the kernel the workload sees. Rootless, the
+// profile is left out: loading one needs the host's root, and runc fails on a missing one.
+func runcHardening(c Container) []oci.SpecOpts {
+	if c.Rootless || !aa.HostSupports() {
 		return nil
 	}
 	return []oci.SpecOpts{apparmor.WithDefaultProfile(AppArmorProfile)}
@@ -62,9 +63,12 @@ func gvisorHardening(c Container) []oci.SpecOpts {
 		// runsc puts the spec's pids limit on the sandbox's host cgroup instead, where it
 		// counts the Sentry's own threads and systrap's stub processes: at the workload's limit
 		// the whole sandbox dies, so the host limit is only a backstop with room for those.
+		// Rootless there is no host cgroup, and the rlimit alone holds the workload.
 		n := uint64(c.Pids)
-		opts = append(opts, oci.WithRlimit(&specs.POSIXRlimit{Type: "RLIMIT_NPROC", Hard: n, Soft: n}),
-			oci.WithPidsLimit(2*c.Pids+512))
+		opts = append(opts, oci.WithRlimit(&specs.POSIXRlimit{Type: "RLIMIT_NPROC", Hard: n, Soft: n}))
+		if !c.Rootless {
+			opts = append(opts, oci.WithPidsLimit(2*c.Pids+512))
+		}
 	}
 	return opts
 }

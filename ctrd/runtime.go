@@ -60,8 +60,10 @@ func (r Runc) ContainerOpts() ([]containerd.NewContainerOpts, error) {
 }
 
 func (Runc) SpecOpts(c Container) []oci.SpecOpts {
-	opts := runcHardening()
-	if c.Pids > 0 {
+	opts := runcHardening(c)
+	// The pids limit is a cgroup's: none rootless, where nothing else can stand in for it
+	// (RLIMIT_NPROC would count every process of the user on the host).
+	if c.Pids > 0 && !c.Rootless {
 		opts = append(opts, oci.WithPidsLimit(c.Pids))
 	}
 	return opts
@@ -81,6 +83,9 @@ type GVisor struct {
 	// image), and the spec's seccomp profile is left to BuildKit (its clone3 rule means
 	// ENOSYS, which runsc would answer as EPERM, breaking every glibc thread).
 	ForBuild bool
+	// Rootless: containerd runs in a user namespace with no cgroup delegated to it, so runsc
+	// must not make or join cgroups (ignore-cgroups); containers get Container.Rootless too.
+	Rootless bool
 }
 
 func (GVisor) Name() string { return "gvisor" }
@@ -132,6 +137,11 @@ func (g GVisor) Config() (string, error) {
 	if g.ForBuild {
 		flags["overlay2"] = "none"
 		delete(flags, "oci-seccomp")
+	}
+	if g.Rootless {
+		// Without it runsc makes a cgroup for the sandbox even when the spec names none, and
+		// fails (mkdir /sys/fs/cgroup/cpuacct/...: permission denied).
+		flags["ignore-cgroups"] = "true"
 	}
 	if g.Debug {
 		flags["debug"] = "true"

@@ -3,8 +3,8 @@
 //
 // It is gVisor's own shim (gvisor.dev/gvisor/pkg/shim/v1 and its runsc task
 // service, used unchanged) with three faults of the stock binary fixed from
-// the outside, its start-to-exit path made shorter, and containerd's binary
-// log URIs supported:
+// the outside, its start-to-exit path made shorter, containerd's binary log
+// URIs supported, and failed creates made safe (rootless included):
 //
 //  1. manager.go: starting the shim no longer fails when the OOM score of the
 //     shim cannot be lowered to -999 (no CAP_SYS_RESOURCE in the bounding
@@ -35,6 +35,11 @@
 //     bundle whose read ends the logger holds, and the task's Delete returns
 //     once the logger has exited (on EOF; a logger still running 10 s after
 //     the Delete began gets SIGTERM, then SIGKILL).
+//  6. create.go: a Create that fails only because the sandbox's memory cgroup
+//     cannot be watched for OOM kills (rootless containerd, cgroup v1, nothing
+//     delegated) succeeds with a warning, as under containerd's runc shim. Any
+//     other Create failing after `runsc create` kills the sandbox and deletes
+//     the task first, so no shim, gofer or sandbox is left running.
 package main
 
 import (

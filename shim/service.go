@@ -93,6 +93,9 @@ func (s *service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 	}
 	created := time.Now()
 	resp, err := s.TaskServiceExt.Create(ctx, r)
+	if err != nil {
+		resp, err = s.createFailed(ctx, r, root, err)
+	}
 	if logger != nil {
 		logger.created(err == nil)
 	}
