@@ -12,6 +12,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/moatc/moatc/rootless"
 )
 
 // ProbeError says a runtime's binaries exist but a container could not run with them.
@@ -48,7 +49,7 @@ func (c *Client) Probe(ctx context.Context, rt Runtime, img containerd.Image, sn
 	id := "moatc-probe-" + rt.Name() + "-" + fmt.Sprint(time.Now().UnixNano())
 	ctr, err := c.CreateContainer(ctx, Container{
 		ID: id, RunID: "probe", Role: "probe", Image: img, Snapshotter: snapshotter, Runtime: rt,
-		Args: []string{"/bin/sh", "-c", "exit 0"}, Hostname: "probe",
+		Args: []string{"/bin/sh", "-c", "exit 0"}, Hostname: "probe", Rootless: rootless.Enabled(),
 	})
 	if err != nil {
 		return &ProbeError{Runtime: rt.Name(), Err: err}

@@ -15,6 +15,7 @@ import (
 	"github.com/moatc/moatc/builder"
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/deps"
+	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/snapshot"
 )
 
@@ -149,7 +150,7 @@ func (m *Manager) BuildNetwork() string {
 }
 
 func (m *Manager) buildRuntime() ctrd.GVisor {
-	return ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc"), ForBuild: true}
+	return ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc"), ForBuild: true, Rootless: rootless.Enabled()}
 }
 
 func (m *Manager) buildPluginDir() string {

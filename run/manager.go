@@ -28,6 +28,7 @@ import (
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/internal/atomicfile"
 	mountpin "github.com/moatc/moatc/mounts"
+	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"
 )
@@ -102,7 +103,7 @@ func (m *Manager) Runtime(s state.Spec) ctrd.Runtime {
 	if s.Runtime == "runc" {
 		return ctrd.Runc{Prefix: m.Prefix}
 	}
-	return ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc"), Platform: s.Platform, Debug: s.Debug}
+	return ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc"), Platform: s.Platform, Debug: s.Debug, Rootless: rootless.Enabled()}
 }
 
 // probe runs a probe container under rt once per set of runtime binaries, so a runtime that
@@ -456,6 +457,7 @@ func (l *launching) create(ctx context.Context) error {
 		Runtime: m.Runtime(spec), Args: spec.Command, Env: spec.Env, Cwd: pick(spec.Workdir, "/workspace"), User: spec.User,
 		Mounts: l.specMts, TTY: spec.TTY, Hostname: pick(spec.Hostname, r.Name), Memory: spec.Memory, CPUs: spec.CPUs, Pids: spec.Pids,
 		NetNS: netns, CapAdd: spec.CapAdd, ReadOnly: spec.ReadOnly, Init: initBin, Labels: spec.Labels,
+		Rootless: rootless.Enabled(),
 	})
 	if netErr := <-netReady; err == nil && netErr != nil {
 		l.c.RemoveContainer(l.bg, r.ContainerID)
