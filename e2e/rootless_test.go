@@ -100,7 +100,7 @@ func teardownRootless() []string {
 			errs = append(errs, fmt.Sprintf("rootless moatc %v: exit %d: %s", args, r.code, r.stderr))
 		}
 	}
-	if procs := userProcesses(rl.uid); len(procs) > 0 {
+	if procs := userProcesses(rl.uid, rl.dir); len(procs) > 0 {
 		errs = append(errs, "processes of "+rootlessUser+" left behind: "+strings.Join(procs, "; "))
 	}
 	if len(errs) == 0 {
@@ -109,8 +109,11 @@ func teardownRootless() []string {
 	return errs
 }
 
-// userProcesses lists the processes whose real uid is uid, as "PID CMDLINE".
-func userProcesses(uid int) []string {
+// userProcesses lists, as "PID CMDLINE", the live processes of user uid that belong to the
+// moatc home dir: named in their command line or carrying it as MOATC_HOME (everything moatc
+// starts inherits it: rootlesskit, containerd, shims, sandboxes). Other homes of the same user
+// (people trying things by hand) are not this test's.
+func userProcesses(uid int, dir string) []string {
 	ents, _ := os.ReadDir("/proc")
 	var out []string
 	for _, e := range ents {
@@ -122,11 +125,23 @@ func userProcesses(uid int) []string {
 		if err != nil {
 			continue
 		}
+		mine, zombie := false, false
 		for _, l := range strings.Split(string(st), "\n") {
-			if f := strings.Fields(l); len(f) >= 2 && f[0] == "Uid:" && f[1] == strconv.Itoa(uid) {
-				cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-				out = append(out, fmt.Sprintf("%d %s", pid, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '})))
+			f := strings.Fields(l)
+			if len(f) >= 2 && f[0] == "Uid:" && f[1] == strconv.Itoa(uid) {
+				mine = true
 			}
+			if len(f) >= 2 && f[0] == "State:" && f[1] == "Z" {
+				zombie = true
+			}
+		}
+		if !mine || zombie {
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if bytes.Contains(cmd, []byte(dir)) || bytes.Contains(env, []byte("MOATC_HOME="+dir+"\x00")) {
+			out = append(out, fmt.Sprintf("%d %s", pid, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '})))
 		}
 	}
 	return out
