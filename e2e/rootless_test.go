@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -256,5 +257,49 @@ func TestRootlessForeignContainerd(t *testing.T) {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
 		}
+	}
+}
+
+// TestRootlessDoctorAndBuild: as the user, doctor passes every required check (the rootless
+// ones, and a probe container under each runtime), and a dependency image is built by
+// BuildKit on the rootless containerd, its RUN steps under gVisor, then used by a run.
+func TestRootlessDoctorAndBuild(t *testing.T) {
+	rootless(t)
+	r := rlRun(t, 0, "doctor", "--json")
+	var checks []struct {
+		Name     string
+		OK       bool
+		Detail   string
+		Optional bool
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &checks); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, r.stdout)
+	}
+	seen := map[string]bool{}
+	for _, c := range checks {
+		seen[c.Name] = true
+		if !c.OK && !c.Optional {
+			t.Errorf("check %s failed for the rootless user: %s", c.Name, c.Detail)
+		}
+	}
+	for _, want := range []string{"rootless: subuid", "rootless: newuidmap", "rootless: rootlesskit", "rootless: /dev/net/tun", "probe run under gvisor", "probe run under runc"} {
+		if !seen[want] {
+			t.Errorf("doctor as the user has no %q check", want)
+		}
+	}
+
+	tar := filepath.Join(rl.dir, "debian.oci.tar")
+	if err := copyFile(filepath.Join(prefix, "images", "debian-bookworm-slim.oci.tar"), tar, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(tar)
+	rlRun(t, 0, "image", "import", tar)
+	ws := rlWorkspace(t)
+	if err := os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte("dependencies:\n  - jq\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = rlRun(t, 0, "run", "-q", ws, "--", "sh", "-c", "echo '{\"a\":[1,2]}' | jq -c .a")
+	if r.stdout != "[1,2]\n" {
+		t.Errorf("jq from the dependency image: %q (stderr %s)", r.stdout, r.stderr)
 	}
 }
