@@ -74,6 +74,9 @@ type Options struct {
 	Labels      []string
 	StopTimeout *int64
 
+	// Limits is what the host lets moatc limit (HostLimits() when nil).
+	Limits *Limits
+
 	// LookupEnv reads the host's environment (os.LookupEnv when nil).
 	LookupEnv func(string) (string, bool)
 	// Warn gets one-line warnings (os.Stderr when nil).
@@ -420,7 +423,15 @@ func (o *Options) limits(s *state.Spec, file *config.File) error {
 			return usagef("--cpus %v: give a positive number such as 1.5", s.CPUs)
 		}
 	}
-	s.Pids = config.DefaultPids
+	host := HostLimits()
+	if o.Limits != nil {
+		host = *o.Limits
+	}
+	// The default pids limit is moatc's own safeguard: where it cannot be applied (rootless
+	// without a delegated cgroup) runs go without it rather than fail.
+	if host.Allows(PidsController) {
+		s.Pids = config.DefaultPids
+	}
 	if file.Pids > 0 {
 		s.Pids = file.Pids
 	}
@@ -434,6 +445,9 @@ func (o *Options) limits(s *state.Spec, file *config.File) error {
 			s.Pids = n
 		}
 	}
+	if err := o.applicable(host, s, file); err != nil {
+		return err
+	}
 	if o.LogMax != "" {
 		if s.LogMax, err = config.ParseSize(o.LogMax); err != nil {
 			return usagef("--log-max: %w", err)
@@ -443,6 +457,51 @@ func (o *Options) limits(s *state.Spec, file *config.File) error {
 		}
 	}
 	return nil
+}
+
+// applicable refuses the limits of s that host cannot apply, rather than run without them: a
+// flag is a usage error, a moatc.yaml key an error of the file.
+func (o *Options) applicable(host Limits, s *state.Spec, file *config.File) error {
+	for _, l := range []struct {
+		set             bool
+		controller      string
+		flag, flagValue string
+		key, fileValue  string
+	}{
+		{s.Memory > 0, MemoryController, "--memory", o.Memory, "container.memory", formatSize(file.Memory)},
+		{s.CPUs > 0, CPUController, "--cpus", floatFlag(o.CPUs), "container.cpus", fmt.Sprint(file.CPUs)},
+		{s.Pids > 0, PidsController, "--pids-limit", intFlag(o.Pids), "container.pids", fmt.Sprint(file.Pids)},
+	} {
+		if !l.set || host.Allows(l.controller) {
+			continue
+		}
+		if l.controller == PidsController && s.Runtime == state.GVisor {
+			continue // gVisor's Sentry holds it as RLIMIT_NPROC, no cgroup needed
+		}
+		why := host.Why(l.controller)
+		if l.controller == PidsController {
+			why += " (gVisor runs, without --no-sandbox, keep a pids limit without a cgroup)"
+		}
+		if l.flagValue != "" {
+			return usagef("%s %s cannot be applied: %s; or run without %s", l.flag, l.flagValue, why, l.flag)
+		}
+		return fmt.Errorf("%s: %s %s cannot be applied: %s; or remove %s from the file", file.Path, l.key, l.fileValue, why, l.key)
+	}
+	return nil
+}
+
+func floatFlag(f *float64) string {
+	if f == nil {
+		return ""
+	}
+	return fmt.Sprint(*f)
+}
+
+func intFlag(i *int64) string {
+	if i == nil {
+		return ""
+	}
+	return fmt.Sprint(*i)
 }
 
 // egress fills the grants, the policy, the upstream CA and extra capabilities.
