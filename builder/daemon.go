@@ -20,12 +20,13 @@ import (
 
 // Daemon is a buildkitd that moatc starts itself: its own root, socket, pid file and log
 // under Dir; the binary from Prefix; no OCI worker; the containerd worker on ContainerdAddress
-// in Namespace, with the overlayfs snapshotter. RUN steps run in Sandbox.
+// in Namespace, with Snapshotter (overlayfs when empty). RUN steps run in Sandbox.
 type Daemon struct {
 	Dir               string // e.g. ~/.moatc/buildkit; keep it short (socket paths are limited to 108 bytes)
 	Prefix            string // where `make setup` installed buildkitd, e.g. /opt/moatc
 	ContainerdAddress string // containerd's socket, e.g. ~/.moatc/containerd/containerd.sock
 	Namespace         string // containerd namespace the images are built into, e.g. moatc
+	Snapshotter       string // the runs' snapshotter, so built images are unpacked for them; default overlayfs
 	// Sandbox is where RUN steps run. nil means runc in the host's network namespace: only
 	// for measuring what the sandbox costs; moatc always sets it.
 	Sandbox *Sandbox
@@ -57,6 +58,13 @@ func (e *ContainerdDownError) Error() string {
 // Address is the daemon's gRPC address, for BuildKit's client.
 func (d *Daemon) Address() string { return "unix://" + d.socket() }
 
+func (d *Daemon) snapshotter() string {
+	if d.Snapshotter == "" {
+		return "overlayfs"
+	}
+	return d.Snapshotter
+}
+
 func (d *Daemon) socket() string     { return filepath.Join(d.Dir, "buildkitd.sock") }
 func (d *Daemon) otelSocket() string { return filepath.Join(d.Dir, "otel.sock") }
 func (d *Daemon) configPath() string { return filepath.Join(d.Dir, "buildkitd.toml") }
@@ -87,7 +95,7 @@ func (d *Daemon) args() []string {
 		"--containerd-worker=true",
 		"--containerd-worker-addr", d.ContainerdAddress,
 		"--containerd-worker-namespace", d.Namespace,
-		"--containerd-worker-snapshotter", "overlayfs",
+		"--containerd-worker-snapshotter", d.snapshotter(),
 	}
 }
 
@@ -162,7 +170,7 @@ root = ` + q(filepath.Join(d.Dir, "root")) + `
   enabled = true
   address = ` + q(d.ContainerdAddress) + `
   namespace = ` + q(d.Namespace) + `
-  snapshotter = "overlayfs"
+  snapshotter = ` + q(d.snapshotter()) + `
 `
 	if d.Sandbox == nil {
 		return c + `  networkMode = "host"

@@ -134,7 +134,7 @@ func (m *Manager) BuildDaemon() *builder.Daemon {
 	if ns == "" {
 		ns = ctrd.DefaultNamespace
 	}
-	return &builder.Daemon{Dir: m.buildDir(), Prefix: m.Prefix, ContainerdAddress: addr, Namespace: ns,
+	return &builder.Daemon{Dir: m.buildDir(), Prefix: m.Prefix, ContainerdAddress: addr, Namespace: ns, Snapshotter: snapshot.Default(),
 		Sandbox: &builder.Sandbox{
 			Runtime: ctrd.GVisor{}.Shim(), RuntimeConfig: m.buildRuntime().ConfigPath(),
 			CNIConfig: m.Net.ConfPath(m.BuildNetwork()), CNIBinDir: m.buildPluginDir(),

@@ -23,6 +23,7 @@ import (
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/run"
+	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"
 )
 
@@ -196,6 +197,7 @@ func setup(c *cli.Context) (*env, error) {
 		return nil, err
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
+	snapshot.Configure(home, rootless.Enabled())
 	if rootless.Enabled() {
 		if err := enterRootless(c, d, addr); err != nil {
 			return nil, err
