@@ -54,7 +54,7 @@ func Current() Choice {
 	chosen.Lock()
 	defer chosen.Unlock()
 	if !chosen.rootless || chosen.home == "" {
-		return Choice{Snapshotter: "overlayfs", Reason: "default"}
+		return Choice{Snapshotter: "overlayfs", Reason: "the default as root"}
 	}
 	if chosen.choice == nil {
 		c := choose(chosen.home)
@@ -71,10 +71,10 @@ func choose(home string) Choice {
 	if b, err := os.ReadFile(cache); err == nil && json.Unmarshal(b, &c) == nil && c.Kernel == kernel && c.Snapshotter != "" {
 		return c
 	}
-	c = Choice{Snapshotter: "overlayfs", Reason: "overlayfs mounts in a user namespace here (probed)", Kernel: kernel}
+	c = Choice{Snapshotter: "overlayfs", Reason: "probed: overlayfs mounts in a user namespace here", Kernel: kernel}
 	if err := ProbeOverlay(home); err != nil {
 		c.Snapshotter = "native"
-		c.Reason = fmt.Sprintf("overlayfs cannot be mounted in a user namespace here (%v); native copies each layer instead (slower, more disk). Delete %s to probe again", err, cache)
+		c.Reason = fmt.Sprintf("probed: overlayfs cannot be mounted in a user namespace here (%v); native copies each layer instead (slower, more disk). Delete %s to probe again", err, cache)
 	}
 	if b, err := json.Marshal(c); err == nil {
 		// Best effort: without the cache the next command probes again.

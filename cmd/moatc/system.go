@@ -5,12 +5,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/rootless"
+	"github.com/moatc/moatc/run"
+	"github.com/moatc/moatc/snapshot"
 )
 
 func systemCommand() *cli.Command {
@@ -100,6 +105,24 @@ func systemStatusAction(c *cli.Context) error {
 		fmt.Fprintf(tw, "  pid:\t%d (up %s)\n", st.Containerd.Pid, st.Containerd.Uptime)
 	}
 	fmt.Fprintf(tw, "  namespace:\t%s\n", st.Containerd.Namespace)
+	rl := st.Rootless
+	if !rl.Enabled {
+		fmt.Fprintf(tw, "rootless:\tno\n")
+	} else {
+		fmt.Fprintf(tw, "rootless:\tyes (user namespace of rootlesskit)\n")
+		if rl.KitPid != 0 {
+			fmt.Fprintf(tw, "  rootlesskit pid:\t%d\n", rl.KitPid)
+		}
+		if rl.StateDir != "" {
+			fmt.Fprintf(tw, "  state:\t%s\n", rl.StateDir)
+		}
+		if rl.NetworkDriver != "" {
+			fmt.Fprintf(tw, "  network driver:\t%s\n", rl.NetworkDriver)
+			fmt.Fprintf(tw, "  port driver:\t%s\n", rl.PortDriver)
+		}
+	}
+	fmt.Fprintf(tw, "snapshotter:\t%s (%s)\n", st.Snapshotter.Name, st.Snapshotter.Reason)
+	fmt.Fprintf(tw, "limits:\t%s\n", st.Limits.Detail)
 	fmt.Fprintf(tw, "prefix:\t%s\n", st.Prefix)
 	for _, r := range st.Runtimes {
 		fmt.Fprintf(tw, "runtime %s:\t%s (%s)\n", r.Name, r.Status, r.Shim)
@@ -144,6 +167,15 @@ type stackStatus struct {
 		Uptime    string `json:"uptime,omitempty"`
 		Namespace string `json:"namespace"`
 	} `json:"containerd"`
+	Rootless    rootlessStatus `json:"rootless"`
+	Snapshotter struct {
+		Name   string `json:"name"`
+		Reason string `json:"reason"`
+	} `json:"snapshotter"`
+	Limits struct {
+		Available bool   `json:"available"` // memory, CPU and pids limits can all be applied
+		Detail    string `json:"detail"`
+	} `json:"limits"`
 	Runtimes  []runtimeStatus `json:"runtimes"`
 	Buildkitd struct {
 		State   string `json:"state"`
@@ -153,6 +185,15 @@ type stackStatus struct {
 	} `json:"buildkitd"`
 }
 
+// rootlessStatus is moatc's rootless mode: the rootlesskit that holds its namespaces.
+type rootlessStatus struct {
+	Enabled       bool   `json:"enabled"`
+	KitPid        int    `json:"kit_pid,omitempty"` // rootlesskit; containerd runs under its child
+	StateDir      string `json:"state_dir,omitempty"`
+	NetworkDriver string `json:"network_driver,omitempty"` // e.g. slirp4netns
+	PortDriver    string `json:"port_driver,omitempty"`    // e.g. builtin
+}
+
 func systemStatus(ctx context.Context, e *env) stackStatus {
 	var st stackStatus
 	st.Prefix = e.prefix
@@ -160,6 +201,7 @@ func systemStatus(ctx context.Context, e *env) stackStatus {
 	cd.Namespace = e.mgr.Conn.Namespace
 	cd.Managed = e.mgr.Conn.Address == ""
 	cd.Address = e.mgr.Conn.Address
+	st.Rootless.Enabled = rootless.Enabled()
 	if cd.Managed {
 		cd.Address = e.daemon.Address()
 		if pid, ok := e.daemon.Pid(); ok {
@@ -168,7 +210,19 @@ func systemStatus(ctx context.Context, e *env) stackStatus {
 				cd.Uptime = time.Since(t).Round(time.Second).String()
 			}
 		}
+		if k := e.daemon.Kit; k != nil {
+			st.Rootless = kitStatus(*k)
+			// The daemon moatc tracks is rootlesskit: containerd is its child's child.
+			st.Rootless.KitPid, cd.Pid = cd.Pid, 0
+			if child, err := k.ChildPid(); err == nil && st.Rootless.KitPid != 0 {
+				cd.Pid = childNamed(child, "containerd")
+			}
+		}
 	}
+	sn := snapshot.Current()
+	st.Snapshotter.Name, st.Snapshotter.Reason = sn.Snapshotter, sn.Reason
+	lim := run.HostLimits()
+	st.Limits.Available, st.Limits.Detail = lim.Available(), lim.Summary()
 	cd.State = "not running"
 	if cd.Managed && !e.daemon.Answering() {
 		cd.State = "not running (moatc starts it on demand)"
@@ -181,7 +235,7 @@ func systemStatus(ctx context.Context, e *env) stackStatus {
 	} else {
 		cd.State = "not answering: " + err.Error()
 	}
-	for _, rt := range []ctrd.Runtime{ctrd.GVisor{Prefix: e.prefix, Dir: filepath.Join(e.home, "runsc")}, ctrd.Runc{Prefix: e.prefix}} {
+	for _, rt := range []ctrd.Runtime{ctrd.GVisor{Prefix: e.prefix, Dir: filepath.Join(e.home, "runsc"), Rootless: rootless.Enabled()}, ctrd.Runc{Prefix: e.prefix}} {
 		rs := runtimeStatus{Name: rt.Name(), Shim: rt.Shim(), Status: "available"}
 		if err := rt.Check(); err != nil {
 			rs.Status = "missing: run `make setup`"
@@ -204,6 +258,36 @@ func systemStatus(ctx context.Context, e *env) stackStatus {
 	}
 	bk.Version = binaryVersion(e.prefix, "buildkitd").Version
 	return st
+}
+
+// kitStatus describes kit from the arguments moatc starts it with.
+func kitStatus(k rootless.Kit) rootlessStatus {
+	st := rootlessStatus{Enabled: true, StateDir: k.StateDir}
+	for _, a := range k.Args() {
+		if v, ok := strings.CutPrefix(a, "--net="); ok {
+			st.NetworkDriver = v
+		}
+		if v, ok := strings.CutPrefix(a, "--port-driver="); ok {
+			st.PortDriver = v
+		}
+		if a == "--" {
+			break
+		}
+	}
+	return st
+}
+
+// childNamed is the pid of a child of pid whose command is name; 0 if none.
+func childNamed(pid int, name string) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, f := range strings.Fields(string(b)) {
+		comm, _ := os.ReadFile("/proc/" + f + "/comm")
+		if strings.TrimSpace(string(comm)) == name {
+			n, _ := strconv.Atoi(f)
+			return n
+		}
+	}
+	return 0
 }
 
 func binaryVersion(prefix, name string) binaryStatus {
