@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -199,6 +200,19 @@ func setup(c *cli.Context) (*env, error) {
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
 	snapshot.Configure(home, rootless.Enabled())
 	if rootless.Enabled() {
+		// Outside the namespaces with no kit answering: one may have died (kill -9) and left
+		// its workloads running where no containerd reaches them. Only from here can they be
+		// seen, so they go before a fresh kit starts, and before system stop (status only looks).
+		if !rootless.InUserNamespace() && addr == "" && c.Command.HelpName != "moatc system status" &&
+			(c.Command.HelpName == "moatc system stop" || !d.Answering()) {
+			found, err := run.SweepStaleKits(home)
+			if len(found) > 0 {
+				fmt.Fprintf(os.Stderr, "moatc: warning: a rootlesskit of this home had died and left processes running: killed those of %s\n", strings.Join(found, ", "))
+			}
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "moatc: warning: %v\n", err)
+			}
+		}
 		if err := enterRootless(c, d, addr); err != nil {
 			return nil, err
 		}
