@@ -93,7 +93,9 @@ func (m *Manager) stopRootless(ctx context.Context, runs []*state.Run) error {
 	return errors.Join(errs...)
 }
 
-// stopRuns stops the active runs, all at once, and waits for their ends to be recorded.
+// stopRuns stops the active runs, all at once, and waits for their ends to be recorded and
+// for their supervisors to exit: a supervisor records the end first, then deletes the task,
+// the container and the network, which must happen before containerd goes.
 func (m *Manager) stopRuns(ctx context.Context, runs []*state.Run) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(runs))
@@ -104,8 +106,13 @@ func (m *Manager) stopRuns(ctx context.Context, runs []*state.Run) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := m.Stop(ctx, r.ID, -1); err != nil {
+			end, err := m.Stop(ctx, r.ID, -1)
+			if err != nil {
 				errs[i] = fmt.Errorf("stopping run %s: %w", r.Name, err)
+				return
+			}
+			for deadline := time.Now().Add(15 * time.Second); end != nil && end.Supervisor.Alive() && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
 			}
 		}()
 	}
