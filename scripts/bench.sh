@@ -10,7 +10,7 @@ RUNS=${RUNS:-25}
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$PREFIX/bin:$PATH"
 export MOATC_HOME=${BENCH_HOME:-/tmp/moatc-bench}
-MOATC="$PREFIX/bin/moatc"
+MOATC=${BENCH_MOATC:-$PREFIX/bin/moatc}
 mkdir -p "$MOATC_HOME"
 ws=$(mktemp -d)
 trap 'cleanup' EXIT
@@ -18,6 +18,7 @@ declare -A median
 
 cleanup() {
   [ -n "${dockerd_pid:-}" ] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
+  rootless_cleanup
   ip link del moatcbench0 2>/dev/null || true
   "$MOATC" clean >/dev/null 2>&1 || true
   "$MOATC" system stop --force >/dev/null 2>&1 || true
@@ -65,6 +66,70 @@ ratio() {
     'BEGIN {printf "  ratio %-36s %5.2fx  (%s / %s)\n", "", a/b, n1, n2}'
 }
 
+# Rootless against rootful: the same moatc, image and workspace, measured side by side in this
+# run; rootless is moatc run by BENCH_USER (made like the e2e tests' user when missing), with
+# a home of its own, on the rootless containerd it starts itself. Both go through setpriv, so
+# they pay the same for it. BENCH_ONLY=rootless runs only these rows.
+rl_user=${BENCH_USER:-moatcrl}
+rl_home= rl_acl=
+
+rootless_cleanup() {
+  if [ -n "$rl_home" ]; then
+    as_user "$rl_home/moatc" clean >/dev/null 2>&1 || true
+    as_user "$rl_home/moatc" system stop --force >/dev/null 2>&1 || true
+    rm -rf "$rl_home"
+  fi
+  if [ -n "$rl_acl" ]; then setfacl -x "u:$rl_user" /dev/net/tun; fi
+  return 0
+}
+
+# as_user CMD...: CMD as the rootless user, in its moatc home.
+as_user() {
+  setpriv --reuid="$rl_uid" --regid="$rl_gid" --clear-groups \
+    env -i HOME="$rl_hdir" USER="$rl_user" PATH=/usr/local/bin:/usr/bin:/bin MOATC_HOME="$rl_home" MOATC_PREFIX="$PREFIX" "$@"
+}
+
+# as_root CMD...: CMD as root with the bench's home, through setpriv as as_user is.
+as_root() {
+  setpriv --reuid=0 --regid=0 --keep-groups env MOATC_HOME="$MOATC_HOME" MOATC_PREFIX="$PREFIX" PATH="$PATH" "$@"
+}
+
+rootless_rows() {
+  if ! id -u "$rl_user" >/dev/null 2>&1; then
+    bash "$here/scripts/rootless-user.sh" --create "$rl_user" >/dev/null
+  fi
+  rl_uid=$(id -u "$rl_user") rl_gid=$(id -g "$rl_user") rl_hdir=$(getent passwd "$rl_user" | cut -d: -f6)
+  if ! setpriv --reuid="$rl_uid" --regid="$rl_gid" --clear-groups sh -c 'exec 3<>/dev/net/tun' 2>/dev/null; then
+    # `make setup` makes the device 0666; an ACL for the user does as well, for this run only.
+    setfacl -m "u:$rl_user:rw" /dev/net/tun && rl_acl=1
+  fi
+  rl_home=$(mktemp -d /tmp/moatc-bench-rl-XXXX)
+  install -m 0755 "$MOATC" "$rl_home/moatc"
+  for i in busybox debian-bookworm-slim; do install -m 0644 "$PREFIX/images/$i.oci.tar" "$rl_home/$i.oci.tar"; done
+  mkdir "$rl_home/ws"
+  chown -R "$rl_uid:$rl_gid" "$rl_home"
+  chmod 0755 "$rl_home"
+  for i in busybox debian-bookworm-slim; do as_user "$rl_home/moatc" image import "$rl_home/$i.oci.tar" >/dev/null; done
+  local rws="$rl_home/ws" rl="$rl_home/moatc"
+  echo
+  echo "== rootless against rootful: warm, the same moatc, image and workspace"
+  row "rootful: run --no-sandbox -- true" as_root "$MOATC" run --no-sandbox --network none --image busybox "$rws" -- true
+  row "rootless: run --no-sandbox -- true" as_user "$rl" run --no-sandbox --network none --image busybox "$rws" -- true
+  ratio "rootless: run --no-sandbox -- true" "rootful: run --no-sandbox -- true"
+  row "rootful: run -- true (gvisor)" as_root "$MOATC" run --network none --image busybox "$rws" -- true
+  row "rootless: run -- true (gvisor)" as_user "$rl" run --network none --image busybox "$rws" -- true
+  ratio "rootless: run -- true (gvisor)" "rootful: run -- true (gvisor)"
+  for rt in runc gvisor; do
+    flag=; [ "$rt" = runc ] && flag=--no-sandbox
+    for net in none default; do
+      startrow "rootful: start, $rt, network $net" as_root "$MOATC" run $flag --network $net --image debian:bookworm-slim "$rws" -- date +%s%N
+      startrow "rootless: start, $rt, network $net" as_user "$rl" run $flag --network $net --image debian:bookworm-slim "$rws" -- date +%s%N
+      ratio "rootless: start, $rt, network $net" "rootful: start, $rt, network $net"
+    done
+  done
+  as_root "$MOATC" clean >/dev/null
+}
+
 echo "moatc bench: $RUNS runs each, medians, $(nproc) cores, $(date -u +%FT%TZ)"
 "$MOATC" system start >/dev/null
 MOATC="$MOATC" bash "$here/scripts/base-images.sh" >/dev/null 2>&1
@@ -72,6 +137,10 @@ sock="$MOATC_HOME/containerd/containerd.sock"
 img=docker.io/library/busybox:latest
 cfg=$(mktemp -p "$MOATC_HOME" runsc-XXXX.toml)
 printf 'binary_name = "%s"\n[runsc_config]\n  platform = "systrap"\n' "$PREFIX/bin/runsc" > "$cfg"
+if [ "${BENCH_ONLY:-}" = rootless ]; then
+  rootless_rows
+  exit 0
+fi
 
 echo
 echo "== runc, no network"
@@ -221,6 +290,10 @@ if [ "${BENCH_COLD:-1}" = 1 ]; then
     awk '/^cold build/ {print "  " $0} /^BenchmarkColdBuildSandboxed/ {
       for (i = 1; i <= NF; i++) { if ($(i+1) == "s-sandboxed") s = $i; if ($(i+1) == "s-unsandboxed") u = $i; if ($(i+1) == "ratio") r = $i }
       printf "%-46s %8.1fs\n%-46s %8.1fs\n  ratio %-36s %5.2fx  (sandboxed / unsandboxed)\n", "cold build, sandboxed (median)", s, "cold build, runc + host network (median)", u, "", r }'
+fi
+
+if [ "${BENCH_ROOTLESS:-1}" = 1 ]; then
+  rootless_rows
 fi
 
 # Docker Engine (Debian's docker.io), started by hand with its own data root and socket, for
