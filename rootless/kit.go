@@ -181,7 +181,6 @@ func replaceLinks(dir string, drop func(string) bool) error {
 	return nil
 }
 
-
 // HostUID is the user moatc acts for on the host: the effective uid outside a user
 // namespace, and inside one the host uid that the namespace's uid maps to.
 func HostUID() int {
