@@ -196,13 +196,14 @@ func setup(c *cli.Context) (*env, error) {
 		return nil, err
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
+	var kit *rootless.Kit
 	if rootless.Enabled() {
-		if err := enterRootless(c, d, addr); err != nil {
+		if kit, err = enterRootless(c, d, addr); err != nil {
 			return nil, err
 		}
 	}
 	netCfg := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
-		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }}
+		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }, Kit: kit}
 	if cfg.CNIPluginDir != "" {
 		netCfg.PluginDirs = []string{cfg.CNIPluginDir}
 	}

@@ -15,8 +15,9 @@ import (
 // return); inside, it only tells the daemon which kit it runs in.
 //
 // With --address, the containerd is the user's own rootless one, in nerdctl's layout: its
-// rootlesskit's state is containerd-rootless next to the socket's directory.
-func enterRootless(c *cli.Context, d *ctrd.Daemon, addr string) error {
+// rootlesskit's state is containerd-rootless next to the socket's directory. It returns the kit
+// (the networks use its port driver).
+func enterRootless(c *cli.Context, d *ctrd.Daemon, addr string) (*rootless.Kit, error) {
 	kit := &rootless.Kit{StateDir: filepath.Join(filepath.Dir(d.Dir), "rootless"), Self: self()}
 	if addr != "" {
 		kit.StateDir = filepath.Join(filepath.Dir(filepath.Dir(addr)), "containerd-rootless")
@@ -24,23 +25,23 @@ func enterRootless(c *cli.Context, d *ctrd.Daemon, addr string) error {
 		d.Kit = kit
 	}
 	if rootless.InUserNamespace() {
-		return nil
+		return kit, nil
 	}
 	if addr != "" {
 		if _, err := kit.ChildPid(); err != nil {
-			return fmt.Errorf("using the rootless containerd at %s: moatc needs the namespaces of the rootlesskit that runs it, and %s has no child_pid (%v): drop --address to use moatc's own rootless containerd", addr, kit.StateDir, err)
+			return nil, fmt.Errorf("using the rootless containerd at %s: moatc needs the namespaces of the rootlesskit that runs it, and %s has no child_pid (%v): drop --address to use moatc's own rootless containerd", addr, kit.StateDir, err)
 		}
-		return kit.Enter()
+		return nil, kit.Enter()
 	}
 	if !d.Answering() {
 		// Looking at or stopping a stack that is down must not start it.
 		switch c.Command.HelpName {
 		case "moatc system status", "moatc system stop":
-			return nil
+			return kit, nil
 		}
 		if err := d.Start(c.Context); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return kit.Enter()
+	return nil, kit.Enter()
 }
