@@ -58,6 +58,10 @@
 // and ports answer only while Proxy.Serve runs. Published ports are out of every run's reach:
 // the host is closed to runs.
 //
+// Rootless (Config.Kit set), all of this happens inside rootlesskit's network namespace, ports
+// are published through rootlesskit's port driver instead of Proxy, and the rules also close
+// the user's host beyond slirp4netns; see rootless.go.
+//
 // Timing on the project's 2-core VM: Setup 15-40 ms (median ~20: two plugin processes in
 // parallel for lo and eth0, one iptables-restore, one fsync); Teardown 40-85 ms (median ~65),
 // mostly the kernel deleting the bridge (~35 ms, the same with `ip link del`).
@@ -81,6 +85,7 @@ import (
 	"time"
 
 	"github.com/moatc/moatc/internal/atomicfile"
+	"github.com/moatc/moatc/rootless"
 )
 
 // Config says where moatc keeps network state and which addresses runs get.
@@ -95,6 +100,10 @@ type Config struct {
 	// (moatc's `_link-del NAME`): a run's bridge is then deleted by that process, which outlives
 	// the caller (see removeBridge). Unset, the bridge is deleted in place.
 	DeleteLinkCommand func(name string) []string
+	// Kit, when set, is the rootlesskit whose network namespace this process and the networks
+	// are in (rootless moatc): ports are published through its port driver, and the rules
+	// also close the user's host, outside the namespace (see rootless.go).
+	Kit *rootless.Kit
 }
 
 // DefaultPool is the address pool runs' subnets come from unless configured otherwise.
@@ -113,7 +122,10 @@ type Network struct {
 	Ports      []Port       // published ports, defaults filled in
 	HostsPath  string       // bind-mount to /etc/hosts
 	ResolvPath string       // bind-mount to /etc/resolv.conf
-	Proxy      *Proxy       `json:"-"` // forwards Ports; nil without ports; Serve it for the run's lifetime
+	Proxy      *Proxy       `json:"-"` // forwards Ports; nil without ports (and rootless); Serve it for the run's lifetime
+	// Outside is set when moatc is rootless: the host is reached through slirp4netns
+	// (moatc-host's ports at Outside.HostLoopback).
+	Outside *Outside
 }
 
 // Manager makes and removes runs' networks.
@@ -122,6 +134,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	proxies map[string]*Proxy
+	kit     rootlessState
 
 	trace func(step string) // tests: called after each step of Setup and Teardown
 }
@@ -217,13 +230,18 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 		return nil, fail(err)
 	}
 	var proxy *Proxy
-	if len(ports) > 0 {
+	var out *Outside
+	if m.cfg.Kit != nil {
+		if out, err = m.outside(ctx); err != nil {
+			return nil, fail(err)
+		}
+	} else if len(ports) > 0 {
 		if proxy, err = listenPorts(netip.Addr{}, ports); err != nil {
 			return nil, fail(err)
 		}
 	}
 	m.step("ports")
-	rec, err := m.allocate(record{RunID: runID, Hostname: hostname, Ports: ports, HostPorts: o.HostPorts, Strict: o.Strict})
+	rec, err := m.allocate(record{RunID: runID, Hostname: hostname, Ports: ports, HostPorts: o.HostPorts, Strict: o.Strict, Outside: out})
 	if err != nil {
 		proxy.Close()
 		return nil, fail(err)
@@ -240,6 +258,13 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 		}
 		err = fail(err)
 	}()
+	// Rootless ports need the run's address; published before anything is made, a port in use
+	// still fails Setup early.
+	if m.cfg.Kit != nil && len(ports) > 0 {
+		if err := m.publish(ctx, rec); err != nil {
+			return nil, err
+		}
+	}
 	if err := m.build(ctx, fw, rec, o); err != nil {
 		return nil, err
 	}
@@ -342,7 +367,7 @@ func (m *Manager) writeRunFiles(n *Network, rec *record, strict bool) error {
 
 func (m *Manager) network(r *record) *Network {
 	n := m.Paths(r.RunID)
-	n.IP, n.Gateway, n.Subnet, n.Ports = r.IP, r.Gateway, r.Subnet, r.Ports
+	n.IP, n.Gateway, n.Subnet, n.Ports, n.Outside = r.IP, r.Gateway, r.Subnet, r.Ports, r.Outside
 	return n
 }
 
@@ -553,7 +578,13 @@ func (m *Manager) SetupShared(ctx context.Context, id string) (_ string, err err
 	if err := m.Teardown(ctx, id); err != nil { // whatever is left of an earlier one
 		return "", fail(err)
 	}
-	rec, err := m.allocate(record{RunID: id, Hostname: id, Shared: true})
+	var out *Outside
+	if m.cfg.Kit != nil {
+		if out, err = m.outside(ctx); err != nil {
+			return "", fail(err)
+		}
+	}
+	rec, err := m.allocate(record{RunID: id, Hostname: id, Shared: true, Outside: out})
 	if err != nil {
 		return "", fail(err)
 	}
@@ -649,6 +680,17 @@ func (m *Manager) teardown(ctx context.Context, runID string, rec *record, detac
 		collect(m.removeBridge(bridgeName(runID), detachBridge))
 		m.step("bridge")
 	})
+	if m.cfg.Kit != nil {
+		wg.Go(func() {
+			// Without a record the run's address is unknown; its ports then forward to an
+			// address no record holds, and go with the others of that kind.
+			var ip netip.Addr
+			if rec != nil {
+				ip = rec.IP
+			}
+			collect(m.unpublish(ctx, ip))
+		})
+	}
 	wg.Wait()
 	files := append([]string{filepath.Join(m.ipamDir(), netName(runID)), m.confPath(runID)}, m.cacheFiles(runID)...)
 	for _, f := range files {

@@ -72,8 +72,9 @@ func runRules(r *record) []rule {
 		rules = append(rules, rule{"filter", chainInput, fmt.Sprintf("-i %s -d %s -p %s --dport %d", br, gw, h.Proto, h.Port), "ACCEPT",
 			fmt.Sprintf("moatc's service %s for the run (its proxy)", h)})
 	}
-	// Under a strict policy the host ports too are reached through the proxy only.
-	if !r.Strict {
+	// Under a strict policy the host ports too are reached through the proxy only. Rootless,
+	// they are the host's, outside the namespace: see outsideRules.
+	if !r.Strict && r.Outside == nil {
 		for _, h := range r.HostPorts {
 			rules = append(rules, rule{"filter", chainInput, fmt.Sprintf("-i %s -d %s -p %s --dport %d", br, gw, h.Proto, h.Port), "ACCEPT",
 				fmt.Sprintf("host port %s opened for the run", h)})
@@ -90,6 +91,7 @@ func runRules(r *record) []rule {
 		rules = append(rules, rule{"filter", chainForward, "-i " + br, "DROP",
 			"strict policy: the run reaches nothing but its proxy"})
 	} else {
+		rules = append(rules, outsideRules(r)...)
 		rules = append(rules,
 			rule{"filter", chainForward, "-i " + br + " -d " + pool, "DROP",
 				"a run may not reach other runs"},
@@ -105,9 +107,46 @@ func runRules(r *record) []rule {
 		rule{"filter", chainForward, "-o " + br, "DROP",
 			"nothing else is forwarded into the run"})
 	if !r.Strict {
+		if o := r.Outside; o != nil {
+			for _, h := range r.HostPorts {
+				rules = append(rules, rule{"nat", "PREROUTING", fmt.Sprintf("-i %s -d %s -p %s --dport %d", br, gw, h.Proto, h.Port),
+					fmt.Sprintf("DNAT --to-destination %s", netip.AddrPortFrom(o.HostLoopback, h.Port)),
+					fmt.Sprintf("host port %s opened for the run: moatc-host is the host's loopback through slirp4netns", h)})
+			}
+		}
 		// moatc's own NAT rule: the bridge plugin's ipMasq rules leak under gVisor.
 		rules = append(rules, rule{"nat", "POSTROUTING", "-s " + sub + " ! -o " + br, "MASQUERADE",
 			"egress leaves with the host's address"})
+	}
+	return rules
+}
+
+// outsideRules close, for a rootless moatc's run (without a strict policy, which forwards
+// nothing), what lies beyond rootlesskit's namespace and is the user's host: slirp4netns's
+// network (its .2 is the host's loopback) but its resolver, and the host's own addresses
+// (slirp4netns connects to them from the host). A host port opened for the run is forwarded to
+// the host's loopback only as the DNAT of a connection to moatc-host (the gateway).
+func outsideRules(r *record) []rule {
+	o := r.Outside
+	if o == nil {
+		return nil
+	}
+	br, gw := bridgeName(r.RunID), r.Gateway.String()
+	var rules []rule
+	for _, h := range r.HostPorts {
+		rules = append(rules, rule{"filter", chainForward,
+			fmt.Sprintf("-i %s -d %s -p %s --dport %d -m conntrack --ctstate DNAT --ctorigdst %s", br, o.HostLoopback, h.Proto, h.Port, gw), "ACCEPT",
+			fmt.Sprintf("host port %s opened for the run, at moatc-host only", h)})
+	}
+	for _, proto := range []string{"udp", "tcp"} {
+		rules = append(rules, rule{"filter", chainForward, fmt.Sprintf("-i %s -d %s -p %s --dport 53", br, o.DNS, proto), "ACCEPT",
+			"DNS through slirp4netns's resolver"})
+	}
+	rules = append(rules, rule{"filter", chainForward, "-i " + br + " -d " + o.Net.String(), "DROP",
+		"slirp4netns's network is closed to the run: its .2 is the host's loopback"})
+	for _, a := range o.HostAddrs {
+		rules = append(rules, rule{"filter", chainForward, "-i " + br + " -d " + a.String(), "DROP",
+			"the host's own addresses are closed to the run"})
 	}
 	return rules
 }

@@ -62,6 +62,9 @@ func bindError(p Port, err error) error {
 	case errors.Is(err, syscall.EADDRINUSE):
 		return fmt.Errorf("publishing %s: the host port is already in use; stop what uses it or publish another host port, e.g. %s:%d:%d: %w",
 			where, p.HostIP, p.HostPort+1, p.ContainerPort, err)
+	case errors.Is(err, syscall.EACCES) && p.HostPort < 1024:
+		return fmt.Errorf("publishing %s: ports below 1024 are privileged and rootless moatc cannot publish them; publish a port from 1024 up, e.g. %s:%d:%d (or, as root, allow it: sysctl -w net.ipv4.ip_unprivileged_port_start=%d): %w",
+			where, p.HostIP, int(p.HostPort)+8000, p.ContainerPort, p.HostPort, err)
 	case errors.Is(err, syscall.EADDRNOTAVAIL):
 		return fmt.Errorf("publishing %s: %s is not an address of this machine; publish on 127.0.0.1 (this machine only) or 0.0.0.0 (every address): %w",
 			where, p.HostIP, err)

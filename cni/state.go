@@ -32,6 +32,8 @@ type record struct {
 	// Strict: nothing is forwarded; the run reaches its Services and nothing else.
 	Strict bool `json:"strict,omitempty"`
 	MTU    int  `json:"mtu,omitempty"` // the uplink's; 0: the plugin's default
+	// Outside: made by a rootless moatc; what its rules close of the host beyond the namespace.
+	Outside *Outside `json:"outside,omitempty"`
 	// Shared: another program (BuildKit) attaches containers; IPAM hands out .2 to .254.
 	Shared  bool      `json:"shared,omitempty"`
 	Created time.Time `json:"created"`

@@ -61,14 +61,14 @@ func (e *MissingError) Error() string {
 // Args are rootlesskit's arguments for running child (containerd, through ChildCommand).
 //
 // slirp4netns is the network driver: rootlesskit 1.1 (Debian 12) has no pasta driver. The
-// host's loopback stays closed to the namespace (--disable-host-loopback); moatc reaches host
-// services for a run itself (see the networking docs). /etc, /run and /var/lib are copied up so
+// host's loopback is open to the namespace at slirp4netns's 10.0.2.2, so that a run can reach
+// the host ports opened to it (--host-port); moatc's rules close it, and the host's own
+// addresses, to runs otherwise (see the cni package). /etc, /run and /var/lib are copied up so
 // the child can replace what it must own there (Child).
 func (k Kit) Args(child ...string) []string {
 	args := []string{
 		"--state-dir=" + k.StateDir,
 		"--net=slirp4netns", "--mtu=65520", "--slirp4netns-sandbox=auto", "--slirp4netns-seccomp=auto",
-		"--disable-host-loopback",
 		"--port-driver=builtin",
 		"--copy-up=/etc", "--copy-up=/run", "--copy-up=/var/lib",
 		"--propagation=rslave",

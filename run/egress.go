@@ -1,6 +1,7 @@
 package run
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -191,6 +192,12 @@ func (e *egress) start(ctx context.Context, nw *cni.Network) error {
 		}
 		return http.ProxyFromEnvironment(r)
 	}
+	// moatc-host is the gateway; rootless, the proxy is in rootlesskit's namespace and reaches
+	// the host's ports at slirp4netns's alias for the host's loopback instead.
+	host := nw.Gateway
+	if nw.Outside != nil {
+		host = nw.Outside.HostLoopback
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.ln == nil {
@@ -199,8 +206,8 @@ func (e *egress) start(ctx context.Context, nw *cni.Network) error {
 	}
 	px, err := proxy.New(proxy.Config{
 		Listener: e.ln, Secret: e.secret, Client: nw.IP, Policy: e.cfg.Policy, Credentials: e.cfg.Credentials,
-		Hosts: map[string]netip.Addr{cni.GatewayName: nw.Gateway},
-		Check: destinationCheck(e.m.Net.Pool(), nw.Gateway, hostPorts),
+		Hosts: map[string]netip.Addr{cni.GatewayName: host},
+		Check: destinationCheck(e.m.Net.Pool(), host, hostPorts, nw.Outside, e.m.Net.OutsideAddrs),
 		CA:    e.ca, RootCAs: e.cfg.RootCAs, Upstream: upstream, Trace: &cappedTrace{w: tf, max: traceMax(e.run.Spec)}, Logf: logf,
 	})
 	if err != nil {
@@ -344,14 +351,21 @@ func (e *egress) close() {
 }
 
 // destinationCheck refuses what the proxy must never reach for a run, whatever the policy: the
-// host itself (but for the host ports opened to the run, at its gateway), other runs, loopback,
-// link-local (cloud metadata) and multicast addresses. Without it the proxy would be a way
-// around the firewall.
-func destinationCheck(pool netip.Prefix, gw netip.Addr, hostPorts []uint16) func(netip.AddrPort) error {
+// host itself (but for the host ports opened to the run, at host: its gateway), other runs,
+// loopback, link-local (cloud metadata) and multicast addresses. Without it the proxy would be a
+// way around the firewall.
+//
+// Rootless (out set), the proxy runs in rootlesskit's namespace: the host is also slirp4netns's
+// network (host is its alias for the host's loopback) and the host's own addresses outside the
+// namespace (outsideAddrs), which slirp4netns would connect to from the host.
+func destinationCheck(pool netip.Prefix, host netip.Addr, hostPorts []uint16, out *cni.Outside, outsideAddrs func() ([]netip.Prefix, error)) func(netip.AddrPort) error {
 	own := hostAddrs{}
+	if out != nil {
+		own.outside = outsideAddrs
+	}
 	return func(ap netip.AddrPort) error {
 		a := ap.Addr().Unmap()
-		if a == gw && slices.Contains(hostPorts, ap.Port()) {
+		if a == host && slices.Contains(hostPorts, ap.Port()) {
 			return nil
 		}
 		switch {
@@ -361,22 +375,33 @@ func destinationCheck(pool netip.Prefix, gw netip.Addr, hostPorts []uint16) func
 			return fmt.Errorf("%s is a loopback, link-local, multicast or unspecified address", a)
 		case pool.Contains(a):
 			return fmt.Errorf("%s belongs to moatc's runs (%s)", a, pool)
-		case own.has(a):
-			return fmt.Errorf("%s is an address of the host itself; open a port to the run with --host-port and use moatc-host", a)
+		case out != nil && out.Net.Contains(a):
+			return fmt.Errorf("%s is in slirp4netns's network (%s is the host's loopback); open a port to the run with --host-port and use moatc-host", a, out.HostLoopback)
+		}
+		if yes, err := own.has(a); yes || err != nil {
+			return fmt.Errorf("%s may be an address of the host itself; open a port to the run with --host-port and use moatc-host: %w", a, cmp.Or(err, errHostAddr))
 		}
 		return nil
 	}
 }
 
+var errHostAddr = errors.New("the host is closed to runs")
+
 // hostAddrs caches the host's own addresses for a second: interfaces come and go (other runs'
-// bridges), and a new connection should not cost a netlink dump each time.
+// bridges), and a new connection should not cost a netlink dump each time. outside, when set,
+// adds the addresses of the host beyond rootlesskit's namespace; when they cannot be read,
+// the last ones read stand, and with none read every address is refused.
 type hostAddrs struct {
-	mu   sync.Mutex
-	at   time.Time
-	addr map[netip.Addr]bool
+	outside func() ([]netip.Prefix, error)
+
+	mu    sync.Mutex
+	at    time.Time
+	addr  map[netip.Addr]bool
+	out   []netip.Prefix
+	outOK bool
 }
 
-func (h *hostAddrs) has(a netip.Addr) bool {
+func (h *hostAddrs) has(a netip.Addr) (bool, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.addr == nil || time.Since(h.at) > time.Second {
@@ -388,9 +413,22 @@ func (h *hostAddrs) has(a netip.Addr) bool {
 				}
 			}
 		}
+		if h.outside != nil {
+			if out, err := h.outside(); err == nil {
+				h.out, h.outOK = out, true
+			}
+		}
 		h.at = time.Now()
 	}
-	return h.addr[a]
+	if h.outside != nil && !h.outOK {
+		return false, errors.New("the host's addresses outside rootlesskit's namespace cannot be read")
+	}
+	for _, p := range h.out {
+		if p.Contains(a) {
+			return true, nil
+		}
+	}
+	return h.addr[a], nil
 }
 
 // ProxyEnvNames are the variables a networked run gets for its proxy, for display.

@@ -464,7 +464,12 @@ func (m *Manager) cleanNetworks(ctx context.Context, rep *CleanReport, active ma
 			}
 		}
 	}
-	return nil
+	if dry {
+		return nil
+	}
+	// Rootless: ports published through rootlesskit for networks that are gone (a moatc
+	// killed between publishing them and recording its network's address, or while checking).
+	return m.Net.SweepPorts(ctx)
 }
 
 // cleanContainers removes the containers and snapshots moatc owns that belong to no active run.

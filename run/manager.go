@@ -136,7 +136,7 @@ var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 // Problems found before anything is created (bad input, a missing image or runtime, a name in
 // use) leave nothing behind. A run with Spec.Remove is returned as it ended, its record gone.
 func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.Run, int, error) {
-	if err := m.check(req); err != nil {
+	if err := m.check(ctx, req); err != nil {
 		return nil, 0, err
 	}
 	rt := m.Runtime(req.Spec)
@@ -181,7 +181,7 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 
 // check refuses, before anything is created, a request that cannot run: a bad name, a taken
 // or impossible port, an exposed home, an unknown grant, a missing init.
-func (m *Manager) check(req Request) error {
+func (m *Manager) check(ctx context.Context, req Request) error {
 	if req.Name != "" && !validName.MatchString(req.Name) {
 		return fmt.Errorf("%q is not a valid run name: use letters, digits, '_', '.' and '-', starting with a letter or digit", req.Name)
 	}
@@ -193,7 +193,7 @@ func (m *Manager) check(req Request) error {
 		}
 	}
 	// A taken host port is refused before anything exists (Setup binds them for real later).
-	if err := cni.CheckPorts(ports); err != nil {
+	if err := m.Net.CheckPorts(ctx, ports); err != nil {
 		return err
 	}
 	if err := m.checkExposure(req.Workspace, req.Spec.Mounts); err != nil {

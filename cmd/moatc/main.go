@@ -199,6 +199,7 @@ func setup(c *cli.Context) (*env, error) {
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
 	snapshot.Configure(home, rootless.Enabled())
+	var kit *rootless.Kit
 	if rootless.Enabled() {
 		// Outside the namespaces with no kit answering: one may have died (kill -9) and left
 		// its workloads running where no containerd reaches them. Only from here can they be
@@ -213,12 +214,12 @@ func setup(c *cli.Context) (*env, error) {
 				fmt.Fprintf(os.Stderr, "moatc: warning: %v\n", err)
 			}
 		}
-		if err := enterRootless(c, d, addr); err != nil {
+		if kit, err = enterRootless(c, d, addr); err != nil {
 			return nil, err
 		}
 	}
 	netCfg := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
-		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }}
+		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }, Kit: kit}
 	if cfg.CNIPluginDir != "" {
 		netCfg.PluginDirs = []string{cfg.CNIPluginDir}
 	}
