@@ -23,7 +23,7 @@ import (
 	rlkit "github.com/moatc/moatc/rootless"
 )
 
-// The networking of rootless runs (docs/rootless-networking.md): egress through slirp4netns,
+// The networking of rootless runs (docs/rootless.md): egress through slirp4netns,
 // ports published through rootlesskit's port driver, moatc-host as the user's host loopback
 // for the ports opened to the run and nothing else of the host, strict egress.
 

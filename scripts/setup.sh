@@ -11,7 +11,7 @@ GVISOR_VERSION=v0.0.0-20260527191743-a81fd9dd382e
 BUILDKIT_VERSION=v0.34.2
 APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 debootstrap busybox-static ca-certificates tini
   zsh fish # zsh, fish: the tests check moatc's completion scripts with them
-  rootlesskit slirp4netns uidmap acl) # rootless mode (docs/rootless-setup.md)
+  rootlesskit slirp4netns uidmap acl) # rootless mode (docs/rootless.md)
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 with_buildkit=1
