@@ -11,22 +11,7 @@ import (
 func TestDoctor(t *testing.T) {
 	requireStack(t)
 	r := moatcRun(t, opts{}, "doctor", "--json")
-	var checks []struct {
-		Name     string
-		OK       bool
-		Detail   string
-		Optional bool
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &checks); err != nil {
-		t.Fatalf("doctor --json: %v\n%s", err, r.stdout)
-	}
-	seen := map[string]bool{}
-	for _, c := range checks {
-		seen[c.Name] = true
-		if !c.OK && !c.Optional {
-			t.Errorf("check %s failed on the CI machine: %s", c.Name, c.Detail)
-		}
-	}
+	seen := requireChecks(t, r.stdout)
 	for _, want := range []string{"containerd reachable", "probe run under gvisor", "probe run under runc", "runsc", "containerd-shim-runsc-v1", "CNI plugins", "buildkitd", "kernel: overlayfs", "/dev/kvm", "proxy CA", "credential store"} {
 		if !seen[want] {
 			t.Errorf("doctor has no %q check", want)
@@ -78,4 +63,25 @@ func TestNetworkPoolClash(t *testing.T) {
 	if after := hostNetState(t); after != before {
 		t.Errorf("a refused network left state: %s, before %s", after, before)
 	}
+}
+
+// requireChecks decodes doctor --json, fails the test for every required check that failed,
+// and returns the names of the checks seen.
+func requireChecks(t *testing.T, out string) map[string]bool {
+	t.Helper()
+	var checks []struct {
+		Name     string
+		OK       bool
+		Detail   string
+		Optional bool
+	}
+	decodeJSON(t, out, &checks)
+	seen := map[string]bool{}
+	for _, c := range checks {
+		seen[c.Name] = true
+		if !c.OK && !c.Optional {
+			t.Errorf("doctor: check %s failed: %s", c.Name, c.Detail)
+		}
+	}
+	return seen
 }

@@ -210,21 +210,23 @@ type runRecord struct {
 func status(t *testing.T, ref string) runRecord {
 	t.Helper()
 	var r runRecord
-	out := mustRun(t, "status", "--json", ref).stdout
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("status --json %s: %v\n%s", ref, err, out)
-	}
+	decodeJSON(t, mustRun(t, "status", "--json", ref).stdout, &r)
 	return r
 }
 
 func list(t *testing.T) []runRecord {
 	t.Helper()
 	var rs []runRecord
-	out := mustRun(t, "list", "--json").stdout
-	if err := json.Unmarshal([]byte(out), &rs); err != nil {
-		t.Fatalf("list --json: %v\n%s", err, out)
-	}
+	decodeJSON(t, mustRun(t, "list", "--json").stdout, &rs)
 	return rs
+}
+
+// decodeJSON decodes a command's --json output, failing the test when it is not JSON.
+func decodeJSON(t *testing.T, out string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("decoding %T: %v\n%s", v, err, out)
+	}
 }
 
 // ctr runs containerd's own client against the managed daemon, as an independent witness.

@@ -43,20 +43,14 @@ func rlStart(t *testing.T, args ...string) *exec.Cmd {
 func rlStatus(t *testing.T, ref string) runRecord {
 	t.Helper()
 	var r runRecord
-	out := rlRun(t, 0, "status", "--json", ref).stdout
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("status --json %s: %v\n%s", ref, err, out)
-	}
+	decodeJSON(t, rlRun(t, 0, "status", "--json", ref).stdout, &r)
 	return r
 }
 
 func rlList(t *testing.T) []runRecord {
 	t.Helper()
 	var rs []runRecord
-	out := rlRun(t, 0, "list", "--json").stdout
-	if err := json.Unmarshal([]byte(out), &rs); err != nil {
-		t.Fatalf("list --json: %v\n%s", err, out)
-	}
+	decodeJSON(t, rlRun(t, 0, "list", "--json").stdout, &rs)
 	return rs
 }
 

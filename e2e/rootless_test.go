@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -266,22 +265,7 @@ func TestRootlessForeignContainerd(t *testing.T) {
 func TestRootlessDoctorAndBuild(t *testing.T) {
 	rootless(t)
 	r := rlRun(t, 0, "doctor", "--json")
-	var checks []struct {
-		Name     string
-		OK       bool
-		Detail   string
-		Optional bool
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &checks); err != nil {
-		t.Fatalf("doctor --json: %v\n%s", err, r.stdout)
-	}
-	seen := map[string]bool{}
-	for _, c := range checks {
-		seen[c.Name] = true
-		if !c.OK && !c.Optional {
-			t.Errorf("check %s failed for the rootless user: %s", c.Name, c.Detail)
-		}
-	}
+	seen := requireChecks(t, r.stdout)
 	for _, want := range []string{"rootless: subuid", "rootless: newuidmap", "rootless: rootlesskit", "rootless: /dev/net/tun", "probe run under gvisor", "probe run under runc"} {
 		if !seen[want] {
 			t.Errorf("doctor as the user has no %q check", want)
