@@ -287,3 +287,92 @@ func TestRootlessDoctorAndBuild(t *testing.T) {
 		t.Errorf("jq from the dependency image: %q (stderr %s)", r.stdout, r.stderr)
 	}
 }
+
+// TestRootlessPrerequisiteMissing: a user with no subordinate ids gets, before anything
+// starts, the list of what is missing with the exact command that fixes it, and no stack.
+func TestRootlessPrerequisiteMissing(t *testing.T) {
+	rootless(t)
+	const name = "moatcrl-noids"
+	if _, err := user.Lookup(name); err != nil {
+		// Debian's useradd adds subordinate ids itself unless told not to.
+		if out, err := exec.Command("useradd", "-M", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", "-s", "/bin/sh", name).CombinedOutput(); err != nil {
+			t.Fatalf("useradd %s: %v\n%s", name, err, out)
+		}
+	}
+	defer exec.Command("userdel", name).Run()
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	dir, err := os.MkdirTemp("/tmp", "moatc-noids-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	os.Chown(dir, uid, gid)
+	bin := filepath.Join(dir, "moatc")
+	if err := copyFile(moatc, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--image", "busybox", dir, "--", "true")
+	cmd.Env = []string{"HOME=" + dir, "USER=" + name, "PATH=/usr/bin:/bin:/usr/sbin:/sbin", "MOATC_HOME=" + filepath.Join(dir, "home"), "MOATC_PREFIX=" + prefix}
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
+	out, err := cmd.CombinedOutput()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 125 {
+		t.Fatalf("moatc run without subordinate ids: %v, want exit 125\n%s", err, out)
+	}
+	for _, want := range []string{"rootless mode is not set up for " + name, "subuid", "sudo usermod --add-subuids", "--add-subgids", "make rootless-user USER=" + name} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the error lacks %q:\n%s", want, out)
+		}
+	}
+	if procs := userProcesses(uid, dir); len(procs) > 0 {
+		t.Errorf("a failed start left processes: %v", procs)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "home", "rootless", "child_pid")); err == nil {
+		t.Errorf("rootlesskit was started although its prerequisites are missing")
+	}
+}
+
+// TestRootlessUsersOwnContainerd: --address at a rootless containerd the user runs in nerdctl's
+// layout (SOCKETDIR/containerd.sock, its rootlesskit's state in containerd-rootless beside
+// SOCKETDIR) is used: moatc enters that rootlesskit's namespaces and runs there.
+func TestRootlessUsersOwnContainerd(t *testing.T) {
+	rootless(t)
+	rlRun(t, 0, "system", "start") // the user's "own" containerd: the one the suite's user home runs
+	layout := filepath.Join(rl.dir, "xdg")
+	for _, d := range []string{layout, filepath.Join(layout, "containerd")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.Chown(d, rl.uid, rl.gid)
+	}
+	defer os.RemoveAll(layout)
+	sock := filepath.Join(layout, "containerd", "containerd.sock")
+	if err := os.Symlink(filepath.Join(rl.dir, "containerd", "containerd.sock"), sock); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(rl.dir, "rootless"), filepath.Join(layout, "containerd-rootless")); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(rl.dir, "other-home")
+	os.MkdirAll(other, 0o700)
+	os.Chown(other, rl.uid, rl.gid)
+	defer os.RemoveAll(other)
+	ws := rlWorkspace(t)
+	r := rlRun(t, 0, "--home", other, "--address", sock, "run", "--rm", "--image", "busybox", ws, "--", "sh", "-c", "echo via-own > f")
+	if b, err := os.ReadFile(filepath.Join(ws, "f")); err != nil || string(b) != "via-own\n" {
+		t.Fatalf("the run through the user's own containerd wrote %q (%v); stderr %s", b, err, r.stderr)
+	}
+	if fi, _ := os.Stat(filepath.Join(ws, "f")); int(fi.Sys().(*syscall.Stat_t).Uid) != rl.uid {
+		t.Errorf("the file is owned by uid %d, want the user's %d (a run in the user's namespaces)", fi.Sys().(*syscall.Stat_t).Uid, rl.uid)
+	}
+	if _, err := os.Stat(filepath.Join(other, "rootless")); err == nil {
+		t.Errorf("moatc started a kit of its own although --address named the user's")
+	}
+}
