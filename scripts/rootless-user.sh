@@ -87,7 +87,18 @@ if ! su -s /bin/sh "$name" -c "test -x '$moatc'" 2>/dev/null; then
   moatc=$tmp/moatc
 fi
 log "checks as $name: $moatc doctor"
-if ! su -l -s /bin/sh "$name" -c "'$moatc' doctor"; then
-  log "some checks failed for $name: each FAIL line above says what to run"
+# doctor starts the user's rootless containerd to probe the runtimes; a stack that was not
+# running before is stopped again, so preparing a user leaves nothing running.
+was_running=0
+su -l -s /bin/sh "$name" -c "'$moatc' system status --json" 2>/dev/null | grep -q '"state": "running"' && was_running=1
+report=$(su -l -s /bin/sh "$name" -c "'$moatc' doctor" 2>&1) || true
+printf '%s\n' "$report"
+if [ "$was_running" = 0 ]; then
+  su -l -s /bin/sh "$name" -c "'$moatc' system stop --force" >/dev/null 2>&1 || true
+fi
+# Only the rootless checks are the admin's: a new user's empty image store (the probes) is not.
+if printf '%s\n' "$report" | grep -q '^FAIL  rootless:'; then
+  log "some rootless checks failed for $name: each FAIL line above says what to run"
   exit 1
 fi
+log "$name is ready for rootless moatc"
