@@ -1,0 +1,425 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestEngine drives `moatc _engine` (the Docker Engine API on containerd, issue 10) with the
+// real Docker CLI (29.9.3, built by `make setup` into the prefix) and with raw HTTP, under both
+// runtimes. Each engine has its own namespace and is --ephemeral: once it is stopped, the
+// namespace and everything in it must be gone.
+func TestEngine(t *testing.T) {
+	requireStack(t)
+	docker := filepath.Join(prefix, "bin", "docker")
+	if _, err := os.Stat(docker); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("the Docker CLI is not installed in %s (run `make setup`): %v", prefix, err)
+		}
+		t.Skipf("the Docker CLI is not installed in %s (run `make setup`; never skipped in CI): %v", prefix, err)
+	}
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ns := "moatc-engine-e2e-" + rt
+			eng := startEngine(t, rt, ns)
+			d := &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + t.TempDir()}}
+
+			t.Run("version", func(t *testing.T) {
+				d.t = t
+				out := d.ok("version", "--format", "{{.Server.APIVersion}} {{.Server.Os}} {{(index .Server.Components 0).Name}}")
+				if out != "1.57 linux Engine\n" {
+					t.Errorf("docker version: %q", out)
+				}
+				if out := d.ok("version"); !strings.Contains(out, "Server: moatc") || !strings.Contains(out, "minimum version 1.24") {
+					t.Errorf("docker version:\n%s", out)
+				}
+			})
+			t.Run("info", func(t *testing.T) {
+				d.t = t
+				out := d.ok("info")
+				if !strings.Contains(out, "Default Runtime: "+rt) || !strings.Contains(out, "Images: 1") || strings.Contains(out, "ERROR") {
+					t.Errorf("docker info:\n%s", out)
+				}
+			})
+			t.Run("run", func(t *testing.T) {
+				d.t = t
+				if out := d.ok("run", "--rm", "busybox", "echo", "hi"); out != "hi\n" {
+					t.Errorf("run --rm busybox echo hi: %q", out)
+				}
+				if r := d.run("", "run", "--rm", "busybox", "sh", "-c", "exit 7"); r.code != 7 {
+					t.Errorf("the exit code is not passed through: %+v", r)
+				}
+				if r := d.run("", "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2"); r.code != 0 || r.stdout != "out\n" || r.stderr != "err\n" {
+					t.Errorf("stdout and stderr must stay apart: %+v", r)
+				}
+				if r := d.run("hello\nworld\n", "run", "--rm", "-i", "busybox", "wc", "-l"); r.code != 0 || strings.TrimSpace(r.stdout) != "2" {
+					t.Errorf("stdin through attach: %+v", r)
+				}
+				if r := d.run("", "run", "--rm", "busybox", "nosuchcommand"); r.code != 127 {
+					t.Errorf("a command not found is 127: %+v", r)
+				}
+				// --rm removed them all.
+				if out := d.ok("ps", "-a", "-q"); out != "" {
+					t.Errorf("run --rm left containers: %q", out)
+				}
+			})
+			t.Run("detached", func(t *testing.T) {
+				d.t = t
+				id := strings.TrimSpace(d.ok("run", "-d", "--name", "e2e-web", "--label", "e2e=web", "busybox", "sh", "-c",
+					`trap 'echo bye; exit 3' TERM; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.2; done`))
+				if !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(id) {
+					t.Fatalf("run -d printed %q, not an id", id)
+				}
+				// logs -f follows until the container stops, then ends by itself.
+				logs := exec.Command(d.bin, "logs", "-f", "e2e-web")
+				logs.Env = append(os.Environ(), d.env...)
+				out, err := logs.StdoutPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := logs.Start(); err != nil {
+					t.Fatal(err)
+				}
+				lines := make(chan string, 1000)
+				go func() {
+					s := bufio.NewScanner(out)
+					for s.Scan() {
+						lines <- s.Text()
+					}
+					close(lines)
+				}()
+				waitLine(t, lines, "line 3")
+				if out := d.ok("ps", "--filter", "name=e2e-web", "--format", "{{.Names}} {{.State}}"); out != "e2e-web running\n" {
+					t.Errorf("ps --filter name= of a running container: %q", out)
+				}
+				if out := d.ok("stop", "-t", "5", "e2e-web"); out != "e2e-web\n" {
+					t.Errorf("stop: %q", out)
+				}
+				waitLine(t, lines, "bye")
+				ended := make(chan error, 1)
+				go func() { ended <- logs.Wait() }()
+				select {
+				case err := <-ended:
+					if err != nil {
+						t.Errorf("logs -f: %v", err)
+					}
+				case <-time.After(20 * time.Second):
+					logs.Process.Kill()
+					t.Errorf("logs -f did not end when the container stopped")
+				}
+				if out := d.ok("ps", "-a", "--filter", "name=e2e-web", "--format", "{{.Names}} {{.Status}}"); !strings.HasPrefix(out, "e2e-web Exited (3) ") {
+					t.Errorf("ps -a --filter name=: %q", out)
+				}
+				if out := d.ok("ps", "-a", "-q", "--no-trunc", "--filter", "label=e2e=web", "--filter", "status=exited"); out != id+"\n" {
+					t.Errorf("ps -a --filter label= --filter status=: %q, want %s", out, id)
+				}
+				if out := d.ok("ps", "-q", "--filter", "label=e2e=web"); out != "" {
+					t.Errorf("ps without -a lists a stopped container: %q", out)
+				}
+				var insp []struct {
+					ID    string `json:"Id"`
+					Name  string
+					Image string
+					State struct {
+						Status   string
+						Running  bool
+						ExitCode int
+					}
+					Config struct {
+						Image  string
+						Labels map[string]string
+					}
+				}
+				if err := json.Unmarshal([]byte(d.ok("inspect", "e2e-web")), &insp); err != nil || len(insp) != 1 {
+					t.Fatalf("inspect: %v %+v", err, insp)
+				}
+				if c := insp[0]; c.ID != id || c.Name != "/e2e-web" || c.State.Status != "exited" || c.State.Running || c.State.ExitCode != 3 ||
+					c.Config.Image != "busybox" || c.Config.Labels["e2e"] != "web" || !strings.HasPrefix(c.Image, "sha256:") {
+					t.Errorf("inspect: %+v", c)
+				}
+				if out := d.ok("logs", "--tail", "1", "e2e-web"); out != "bye\n" {
+					t.Errorf("logs --tail 1: %q", out)
+				}
+				if out := d.ok("rm", "e2e-web"); out != "e2e-web\n" {
+					t.Errorf("rm: %q", out)
+				}
+				if out := d.ok("ps", "-a", "-q", "--filter", "name=e2e-web"); out != "" {
+					t.Errorf("the container is still listed after rm: %q", out)
+				}
+				if r := d.run("", "inspect", "--type", "container", "e2e-web"); r.code == 0 || !strings.Contains(r.stderr, "No such container") {
+					t.Errorf("inspect after rm: %+v", r)
+				}
+			})
+			t.Run("kill-and-conflicts", func(t *testing.T) {
+				d.t = t
+				d.ok("run", "-d", "--name", "e2e-sleep", "busybox", "sleep", "300")
+				if r := d.run("", "run", "-d", "--name", "e2e-sleep", "busybox", "true"); r.code != 125 || !strings.Contains(r.stderr, `Conflict. The container name "/e2e-sleep" is already in use`) {
+					t.Errorf("a name in use: %+v", r)
+				}
+				if r := d.run("", "rm", "e2e-sleep"); r.code == 0 || !strings.Contains(r.stderr, "container is running") {
+					t.Errorf("rm of a running container without -f: %+v", r)
+				}
+				d.ok("kill", "e2e-sleep")
+				if out := d.ok("wait", "e2e-sleep"); out != "137\n" {
+					t.Errorf("wait after kill: %q", out)
+				}
+				d.ok("start", "e2e-sleep")
+				d.ok("rm", "-f", "e2e-sleep")
+				if out := d.ok("ps", "-a", "-q"); out != "" {
+					t.Errorf("rm -f left %q", out)
+				}
+			})
+			t.Run("missing-image", func(t *testing.T) {
+				d.t = t
+				r := d.run("", "run", "--rm", "moatc-e2e/no-such-image:1", "true")
+				if r.code != 125 || !strings.Contains(r.stderr, "Unable to find image 'moatc-e2e/no-such-image:1' locally") ||
+					!strings.Contains(r.stderr, "moatc does not support POST /images/create yet") {
+					t.Errorf("a missing image: the CLI must try to pull it and say why that failed: %+v", r)
+				}
+			})
+			t.Run("http", func(t *testing.T) {
+				testEngineHTTP(t, eng.sock)
+			})
+			t.Run("logs-client-leaves", func(t *testing.T) {
+				d.t = t
+				d.ok("run", "-d", "--name", "e2e-chatty", "busybox", "sh", "-c", "while :; do echo tick; sleep 0.1; done")
+				for i := 0; i < 3; i++ {
+					conn, err := net.Dial("unix", eng.sock)
+					if err != nil {
+						t.Fatal(err)
+					}
+					fmt.Fprintf(conn, "GET /v1.44/containers/e2e-chatty/logs?follow=1&stdout=1 HTTP/1.1\r\nHost: docker\r\n\r\n")
+					conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+					var got []byte
+					buf := make([]byte, 4096)
+					for !bytes.Contains(got, []byte("tick")) {
+						n, err := conn.Read(buf)
+						got = append(got, buf[:n]...)
+						if err != nil {
+							t.Errorf("logs -f over raw HTTP: %v %q", err, got)
+							break
+						}
+					}
+					conn.Close() // in the middle of the stream
+				}
+				if r := httpGet(t, eng.sock, "/_ping"); r.code != 200 || r.body != "OK" {
+					t.Errorf("the engine does not answer after clients left mid-stream: %+v", r)
+				}
+				if out := d.ok("ps", "--format", "{{.Names}}"); out != "e2e-chatty\n" {
+					t.Errorf("ps after clients left: %q", out)
+				}
+				d.ok("rm", "-f", "e2e-chatty")
+			})
+
+			eng.stop(t)
+			// Nothing is left: no namespace (containerd refuses to delete one that still holds
+			// anything: containers, images, snapshots, content, leases), no state.
+			out, err := exec.Command(filepath.Join(prefix, "bin", "ctr"), "-a", filepath.Join(home, "containerd", "containerd.sock"), "namespaces", "ls", "-q").Output()
+			if err != nil {
+				t.Fatalf("ctr namespaces ls: %v", err)
+			}
+			if strings.Contains(string(out), ns) {
+				t.Errorf("namespace %s is left after the engine stopped:\n%s", ns, out)
+			}
+			if _, err := os.Stat(filepath.Join(home, "engine", ns)); !os.IsNotExist(err) {
+				t.Errorf("the engine's state is left: %v", err)
+			}
+		})
+	}
+}
+
+// testEngineHTTP speaks to the engine without a Docker client.
+func testEngineHTTP(t *testing.T, sock string) {
+	if r := httpGet(t, sock, "/v1.24/_ping"); r.code != 200 || r.body != "OK" || r.header.Get("Api-Version") != "1.57" {
+		t.Errorf("/v1.24/_ping (an old client): %+v", r)
+	}
+	var v struct{ ApiVersion, MinAPIVersion string }
+	if r := httpGet(t, sock, "/v1.99/version"); r.code != 200 || json.Unmarshal([]byte(r.body), &v) != nil || v.ApiVersion != "1.57" || v.MinAPIVersion != "1.24" {
+		t.Errorf("/v1.99/version (a client newer than the engine is not refused): %+v", r)
+	}
+	check := func(what string, r httpResult, code int, msg string) {
+		t.Helper()
+		var e struct{ Message string }
+		if r.code != code || r.header.Get("Content-Type") != "application/json" || json.Unmarshal([]byte(r.body), &e) != nil || !strings.Contains(e.Message, msg) {
+			t.Errorf("%s: want %d {\"message\": ...%s...}, got %+v", what, code, msg, r)
+		}
+	}
+	check("an unknown endpoint", httpDo(t, sock, "POST", "/v1.44/swarm/init", "", nil), 501, "moatc does not support POST /swarm/init yet")
+	check("malformed JSON", httpDo(t, sock, "POST", "/v1.44/containers/create", "application/json", strings.NewReader(`{"Image":`)), 400, "invalid JSON")
+	check("unknown fields are ignored, a missing image is 404", httpDo(t, sock, "POST", "/v1.44/containers/create", "application/json",
+		strings.NewReader(`{"Image":"moatc-e2e/none","FieldOfTheFuture":{"x":1}}`)), 404, "No such image: moatc-e2e/none:latest")
+	big := `{"Image":"busybox","Env":["X=` + strings.Repeat("a", 2<<20) + `"]}`
+	r := httpDo(t, sock, "POST", "/v1.44/containers/create", "application/json", strings.NewReader(big))
+	if r.err == nil {
+		check("a 2 MiB create body", r, 413, "larger than moatc accepts")
+	} else if !strings.Contains(r.err.Error(), "broken pipe") && !strings.Contains(r.err.Error(), "connection reset") {
+		t.Errorf("a 2 MiB create body: %v", r.err)
+	}
+	if r := httpGet(t, sock, "/_ping"); r.code != 200 {
+		t.Errorf("the engine does not answer after the bad requests: %+v", r)
+	}
+}
+
+type httpResult struct {
+	code   int
+	header http.Header
+	body   string
+	err    error
+}
+
+func httpDo(t *testing.T, sock, method, path, contentType string, body io.Reader) httpResult {
+	t.Helper()
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+	req, err := http.NewRequest(method, "http://docker"+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return httpResult{err: err}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return httpResult{code: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+func httpGet(t *testing.T, sock, path string) httpResult {
+	t.Helper()
+	return httpDo(t, sock, "GET", path, "", nil)
+}
+
+// engineProc is a running `moatc _engine`.
+type engineProc struct {
+	sock   string
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+// startEngine starts an ephemeral engine for runtime rt in namespace ns, busybox copied in
+// from moatc's store, and waits until it answers.
+func startEngine(t *testing.T, rt, ns string) *engineProc {
+	t.Helper()
+	e := &engineProc{sock: filepath.Join(home, "engine-"+rt+".sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	args := append([]string{"_engine", "--socket", e.sock, "--namespace", ns, "--image", "busybox", "--ephemeral"}, sandboxArgs(rt)...)
+	e.cmd = exec.Command(moatc, args...)
+	e.cmd.Stderr = e.stderr
+	if err := e.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { e.done <- e.cmd.Wait() }()
+	t.Cleanup(func() {
+		if e.cmd.ProcessState == nil {
+			e.stop(t)
+		}
+		if t.Failed() {
+			t.Logf("engine's stderr:\n%s", e.stderr)
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case err := <-e.done:
+			t.Fatalf("moatc _engine exited: %v\n%s", err, e.stderr)
+		default:
+		}
+		if r := httpGet(t, e.sock, "/_ping"); r.err == nil && r.code == 200 {
+			return e
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("moatc _engine does not answer on %s\n%s", e.sock, e.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and waits for the engine to tear its namespace down and exit 0.
+func (e *engineProc) stop(t *testing.T) {
+	t.Helper()
+	e.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-e.done:
+		if err != nil {
+			t.Errorf("moatc _engine ended with %v\n%s", err, e.stderr)
+		}
+	case <-time.After(2 * time.Minute):
+		e.cmd.Process.Kill()
+		<-e.done
+		t.Errorf("moatc _engine did not stop within 2 minutes of SIGTERM\n%s", e.stderr)
+	}
+}
+
+// dockerCLI runs the Docker CLI against an engine.
+type dockerCLI struct {
+	t   *testing.T
+	bin string
+	env []string
+}
+
+func (d *dockerCLI) run(stdin string, args ...string) result {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.bin, args...)
+	cmd.Env = append(os.Environ(), d.env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	code := exitCodeOf(err)
+	if code == -1 {
+		d.t.Fatalf("docker %v: %v", args, err)
+	}
+	return result{stdout: out.String(), stderr: errb.String(), code: code}
+}
+
+// ok runs docker and fails the test unless it exits 0; it returns stdout.
+func (d *dockerCLI) ok(args ...string) string {
+	d.t.Helper()
+	r := d.run("", args...)
+	if r.code != 0 {
+		d.t.Fatalf("docker %v: exit %d\nstdout: %s\nstderr: %s", args, r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// waitLine reads lines until one is want.
+func waitLine(t *testing.T, lines <-chan string, want string) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("the stream ended before %q", want)
+			}
+			if l == want {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("%q did not come within 30 s", want)
+		}
+	}
+}
