@@ -35,7 +35,9 @@ func TestEngine(t *testing.T) {
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ns := "moatc-engine-e2e-" + rt
-			eng := startEngine(t, rt, ns)
+			// The first engine leaves the namespace as it is when it stops (as docker:host's
+			// will); the second takes it over and removes it all (as docker:dind's will).
+			eng := startEngine(t, rt, ns, false)
 			d := &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + t.TempDir()}}
 
 			t.Run("version", func(t *testing.T) {
@@ -225,9 +227,34 @@ func TestEngine(t *testing.T) {
 				d.ok("rm", "-f", "e2e-chatty")
 			})
 
+			t.Run("engine-restart", func(t *testing.T) {
+				d.t = t
+				d.ok("run", "-d", "--name", "e2e-survivor", "busybox", "sh", "-c",
+					`trap 'echo bye; exit 5' TERM; i=0; while :; do echo n $i; i=$((i+1)); sleep 0.1; done`)
+				d.ok("create", "--name", "e2e-created", "busybox", "echo", "from-created")
+				eng.stop(t)
+				time.Sleep(500 * time.Millisecond) // output written while no engine runs
+				eng = startEngine(t, rt, ns, true)
+				if out := d.ok("ps", "-a", "--format", "{{.Names}} {{.State}}"); out != "e2e-created created\ne2e-survivor running\n" {
+					t.Errorf("the next engine does not see the containers as they are: %q", out)
+				}
+				d.ok("stop", "-t", "5", "e2e-survivor")
+				logs := d.ok("logs", "e2e-survivor")
+				if !strings.Contains(logs, "n 0\n") || !strings.HasSuffix(logs, "bye\n") || strings.Count(logs, "\n") < 8 {
+					t.Errorf("the log across the engine's restart: %q", logs)
+				}
+				if out := d.ok("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "e2e-survivor"); out != "exited 5\n" {
+					t.Errorf("the end of a container started by the engine before: %q", out)
+				}
+				if out := d.ok("start", "-a", "e2e-created"); out != "from-created\n" {
+					t.Errorf("start -a of a container created by the engine before: %q", out)
+				}
+			})
+
 			eng.stop(t)
 			// Nothing is left: no namespace (containerd refuses to delete one that still holds
-			// anything: containers, images, snapshots, content, leases), no state.
+			// anything: containers, images, snapshots, content, leases), no state, no empty
+			// directory of the namespace in containerd's or runsc's state.
 			out, err := exec.Command(filepath.Join(prefix, "bin", "ctr"), "-a", filepath.Join(home, "containerd", "containerd.sock"), "namespaces", "ls", "-q").Output()
 			if err != nil {
 				t.Fatalf("ctr namespaces ls: %v", err)
@@ -235,8 +262,17 @@ func TestEngine(t *testing.T) {
 			if strings.Contains(string(out), ns) {
 				t.Errorf("namespace %s is left after the engine stopped:\n%s", ns, out)
 			}
-			if _, err := os.Stat(filepath.Join(home, "engine", ns)); !os.IsNotExist(err) {
-				t.Errorf("the engine's state is left: %v", err)
+			left, _ := filepath.Glob("/run/moatc/runsc/*/" + ns)
+			for _, dir := range []string{filepath.Join(home, "engine", ns), filepath.Join(home, "containerd", "state", "io.containerd.runtime.v2.task", ns)} {
+				if _, err := os.Stat(dir); !os.IsNotExist(err) {
+					left = append(left, dir)
+				}
+			}
+			for _, dir := range left {
+				if b, err := os.ReadFile(filepath.Join(filepath.Dir(dir), "home")); err == nil && strings.TrimSpace(string(b)) != home {
+					continue // another home's runsc root
+				}
+				t.Errorf("left after the engine stopped: %s", dir)
 			}
 		})
 	}
@@ -310,18 +346,22 @@ func httpGet(t *testing.T, sock, path string) httpResult {
 
 // engineProc is a running `moatc _engine`.
 type engineProc struct {
-	sock   string
-	cmd    *exec.Cmd
-	stderr *bytes.Buffer
-	done   chan error
+	sock    string
+	cmd     *exec.Cmd
+	stderr  *bytes.Buffer
+	done    chan error
+	stopped bool
 }
 
-// startEngine starts an ephemeral engine for runtime rt in namespace ns, busybox copied in
-// from moatc's store, and waits until it answers.
-func startEngine(t *testing.T, rt, ns string) *engineProc {
+// startEngine starts an engine for runtime rt in namespace ns, busybox copied in from moatc's
+// store, and waits until it answers. An ephemeral one removes the namespace when it stops.
+func startEngine(t *testing.T, rt, ns string, ephemeral bool) *engineProc {
 	t.Helper()
 	e := &engineProc{sock: filepath.Join(home, "engine-"+rt+".sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	args := append([]string{"_engine", "--socket", e.sock, "--namespace", ns, "--image", "busybox", "--ephemeral"}, sandboxArgs(rt)...)
+	args := append([]string{"_engine", "--socket", e.sock, "--namespace", ns, "--image", "busybox"}, sandboxArgs(rt)...)
+	if ephemeral {
+		args = append(args, "--ephemeral")
+	}
 	e.cmd = exec.Command(moatc, args...)
 	e.cmd.Stderr = e.stderr
 	if err := e.cmd.Start(); err != nil {
@@ -329,9 +369,7 @@ func startEngine(t *testing.T, rt, ns string) *engineProc {
 	}
 	go func() { e.done <- e.cmd.Wait() }()
 	t.Cleanup(func() {
-		if e.cmd.ProcessState == nil {
-			e.stop(t)
-		}
+		e.stop(t)
 		if t.Failed() {
 			t.Logf("engine's stderr:\n%s", e.stderr)
 		}
@@ -356,6 +394,10 @@ func startEngine(t *testing.T, rt, ns string) *engineProc {
 // stop sends SIGTERM and waits for the engine to tear its namespace down and exit 0.
 func (e *engineProc) stop(t *testing.T) {
 	t.Helper()
+	if e.stopped {
+		return
+	}
+	e.stopped = true
 	e.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-e.done:

@@ -191,6 +191,10 @@ func (e *Engine) Destroy(ctx context.Context) error {
 	if err := e.cfg.Client.DestroyNamespace(ctx, e.cfg.Snapshotter); err != nil {
 		errs = append(errs, err)
 	}
+	if g, ok := e.cfg.Runtime.(ctrd.GVisor); ok {
+		// The shims' runsc root for the namespace: empty once its sandboxes are gone.
+		os.Remove(filepath.Join(g.StateRoot(), e.cfg.Client.Namespace))
+	}
 	if len(errs) == 0 {
 		if err := os.RemoveAll(e.cfg.StateDir); err != nil {
 			errs = append(errs, fmt.Errorf("removing the engine's state: %w", err))

@@ -118,6 +118,9 @@ func engineAction(c *cli.Context) error {
 		if derr := eng.Destroy(context.WithoutCancel(c.Context)); derr != nil {
 			return derr
 		}
+		if client.Managed {
+			os.Remove(d.TaskDir(ns)) // containerd's, empty once the namespace's tasks are gone
+		}
 	}
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serving the engine: %w", err)
