@@ -14,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/ctrd"
 )
 
@@ -157,6 +158,9 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 		}
 		spec.CPUs = float64(hc.CPUQuota) / float64(period)
 	}
+	// Docker's default is no limit; a run's is config.DefaultPids, and a container made through
+	// the engine gets no more than that unless it asks for a number of its own.
+	spec.Pids = config.DefaultPids
 	if hc.PidsLimit != nil && *hc.PidsLimit > 0 {
 		spec.Pids = *hc.PidsLimit
 	}
