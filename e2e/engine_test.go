@@ -199,32 +199,55 @@ func TestEngine(t *testing.T) {
 			t.Run("logs-client-leaves", func(t *testing.T) {
 				d.t = t
 				d.ok("run", "-d", "--name", "e2e-chatty", "busybox", "sh", "-c", "while :; do echo tick; sleep 0.1; done")
+				// A quiet one: nothing is written that would find a gone client out.
+				d.ok("run", "-d", "--name", "e2e-quiet", "busybox", "sh", "-c", "echo tick; exec sleep 300")
+				fds := func() int {
+					ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", eng.cmd.Process.Pid))
+					return len(ents)
+				}
+				time.Sleep(500 * time.Millisecond) // the CLI's connections are closed
+				before := fds()
 				for i := 0; i < 3; i++ {
-					conn, err := net.Dial("unix", eng.sock)
-					if err != nil {
-						t.Fatal(err)
-					}
-					fmt.Fprintf(conn, "GET /v1.44/containers/e2e-chatty/logs?follow=1&stdout=1 HTTP/1.1\r\nHost: docker\r\n\r\n")
-					conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-					var got []byte
-					buf := make([]byte, 4096)
-					for !bytes.Contains(got, []byte("tick")) {
-						n, err := conn.Read(buf)
-						got = append(got, buf[:n]...)
+					for _, req := range []string{
+						"GET /v1.44/containers/e2e-chatty/logs?follow=1&stdout=1 HTTP/1.1\r\nHost: docker\r\n\r\n",
+						"GET /v1.44/containers/e2e-quiet/logs?follow=1&stdout=1 HTTP/1.1\r\nHost: docker\r\n\r\n",
+						"POST /v1.44/containers/e2e-chatty/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+						"POST /v1.44/containers/e2e-quiet/attach?stream=1&logs=1&stdout=1&stderr=1 HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+					} {
+						conn, err := net.Dial("unix", eng.sock)
 						if err != nil {
-							t.Errorf("logs -f over raw HTTP: %v %q", err, got)
-							break
+							t.Fatal(err)
 						}
+						io.WriteString(conn, req)
+						conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+						var got []byte
+						buf := make([]byte, 4096)
+						for !bytes.Contains(got, []byte("tick")) {
+							n, err := conn.Read(buf)
+							got = append(got, buf[:n]...)
+							if err != nil {
+								t.Errorf("%s: %v %q", strings.Fields(req)[1], err, got)
+								break
+							}
+						}
+						conn.Close() // in the middle of the stream
 					}
-					conn.Close() // in the middle of the stream
+				}
+				// The engine lets go of each stream: its open files come back to what they were.
+				deadline := time.Now().Add(10 * time.Second)
+				for fds() > before && time.Now().Before(deadline) {
+					time.Sleep(100 * time.Millisecond)
+				}
+				if n := fds(); n > before {
+					t.Errorf("the engine holds %d files after clients left mid-stream, %d before", n, before)
 				}
 				if r := httpGet(t, eng.sock, "/_ping"); r.code != 200 || r.body != "OK" {
 					t.Errorf("the engine does not answer after clients left mid-stream: %+v", r)
 				}
-				if out := d.ok("ps", "--format", "{{.Names}}"); out != "e2e-chatty\n" {
+				if out := d.ok("ps", "--format", "{{.Names}}"); out != "e2e-quiet\ne2e-chatty\n" {
 					t.Errorf("ps after clients left: %q", out)
 				}
-				d.ok("rm", "-f", "e2e-chatty")
+				d.ok("rm", "-f", "e2e-chatty", "e2e-quiet")
 			})
 
 			t.Run("engine-restart", func(t *testing.T) {
@@ -320,6 +343,7 @@ type httpResult struct {
 func httpDo(t *testing.T, sock, method, path, contentType string, body io.Reader) httpResult {
 	t.Helper()
 	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 		}}}

@@ -50,25 +50,26 @@ func containerAttach(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithCancel(e.bg)
 	defer cancel()
 	go func() {
+		var err error
 		if stdinW == nil {
-			// Nothing is read but the client's end: a read error means it has gone.
-			if _, err := io.Copy(io.Discard, br); err != nil {
-				cancel()
+			_, err = io.Copy(io.Discard, br)
+		} else {
+			_, err = io.Copy(stdinW, br)
+			if c.rec.Config.StdinOnce {
+				e.mu.Lock()
+				if c.stdin == stdinW {
+					c.stdin.Close()
+					c.stdin, c.stdinR = nil, nil
+				}
+				e.mu.Unlock()
 			}
-			return
-		}
-		_, err := io.Copy(stdinW, br)
-		if c.rec.Config.StdinOnce {
-			e.mu.Lock()
-			if c.stdin == stdinW {
-				c.stdin.Close()
-				c.stdin, c.stdinR = nil, nil
-			}
-			e.mu.Unlock()
 		}
 		if err != nil && err != io.ErrClosedPipe {
-			cancel()
+			cancel() // the connection broke
+			return
 		}
+		// The client has stopped sending; it may still read, or be gone.
+		watchHangup(ctx, conn, cancel)
 	}()
 	out, errw := streamWriters(conn, tty, stdout, stderr)
 	ended := func() bool {

@@ -115,8 +115,10 @@ func (e *Engine) Serve(l net.Listener) error {
 		Handler: e.newMux(),
 		// Headers must come quickly; bodies and streams (attach, logs -f, wait) may last.
 		ReadHeaderTimeout: 30 * time.Second,
-		MaxHeaderBytes:    1 << 20,
-		BaseContext:       func(net.Listener) context.Context { return e.bg },
+		IdleTimeout:       2 * time.Minute, // a client that keeps a connection and goes quiet
+
+		MaxHeaderBytes: 1 << 20,
+		BaseContext:    func(net.Listener) context.Context { return e.bg },
 	}
 	e.srvMu.Lock()
 	e.srv = srv

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -9,8 +10,11 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/moby/moby/api/types"
+	"golang.org/x/sys/unix"
 )
 
 // Docker's stream framing without a TTY: each write is a frame, an 8-byte header (the stream:
@@ -116,4 +120,38 @@ func closeWrite(conn net.Conn) {
 func writeJSONBody(w io.Writer, v any) {
 	b, _ := json.Marshal(v)
 	w.Write(append(b, '\n'))
+}
+
+// watchHangup calls gone once the client has closed its connection entirely, not just its
+// sending side (as the CLI does at the end of its stdin, and at once without stdin): the
+// kernel then reports POLLHUP on the socket. It returns when ctx ends.
+func watchHangup(ctx context.Context, conn net.Conn, gone func()) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		hup := false
+		raw.Control(func(fd uintptr) {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+				hup = fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0
+			}
+		})
+		if hup {
+			gone()
+			return
+		}
+	}
 }
