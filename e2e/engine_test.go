@@ -71,6 +71,14 @@ func TestEngine(t *testing.T) {
 				if r := d.run("hello\nworld\n", "run", "--rm", "-i", "busybox", "wc", "-l"); r.code != 0 || strings.TrimSpace(r.stdout) != "2" {
 					t.Errorf("stdin through attach: %+v", r)
 				}
+				// -it under a terminal: stdin and a TTY, both through the hijacked attach.
+				tty := exec.Command("script", "-qec", d.bin+` run --rm -it busybox sh -c 'test -t 0 && test -t 1 && echo has-tty; read x; echo got $x; exit 3'`, "/dev/null")
+				tty.Env = append(os.Environ(), d.env...)
+				tty.Stdin = strings.NewReader("hello\n")
+				out, err := tty.CombinedOutput()
+				if code := exitCodeOf(err); code != 3 || !strings.Contains(string(out), "has-tty") || !strings.Contains(string(out), "got hello") {
+					t.Errorf("run -it: exit %d, %q", code, out)
+				}
 				if r := d.run("", "run", "--rm", "busybox", "nosuchcommand"); r.code != 127 {
 					t.Errorf("a command not found is 127: %+v", r)
 				}
@@ -427,6 +435,9 @@ func (e *engineProc) stop(t *testing.T) {
 	case err := <-e.done:
 		if err != nil {
 			t.Errorf("moatc _engine ended with %v\n%s", err, e.stderr)
+		}
+		if strings.Contains(e.stderr.String(), "panic") {
+			t.Errorf("moatc _engine panicked:\n%s", e.stderr)
 		}
 	case <-time.After(2 * time.Minute):
 		e.cmd.Process.Kill()

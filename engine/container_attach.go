@@ -49,12 +49,16 @@ func containerAttach(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(e.bg)
 	defer cancel()
+	// What the client sent: what the server had read ahead, then the connection itself.
+	in := io.MultiReader(io.LimitReader(br, int64(br.Buffered())), conn)
+	readerDone := make(chan struct{})
 	go func() {
+		defer close(readerDone)
 		var err error
 		if stdinW == nil {
-			_, err = io.Copy(io.Discard, br)
+			_, err = io.Copy(io.Discard, in)
 		} else {
-			_, err = io.Copy(stdinW, br)
+			_, err = io.Copy(stdinW, in)
 			if c.rec.Config.StdinOnce {
 				e.mu.Lock()
 				if c.stdin == stdinW {
@@ -83,9 +87,12 @@ func containerAttach(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	}
 	e.log(c).Read(ctx, o, out, errw, ended)
 	closeWrite(conn)
-	// The client closes its end once it has read everything; a client that does not is let
-	// go after a moment.
+	// The client closes its end once it has read everything; one that does not is let go
+	// after a moment.
 	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-	io.Copy(io.Discard, br)
+	select {
+	case <-readerDone:
+	case <-time.After(3 * time.Second): // stuck writing to a stdin nobody reads
+	}
 	return nil
 }
