@@ -38,6 +38,7 @@ func TestEngine(t *testing.T) {
 			// The first engine leaves the namespace as it is when it stops (as docker:host's
 			// will); the second takes it over and removes it all (as docker:dind's will).
 			eng := startEngine(t, rt, ns, false)
+			rtT := t // the engines live as long as the runtime's test, not a subtest
 			d := &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + t.TempDir()}}
 
 			t.Run("version", func(t *testing.T) {
@@ -265,7 +266,7 @@ func TestEngine(t *testing.T) {
 				d.ok("create", "--name", "e2e-created", "busybox", "echo", "from-created")
 				eng.stop(t)
 				time.Sleep(500 * time.Millisecond) // output written while no engine runs
-				eng = startEngine(t, rt, ns, true)
+				eng = startEngine(rtT, rt, ns, true)
 				if out := d.ok("ps", "-a", "--format", "{{.Names}} {{.State}}"); out != "e2e-created created\ne2e-survivor running\n" {
 					t.Errorf("the next engine does not see the containers as they are: %q", out)
 				}
