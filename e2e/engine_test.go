@@ -38,7 +38,12 @@ func TestEngine(t *testing.T) {
 			// The first engine leaves the namespace as it is when it stops (as docker:host's
 			// will); the second takes it over and removes it all (as docker:dind's will).
 			eng := startEngine(t, rt, ns, false)
-			rtT := t // the engines live as long as the runtime's test, not a subtest
+			t.Cleanup(func() {
+				eng.stop(t) // whichever engine runs last (a no-op once stopped)
+				if t.Failed() {
+					t.Logf("the last engine's stderr:\n%s", eng.stderr)
+				}
+			})
 			d := &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + t.TempDir()}}
 
 			t.Run("version", func(t *testing.T) {
@@ -266,7 +271,7 @@ func TestEngine(t *testing.T) {
 				d.ok("create", "--name", "e2e-created", "busybox", "echo", "from-created")
 				eng.stop(t)
 				time.Sleep(500 * time.Millisecond) // output written while no engine runs
-				eng = startEngine(rtT, rt, ns, true)
+				eng = startEngine(t, rt, ns, true)
 				if out := d.ok("ps", "-a", "--format", "{{.Names}} {{.State}}"); out != "e2e-created created\ne2e-survivor running\n" {
 					t.Errorf("the next engine does not see the containers as they are: %q", out)
 				}
@@ -388,6 +393,7 @@ type engineProc struct {
 
 // startEngine starts an engine for runtime rt in namespace ns, busybox copied in from moatc's
 // store, and waits until it answers. An ephemeral one removes the namespace when it stops.
+// The caller stops it.
 func startEngine(t *testing.T, rt, ns string, ephemeral bool) *engineProc {
 	t.Helper()
 	e := &engineProc{sock: filepath.Join(home, "engine-"+rt+".sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
@@ -401,12 +407,6 @@ func startEngine(t *testing.T, rt, ns string, ephemeral bool) *engineProc {
 		t.Fatal(err)
 	}
 	go func() { e.done <- e.cmd.Wait() }()
-	t.Cleanup(func() {
-		e.stop(t)
-		if t.Failed() {
-			t.Logf("engine's stderr:\n%s", e.stderr)
-		}
-	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		select {
@@ -418,6 +418,7 @@ func startEngine(t *testing.T, rt, ns string, ephemeral bool) *engineProc {
 			return e
 		}
 		if time.Now().After(deadline) {
+			e.stop(t)
 			t.Fatalf("moatc _engine does not answer on %s\n%s", e.sock, e.stderr)
 		}
 		time.Sleep(100 * time.Millisecond)
