@@ -85,6 +85,7 @@ func containerCreate(e *Engine, w http.ResponseWriter, r *http.Request) error {
 // create makes a container: its record first (a crash then leaves a record without a
 // container, which load removes), then the containerd container.
 func (e *Engine) create(ctx context.Context, name string, req *container.CreateRequest) (string, []string, error) {
+	ctx = context.WithoutCancel(ctx) // a client that leaves must not cut a create in half
 	hc := req.HostConfig
 	warnings, err := checkHostConfig(hc, req.Config)
 	if err != nil {

@@ -25,6 +25,8 @@ import (
 // gives it no terminal). A task that cannot start leaves the container exited with the
 // runtime's error (and removed, with AutoRemove).
 func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
+	// A start goes to its end even when the client leaves: half a start is worse.
+	ctx = context.WithoutCancel(ctx)
 	e.mu.Lock()
 	switch {
 	case c.removing || c.removed:
@@ -218,13 +220,15 @@ func (e *Engine) watch(c *ctr, task containerd.Task, statusC <-chan containerd.E
 	// The end is real: it is recorded even while the engine closes.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.bg), 30*time.Second)
 	defer cancel()
-	if rec != nil {
+	if rec != nil && task.IO() != nil { // a task loaded again after containerd went away has no IO here
 		drained := make(chan struct{})
 		go func() { task.IO().Wait(); close(drained) }()
 		select {
 		case <-drained:
 		case <-time.After(30 * time.Second):
 		}
+	}
+	if rec != nil {
 		rec.Close()
 	}
 	if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
@@ -263,6 +267,7 @@ func (e *Engine) watch(c *ctr, task containerd.Task, statusC <-chan containerd.E
 // removeContainer removes c: its task (killed, with force), its containerd container and
 // snapshot, its directory. Waiters for "removed" are woken with its last exit code.
 func (e *Engine) removeContainer(ctx context.Context, c *ctr, force bool) error {
+	ctx = context.WithoutCancel(ctx) // never half done
 	e.mu.Lock()
 	switch {
 	case c.removed:
@@ -312,6 +317,7 @@ func (e *Engine) removeContainer(ctx context.Context, c *ctr, force bool) error 
 // stopContainer sends the container's stop signal, waits up to timeout for it to end, then
 // kills it. A container not running is errNotModified, as with Docker.
 func (e *Engine) stopContainer(ctx context.Context, c *ctr, sig syscall.Signal, timeout time.Duration) error {
+	ctx = context.WithoutCancel(ctx) // as Docker's, a stop goes on when its client leaves
 	e.mu.Lock()
 	task, running := c.task, c.running()
 	watchDone := c.watchDone
@@ -324,16 +330,14 @@ func (e *Engine) stopContainer(ctx context.Context, c *ctr, sig syscall.Signal, 
 			return fmt.Errorf("stopping container %s: %w", c.rec.Name, err)
 		}
 	}
-	if timeout >= 0 && waitClosed(ctx, watchDone, timeout) {
+	// A negative timeout waits for the end however long it takes, as Docker's -t -1.
+	if waitClosed(ctx, watchDone, timeout) {
 		return nil
 	}
 	if err := ctrd.KillAll(ctx, task); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("killing container %s: %w", c.rec.Name, err)
 	}
 	if !waitClosed(ctx, watchDone, 30*time.Second) {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
 		return errors.New("the container was killed but its end was not seen within 30s")
 	}
 	return nil
