@@ -9,6 +9,7 @@ PREFIX=${PREFIX:-${MOATC_PREFIX:-/opt/moatc}}
 CONTAINERD_VERSION=v2.4.2
 GVISOR_VERSION=v0.0.0-20260527191743-a81fd9dd382e
 BUILDKIT_VERSION=v0.34.2
+DOCKER_CLI_VERSION=v29.9.3+incompatible # the client the engine is tested with (see step 5)
 APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 debootstrap busybox-static ca-certificates tini
   zsh fish # zsh, fish: the tests check moatc's completion scripts with them
   rootlesskit slirp4netns uidmap acl) # rootless mode (docs/rootless.md)
@@ -112,6 +113,27 @@ if [ "$with_buildkit" = 1 ] && ! current buildkit "$BUILDKIT_VERSION" buildkitd 
   cp -r "$dir/." "$work/" && chmod -R u+w "$work"
   (cd "$work" && CGO_ENABLED=0 go build -o "$PREFIX/bin/" ./cmd/buildkitd ./cmd/buildctl)
   stamp buildkit "$BUILDKIT_VERSION"
+fi
+
+# 5. The Docker CLI, the client the engine (issue 10) is tested with; runs' images get their own.
+# Its module has no go.mod: it builds from its vendor.mod, with swarmkit v2.1.3 (not served by
+# the module proxy) replaced by v2.0.0 (only its api packages are used). See
+# docs/research/engine-api.md.
+if ! current docker-cli "$DOCKER_CLI_VERSION" docker; then
+  log "building the Docker CLI $DOCKER_CLI_VERSION (about 2 minutes cold)"
+  dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "github.com/docker/cli@$DOCKER_CLI_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] || { log "could not download github.com/docker/cli@$DOCKER_CLI_VERSION"; exit 1; }
+  cli_work=$(mktemp -d)
+  cp -r "$dir/." "$cli_work/" && chmod -R u+w "$cli_work" && rm -rf "$cli_work/vendor"
+  cp "$cli_work/vendor.mod" "$cli_work/go.mod" && cp "$cli_work/vendor.sum" "$cli_work/go.sum"
+  v=${DOCKER_CLI_VERSION#v}; v=${v%+incompatible}
+  (cd "$cli_work" && go mod edit -replace github.com/moby/swarmkit/v2=github.com/moby/swarmkit/v2@v2.0.0 &&
+    CGO_ENABLED=0 go build -mod=mod -trimpath \
+      -ldflags "-X github.com/docker/cli/cli/version.Version=$v -X github.com/docker/cli/cli/version.GitCommit=modproxy" \
+      -o "$PREFIX/bin/docker.tmp" ./cmd/docker) || { rm -rf "$cli_work"; exit 1; }
+  rm -rf "$cli_work"
+  mv "$PREFIX/bin/docker.tmp" "$PREFIX/bin/docker"
+  stamp docker-cli "$DOCKER_CLI_VERSION"
 fi
 
 log "ready in $PREFIX ($(ls "$PREFIX/bin" | tr '\n' ' '))"

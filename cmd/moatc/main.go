@@ -137,6 +137,7 @@ Examples:
 			eventsCommand(), versionCommand(), completionCommand(),
 			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(),
 			topCommand(), statsCommand(), cpCommand(),
+			engineCommand(),
 		}, agentCommands()...),
 		CommandNotFound: commandNotFound,
 	}
