@@ -54,7 +54,7 @@ func engineAction(c *cli.Context) error {
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
 	if rootless.Enabled() {
-		if err := enterRootless(c, d, addr); err != nil {
+		if _, err := enterRootless(c, d, addr); err != nil {
 			return err
 		}
 	}
