@@ -255,7 +255,7 @@ func TestEngine(t *testing.T) {
 				if n := fds(); n > before {
 					t.Errorf("the engine holds %d files after clients left mid-stream, %d before", n, before)
 				}
-				if r := httpGet(t, eng.sock, "/_ping"); r.code != 200 || r.body != "OK" {
+				if r := engineGet(t, eng.sock, "/_ping"); r.code != 200 || r.body != "OK" {
 					t.Errorf("the engine does not answer after clients left mid-stream: %+v", r)
 				}
 				if out := d.ok("ps", "--format", "{{.Names}}"); out != "e2e-quiet\ne2e-chatty\n" {
@@ -317,11 +317,11 @@ func TestEngine(t *testing.T) {
 
 // testEngineHTTP speaks to the engine without a Docker client.
 func testEngineHTTP(t *testing.T, sock string) {
-	if r := httpGet(t, sock, "/v1.24/_ping"); r.code != 200 || r.body != "OK" || r.header.Get("Api-Version") != "1.57" {
+	if r := engineGet(t, sock, "/v1.24/_ping"); r.code != 200 || r.body != "OK" || r.header.Get("Api-Version") != "1.57" {
 		t.Errorf("/v1.24/_ping (an old client): %+v", r)
 	}
 	var v struct{ ApiVersion, MinAPIVersion string }
-	if r := httpGet(t, sock, "/v1.99/version"); r.code != 200 || json.Unmarshal([]byte(r.body), &v) != nil || v.ApiVersion != "1.57" || v.MinAPIVersion != "1.24" {
+	if r := engineGet(t, sock, "/v1.99/version"); r.code != 200 || json.Unmarshal([]byte(r.body), &v) != nil || v.ApiVersion != "1.57" || v.MinAPIVersion != "1.24" {
 		t.Errorf("/v1.99/version (a client newer than the engine is not refused): %+v", r)
 	}
 	check := func(what string, r httpResult, code int, msg string) {
@@ -342,7 +342,7 @@ func testEngineHTTP(t *testing.T, sock string) {
 	} else if !strings.Contains(r.err.Error(), "broken pipe") && !strings.Contains(r.err.Error(), "connection reset") {
 		t.Errorf("a 2 MiB create body: %v", r.err)
 	}
-	if r := httpGet(t, sock, "/_ping"); r.code != 200 {
+	if r := engineGet(t, sock, "/_ping"); r.code != 200 {
 		t.Errorf("the engine does not answer after the bad requests: %+v", r)
 	}
 }
@@ -377,7 +377,7 @@ func httpDo(t *testing.T, sock, method, path, contentType string, body io.Reader
 	return httpResult{code: resp.StatusCode, header: resp.Header, body: string(b)}
 }
 
-func httpGet(t *testing.T, sock, path string) httpResult {
+func engineGet(t *testing.T, sock, path string) httpResult {
 	t.Helper()
 	return httpDo(t, sock, "GET", path, "", nil)
 }
@@ -414,7 +414,7 @@ func startEngine(t *testing.T, rt, ns string, ephemeral bool) *engineProc {
 			t.Fatalf("moatc _engine exited: %v\n%s", err, e.stderr)
 		default:
 		}
-		if r := httpGet(t, e.sock, "/_ping"); r.err == nil && r.code == 200 {
+		if r := engineGet(t, e.sock, "/_ping"); r.err == nil && r.code == 200 {
 			return e
 		}
 		if time.Now().After(deadline) {
