@@ -182,7 +182,8 @@ func Build(ctx context.Context, d *Daemon, req Request) (string, error) {
 	}
 	defer c.Close()
 
-	dir, err := os.MkdirTemp("", "moatc-build-")
+	// Under the home, not /tmp: a build killed here leaves it where Sweep finds it.
+	dir, err := os.MkdirTemp(d.Dir, contextDirPrefix)
 	if err != nil {
 		return "", err
 	}

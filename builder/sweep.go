@@ -109,10 +109,25 @@ func (d *Daemon) Sweep(ctx context.Context, dry bool) ([]string, error) {
 	}
 	var ids []string
 	_, err := d.WhenIdle(func() (err error) {
+		if !dry {
+			d.dropContextDirs()
+		}
 		ids, err = d.sweep(ctx, dry)
 		return err
 	})
 	return ids, err
+}
+
+// contextDirPrefix names the directories a build writes its Dockerfile and context into.
+const contextDirPrefix = "ctx-"
+
+// dropContextDirs removes the context directories of builds that were killed (with no build
+// live, every one of them is).
+func (d *Daemon) dropContextDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(d.Dir, contextDirPrefix+"*"))
+	for _, dir := range dirs {
+		os.RemoveAll(dir)
+	}
 }
 
 // WhenIdle runs fn while no build of any moatc process runs or starts on this buildkitd (the
