@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/containerd/containerd/v2/pkg/cio"
 )
@@ -58,15 +57,8 @@ func (r *LogRecorder) Stream(name string) io.Writer { return r.r.stream(name) }
 // Close ends the log; its error says what output could not be written.
 func (r *LogRecorder) Close() error { return r.r.Close() }
 
-// ReadOptions select what ContainerLog.Read prints.
-type ReadOptions struct {
-	Follow     bool
-	Tail       int  // only the last N lines; 0 or less is all
-	New        bool // only what is written from now on (attach)
-	Timestamps bool
-	Since      time.Time // records read before it are left out; zero is no bound
-	Until      time.Time // records read after it are left out; zero is no bound
-}
+// ReadOptions select what ContainerLog.Read prints: as for a run's log.
+type ReadOptions = LogOptions
 
 // Read prints the log as Logs prints a run's: stdout (or a terminal's output) to out, stderr
 // to errw, moatc's notes as "moatc: ..." lines to errw. A missing log is empty. With Follow it
@@ -97,65 +89,6 @@ func (l ContainerLog) Read(ctx context.Context, o ReadOptions, out, errw io.Writ
 		}
 	}
 	defer lr.Close()
-	p := newPrinter(out, errw, o.Timestamps)
-	in := func(c chunk) bool {
-		return (o.Since.IsZero() || !c.Time.Before(o.Since)) && (o.Until.IsZero() || !c.Time.After(o.Until))
-	}
-	if o.New {
-		if err := lr.skip(); err != nil {
-			return err
-		}
-	} else if o.Tail > 0 {
-		t := &tailer{n: o.Tail}
-		for {
-			c, err := lr.next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			if in(c) {
-				t.add(c)
-			}
-		}
-		for _, c := range t.result() {
-			p.print(c)
-		}
-	}
-	for {
-		c, err := lr.next()
-		if err == nil {
-			if in(c) {
-				p.print(c)
-			}
-			continue
-		}
-		if err != io.EOF {
-			return err
-		}
-		if err := p.flush(); err != nil {
-			return err
-		}
-		if !o.Follow {
-			return nil
-		}
-		if ended() {
-			for {
-				c, err := lr.next()
-				if err == io.EOF {
-					return p.flush()
-				}
-				if err != nil {
-					return err
-				}
-				if in(c) {
-					p.print(c)
-				}
-			}
-		}
-		if err := w.wait(ctx); err != nil {
-			return err
-		}
-	}
+	p := newPrinter(out, errw, o)
+	return lr.follow(ctx, w, p, o, func() (bool, error) { return !ended(), nil })
 }

@@ -268,7 +268,7 @@ func tailOutput(logPath string, out, errw io.Writer) *outputTail {
 		}
 		defer lr.Close()
 		// A closed stdout (`| head -1`) stops the printing, never the run.
-		p := newPrinter(out, errw, false)
+		p := newPrinter(out, errw, LogOptions{})
 		for ctx.Err() == nil {
 			if lr.drain(p) != nil {
 				return // stdout closed, or the log unreadable: the run goes on all the same

@@ -20,7 +20,9 @@ type LogOptions struct {
 	Follow     bool // keep printing until the run ends
 	Tail       int  // only the last N lines; 0 is all
 	Timestamps bool
-	New        bool // only what is written from now on (attach)
+	New        bool      // only what is written from now on (attach)
+	Since      time.Time // records written before it are left out; zero is no bound
+	Until      time.Time // records written after it are left out; zero is no bound
 }
 
 // Logs prints a run's recorded output: stdout to out, stderr to errw, so the two stay
@@ -56,7 +58,22 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 		}
 	}
 	defer lr.Close()
-	p := newPrinter(out, errw, o.Timestamps)
+	p := newPrinter(out, errw, o)
+	return lr.follow(ctx, w, p, o, func() (bool, error) {
+		cur, err := m.Store.Get(r.ID)
+		if err != nil || cur.Active() {
+			return err == nil, err
+		}
+		// The shim's logger finishes once the task is deleted, right after the end is
+		// recorded: wait for it (bounded), then drain what is left.
+		st, ok := readLogStatus(m.Store.Dir(r.ID))
+		return ok && !st.Done && cur.Finished != nil && time.Since(*cur.Finished) <= logFinishWait, nil
+	})
+}
+
+// follow prints the log from the position o asks for; with o.Follow it then waits for writes
+// while more says the log may still grow, and prints what is left once it says not.
+func (lr *logReader) follow(ctx context.Context, w *logWatch, p *printer, o LogOptions, more func() (bool, error)) error {
 	if err := lr.position(o, p); err != nil {
 		return err
 	}
@@ -75,17 +92,11 @@ func (m *Manager) Logs(ctx context.Context, ref string, o LogOptions, out, errw 
 		if !o.Follow {
 			return nil
 		}
-		cur, gerr := m.Store.Get(r.ID)
-		if gerr != nil {
-			return gerr
-		}
-		if !cur.Active() {
-			// The shim's logger finishes once the task is deleted, right after the end is
-			// recorded: wait for it (bounded), then drain what is left.
-			st, ok := readLogStatus(m.Store.Dir(r.ID))
-			if !ok || st.Done || cur.Finished == nil || time.Since(*cur.Finished) > logFinishWait {
-				return lr.drain(p)
+		if ok, err := more(); err != nil || !ok {
+			if err != nil {
+				return err
 			}
+			return lr.drain(p)
 		}
 		if err := w.wait(ctx); err != nil {
 			return err
@@ -115,7 +126,9 @@ func (lr *logReader) position(o LogOptions, p *printer) error {
 		if err != nil {
 			return err
 		}
-		t.add(c)
+		if p.in(c) {
+			t.add(c)
+		}
 	}
 	for _, c := range t.result() {
 		p.print(c)
@@ -150,16 +163,26 @@ func (lr *logReader) drain(p *printer) error {
 
 // printer writes log records to two writers, buffered: the caller flushes when it waits.
 type printer struct {
-	out, errw  *bufio.Writer
-	timestamps bool
-	midLine    map[string]bool // the stream's last byte printed was not a newline
+	out, errw    *bufio.Writer
+	timestamps   bool
+	since, until time.Time       // the window of records printed; zero is unbounded
+	midLine      map[string]bool // the stream's last byte printed was not a newline
 }
 
-func newPrinter(out, errw io.Writer, timestamps bool) *printer {
-	return &printer{out: bufio.NewWriterSize(out, 64<<10), errw: bufio.NewWriterSize(errw, 4<<10), timestamps: timestamps, midLine: map[string]bool{}}
+func newPrinter(out, errw io.Writer, o LogOptions) *printer {
+	return &printer{out: bufio.NewWriterSize(out, 64<<10), errw: bufio.NewWriterSize(errw, 4<<10), timestamps: o.Timestamps,
+		since: o.Since, until: o.Until, midLine: map[string]bool{}}
+}
+
+// in reports whether a record falls in the printer's window.
+func (p *printer) in(c chunk) bool {
+	return (p.since.IsZero() || !c.Time.Before(p.since)) && (p.until.IsZero() || !c.Time.After(p.until))
 }
 
 func (p *printer) print(c chunk) {
+	if !p.in(c) {
+		return
+	}
 	if c.Stream == markStream {
 		// Its own line, after whatever was printed on stdout so far.
 		p.out.Flush()
