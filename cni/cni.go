@@ -86,6 +86,7 @@ import (
 
 	"github.com/moatc/moatc/internal/atomicfile"
 	"github.com/moatc/moatc/rootless"
+	"golang.org/x/sys/unix"
 )
 
 // Config says where moatc keeps network state and which addresses runs get.
@@ -643,6 +644,15 @@ func (m *Manager) remove(ctx context.Context, runID string, detachBridge bool) e
 		delete(m.proxies, runID)
 	}
 	m.mu.Unlock()
+	// Two processes may tear one network down at once (a run's supervisor and `destroy
+	// --force`): one's CNI DEL would write into the lease directory the other is removing.
+	// They take turns on the run's state directory; the second finds what is left, if anything.
+	if d, err := os.Open(m.runDir(runID)); err == nil {
+		defer d.Close()
+		if err := unix.Flock(int(d.Fd()), unix.LOCK_EX); err != nil {
+			return fmt.Errorf("removing network %s: %w", netName(runID), err)
+		}
+	}
 	rec, _ := m.readRecord(runID) // none or unreadable: rules are found by their tag instead
 	if err := m.teardown(ctx, runID, rec, detachBridge); err != nil {
 		return fmt.Errorf("removing network %s: %w", netName(runID), err)
