@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -22,14 +23,18 @@ func Enabled() bool { return os.Geteuid() != 0 || InUserNamespace() }
 
 // InUserNamespace reports whether this process is in a user namespace other than the host's.
 // The host's maps every id to itself.
-func InUserNamespace() bool {
+// Read once: a process never changes user namespace (moatc enters one by executing anew), and
+// every container, runtime and probe asks.
+func InUserNamespace() bool { return inUserNamespace() }
+
+var inUserNamespace = sync.OnceValue(func() bool {
 	b, err := os.ReadFile("/proc/self/uid_map")
 	if err != nil {
 		return false
 	}
 	f := strings.Fields(string(b))
 	return !(len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295")
-}
+})
 
 // Kit is the rootlesskit that holds moatc's namespaces. Its state directory holds child_pid
 // (the process whose namespaces moatc enters) and api.sock (the port driver).
