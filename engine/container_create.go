@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/api/types/network"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -189,7 +190,9 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 	e.mu.Lock()
 	e.ctrs[id] = c
 	e.notify()
+	rec := c.rec
 	e.mu.Unlock()
+	e.containerEvent(events.ActionCreate, rec, nil)
 	return id, warnings, nil
 }
 

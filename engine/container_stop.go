@@ -2,10 +2,12 @@ package engine
 
 import (
 	"net/http"
+	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/events"
 	"github.com/moby/sys/signal"
 )
 
@@ -39,6 +41,7 @@ func containerStop(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if err := e.stopContainer(r.Context(), c, sig, timeout); err != nil {
 		return err
 	}
+	e.containerEvent(events.ActionStop, c.rec, nil)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -70,6 +73,7 @@ func containerKill(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		}
 		return err
 	}
+	e.containerEvent(events.ActionKill, c.rec, map[string]string{"signal": strconv.Itoa(int(sig))})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -76,6 +76,8 @@ type Engine struct {
 
 	srvMu sync.Mutex
 	srv   *http.Server
+
+	events eventBus
 }
 
 // New opens the engine's state, takes it over (one engine a namespace at a time), and follows

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/events"
 
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/run"
@@ -130,7 +132,9 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 	c.watchDone = make(chan struct{})
 	serr := e.save(c)
 	e.notify()
+	rec0 := c.rec
 	e.mu.Unlock()
+	e.containerEvent(events.ActionStart, rec0, nil)
 	e.workers.Add(1)
 	go e.watch(c, task, statusC, rec)
 	if serr != nil {
@@ -255,7 +259,9 @@ func (e *Engine) watch(c *ctr, task containerd.Task, statusC <-chan containerd.E
 	c.exits = c.starts
 	autoRemove := c.rec.HostConfig.AutoRemove && !c.removing && !c.removed
 	e.notify()
+	ended := c.rec
 	e.mu.Unlock()
+	e.containerEvent(events.ActionDie, ended, map[string]string{"exitCode": strconv.Itoa(int(st.ExitCode()))})
 	close(c.watchDone)
 	if autoRemove && e.bg.Err() == nil {
 		if err := e.removeContainer(e.bg, c, true); err != nil {
@@ -307,7 +313,9 @@ func (e *Engine) removeContainer(ctx context.Context, c *ctr, force bool) error 
 	c.removed = true
 	delete(e.ctrs, c.rec.ID)
 	e.notify()
+	gone := c.rec
 	e.mu.Unlock()
+	e.containerEvent(events.ActionDestroy, gone, nil)
 	if err != nil {
 		return fmt.Errorf("removing the state of container %s: %w", c.rec.ID, err)
 	}
