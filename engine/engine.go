@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/internal/lockfile"
 )
@@ -55,6 +56,28 @@ type Config struct {
 	Version string
 	// LogMax caps each container's log files; 0 is the runs' default.
 	LogMax int64
+
+	// Net and NetRun: containers join the network of run NetRun (made by Net.Setup before the
+	// engine starts), so the run reaches them and they obey its rules. Nil: loopback only.
+	Net    *cni.Manager
+	NetRun string
+
+	// Mounts are the run's own mounts as its workload sees them: bind sources of containers
+	// made through the engine are paths in the workload's view, mapped through these.
+	Mounts []Mount
+	// Socket is the engine's socket on the host; SocketTarget is where the workload sees it
+	// (/var/run/docker.sock). Binding SocketTarget gives a container the same engine.
+	Socket       string
+	SocketTarget string
+	// VolumeDir holds named volumes; default StateDir/volumes. docker:host runs share one.
+	VolumeDir string
+}
+
+// Mount is one of the run's mounts: Target as the workload sees it, Source on the host.
+type Mount struct {
+	Target   string
+	Source   string
+	ReadOnly bool
 }
 
 // Engine is one Docker Engine API server.
