@@ -92,6 +92,9 @@ type Engine struct {
 	// createMu makes a name's check and its taking one step: two clients racing on a
 	// name get one container and one 409.
 	createMu sync.Mutex
+	// volMu makes a volume's check for users and its removal one step, against creates
+	// that take it (see volume.go).
+	volMu sync.Mutex
 
 	bg      context.Context // the watchers'; cancelled by Close
 	cancel  context.CancelFunc
