@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -60,7 +61,7 @@ func TestOpenBeneathRefusesEscapes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", rel, err)
 		}
-		got, _ := os.Readlink("/proc/self/fd/" + itoa(int(f.Fd())))
+		got, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
 		f.Close()
 		if got != filepath.Join(ws, want) {
 			t.Errorf("%s resolved to %s", rel, got)
@@ -97,19 +98,6 @@ func TestOpenBeneathRefusesEscapes(t *testing.T) {
 	if _, err := openBeneath(ro, "/workspace/other", "other", true); err == nil {
 		t.Error("made a directory in a read-only mount")
 	}
-}
-
-func itoa(n int) string { return fmtInt(n) }
-
-func fmtInt(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b []byte
-	for ; n > 0; n /= 10 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-	}
-	return string(b)
 }
 
 func TestParseBind(t *testing.T) {
