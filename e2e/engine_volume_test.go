@@ -36,7 +36,7 @@ func TestEngineVolumes(t *testing.T) {
 			} else if err := os.WriteFile(filepath.Join(ws, "bin", "docker"), b, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			eng := volStartEngine(t, rt, "moatc-engine-vol-e2e-"+rt, "--mount", "/workspace="+ws, "--socket-target", "/var/run/docker.sock")
+			eng := volStartEngine(t, rt, "moatc-engine-vol-e2e-"+rt, "--mount", "/workspace="+ws, "--mount", "/ro="+filepath.Join(ws, "sub")+":ro", "--socket-target", "/var/run/docker.sock")
 			t.Cleanup(func() {
 				eng.stop(t)
 				if t.Failed() {
@@ -121,6 +121,10 @@ func TestEngineVolumes(t *testing.T) {
 				if _, err := os.Stat(filepath.Join(ws, "sub", "ro")); err == nil {
 					t.Error("a read-only bind reached the host")
 				}
+				// A read-only run mount stays read-only whatever the container asks.
+				if r := d.run("", "run", "--rm", "-v", "/ro:/data:rw", "busybox", "sh", "-c", "cat /data/hello && touch /data/ro"); r.code == 0 || r.stdout != "from the host\n" {
+					t.Errorf("a read-only run mount bound rw: %+v", r)
+				}
 				if out := d.ok("run", "--rm", "-v", "/workspace/inlink:/data", "busybox", "cat", "/data/hello"); out != "from the host\n" {
 					t.Errorf("a link that stays inside: %q", out)
 				}
@@ -170,6 +174,18 @@ func TestEngineVolumes(t *testing.T) {
 					if r.code != 125 || !strings.Contains(r.stderr, "moatc refuses") {
 						t.Errorf("run %v: %+v", args, r)
 					}
+				}
+			})
+			t.Run("cap-drop", func(t *testing.T) {
+				d.t = t
+				if out := d.ok("run", "--rm", "--cap-drop", "ALL", "busybox", "grep", "CapEff", "/proc/self/status"); !strings.Contains(out, "0000000000000000") {
+					t.Errorf("--cap-drop ALL leaves %q", out)
+				}
+				if out := d.ok("run", "--rm", "--cap-drop", "ALL", "--cap-add", "CHOWN", "busybox", "grep", "CapEff", "/proc/self/status"); !strings.Contains(out, "0000000000000001") {
+					t.Errorf("--cap-drop ALL --cap-add CHOWN leaves %q", out)
+				}
+				if r := d.run("", "run", "--rm", "--cap-drop", "CHOWN", "busybox", "chown", "1:1", "/tmp"); r.code == 0 {
+					t.Errorf("chown worked without CAP_CHOWN: %+v", r)
 				}
 			})
 			t.Run("events", func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -239,5 +240,15 @@ func TestVolumeFilters(t *testing.T) {
 	}
 	if _, err := volumeFilters(filters{"dangling": {"maybe"}}, v, false); err == nil {
 		t.Error("dangling=maybe accepted")
+	}
+}
+
+func TestCapDrop(t *testing.T) {
+	got := capDrop(&container.HostConfig{CapDrop: []string{"ALL"}, CapAdd: []string{"chown"}})
+	if len(got) != len(defaultCaps)-1 || slices.Contains(got, "CAP_CHOWN") || !slices.Contains(got, "CAP_KILL") {
+		t.Errorf("ALL but CHOWN: %v", got)
+	}
+	if got := capDrop(&container.HostConfig{CapDrop: []string{"net_raw", "CAP_MKNOD"}}); !slices.Equal(got, []string{"CAP_NET_RAW", "CAP_MKNOD"}) {
+		t.Errorf("named: %v", got)
 	}
 }

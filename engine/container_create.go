@@ -185,6 +185,7 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 			spec.CapAdd = append(spec.CapAdd, n)
 		}
 	}
+	spec.CapDrop = capDrop(hc)
 	if hc.Init != nil && *hc.Init {
 		spec.Init = e.cfg.InitBinary
 	}

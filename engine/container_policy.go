@@ -63,8 +63,6 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 		}
 	}
 	switch {
-	case len(hc.CapDrop) > 0:
-		return nil, notImplemented("moatc does not support --cap-drop yet")
 	case len(hc.PortBindings) > 0 || hc.PublishAllPorts:
 		return nil, notImplemented("moatc does not support publishing ports (-p, -P) yet: its engine's containers have no network yet")
 	case len(hc.Links) > 0:
@@ -107,4 +105,23 @@ func checkMountPolicy(hc *container.HostConfig) error {
 		}
 	}
 	return nil
+}
+
+// capDrop is --cap-drop as capability names: ALL is Docker's whole default set. What is
+// also added (--cap-drop ALL --cap-add CHOWN) stays.
+func capDrop(hc *container.HostConfig) []string {
+	norm := func(c string) string { return "CAP_" + strings.TrimPrefix(strings.ToUpper(c), "CAP_") }
+	var drop []string
+	for _, c := range hc.CapDrop {
+		if strings.EqualFold(c, "ALL") {
+			for _, d := range defaultCaps {
+				drop = append(drop, "CAP_"+d)
+			}
+			continue
+		}
+		drop = append(drop, norm(c))
+	}
+	return slices.DeleteFunc(drop, func(d string) bool {
+		return slices.ContainsFunc(hc.CapAdd, func(a string) bool { return norm(a) == d })
+	})
 }
