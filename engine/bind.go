@@ -604,3 +604,19 @@ func (e *Engine) startedMounts(c *ctr) {
 		e.mountEvents(c.rec.ID, ms)
 	}
 }
+
+// unpinAll unmounts the pins an engine killed during a start left (they are the workload's
+// directories: the state must never be removed through one).
+func (e *Engine) unpinAll() error {
+	dir := filepath.Join(e.cfg.StateDir, "pins")
+	ents, _ := os.ReadDir(dir)
+	for _, d := range ents {
+		if err := mountpin.Unpin(filepath.Join(dir, d.Name())); err != nil {
+			return fmt.Errorf("releasing the engine's bind pins: %w", err)
+		}
+	}
+	if err := mountpin.Unpin(dir); err != nil {
+		return fmt.Errorf("releasing the engine's bind pins: %w", err)
+	}
+	return nil
+}

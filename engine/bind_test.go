@@ -11,6 +11,8 @@ import (
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
+
+	mountpin "github.com/moatc/moatc/mounts"
 )
 
 func TestMapBindLongestPrefix(t *testing.T) {
@@ -250,5 +252,39 @@ func TestCapDrop(t *testing.T) {
 	}
 	if got := capDrop(&container.HostConfig{CapDrop: []string{"net_raw", "CAP_MKNOD"}}); !slices.Equal(got, []string{"CAP_NET_RAW", "CAP_MKNOD"}) {
 		t.Errorf("named: %v", got)
+	}
+}
+
+// Pins a killed engine left are unmounted, never removed through.
+func TestUnpinAllKeepsTheWorkspace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("pinning needs root")
+		}
+		t.Skip("pinning needs root (not CI, so skipping)")
+	}
+	ws, stateDir := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(ws, "keep"), []byte("x"), 0o644)
+	f, err := openBeneath(Mount{Target: "/workspace", Source: ws}, "/workspace", ".", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Engine{cfg: Config{StateDir: stateDir}}
+	p, err := mountpin.Pin(f, e.pinDir("c1"), "0")
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(p, "keep")); err != nil {
+		t.Fatalf("the pin does not show the workspace: %v", err)
+	}
+	if err := e.unpinAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(stateDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(ws, "keep")); err != nil {
+		t.Errorf("the workspace lost its file: %v", err)
 	}
 }

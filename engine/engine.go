@@ -127,6 +127,10 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e := &Engine{cfg: cfg, id: engineID(cfg.StateDir), unlock: unlock, ctrs: map[string]*ctr{}, changed: make(chan struct{}), bg: bg, cancel: cancel}
+	if err := e.unpinAll(); err != nil {
+		e.Close()
+		return nil, err
+	}
 	if err := e.load(ctx); err != nil {
 		e.Close()
 		return nil, err
@@ -224,6 +228,9 @@ func (e *Engine) Destroy(ctx context.Context) error {
 	if g, ok := e.cfg.Runtime.(ctrd.GVisor); ok {
 		// The shims' runsc root for the namespace: empty once its sandboxes are gone.
 		os.Remove(filepath.Join(g.StateRoot(), e.cfg.Client.Namespace))
+	}
+	if err := e.unpinAll(); err != nil {
+		errs = append(errs, err) // never remove the state through a pinned workspace
 	}
 	if len(errs) == 0 {
 		if err := os.RemoveAll(e.cfg.StateDir); err != nil {
