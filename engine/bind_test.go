@@ -12,6 +12,7 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
 
+	"github.com/moatc/moatc/ctrd"
 	mountpin "github.com/moatc/moatc/mounts"
 )
 
@@ -286,5 +287,18 @@ func TestUnpinAllKeepsTheWorkspace(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(ws, "keep")); err != nil {
 		t.Errorf("the workspace lost its file: %v", err)
+	}
+}
+
+// Only a container binding the engine's socket gets runsc's host-uds.
+func TestSocketRuntime(t *testing.T) {
+	if g, ok := socketRuntime(ctrd.GVisor{Platform: "systrap"}).(ctrd.GVisor); !ok || !g.HostUDS || g.Platform != "systrap" {
+		t.Errorf("gVisor: %+v", g)
+	}
+	if _, ok := socketRuntime(ctrd.Runc{}).(ctrd.Runc); !ok {
+		t.Error("runc changed")
+	}
+	if hasSocket([]ctrMount{{Kind: kindBind}, {Kind: kindVolume}}) || !hasSocket([]ctrMount{{Kind: kindSocket}}) {
+		t.Error("hasSocket")
 	}
 }
