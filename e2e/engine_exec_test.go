@@ -90,6 +90,26 @@ func TestEngineExec(t *testing.T) {
 				if r := d.run("", "exec", "nosuch", "true"); r.code == 0 || !strings.Contains(r.stderr, "No such container") {
 					t.Errorf("exec in a missing container: %+v", r)
 				}
+				// A client that leaves: the command runs on to its end, as with Docker.
+				gone := exec.Command(d.bin, "exec", "ex", "sh", "-c", "sleep 1; echo done > /tmp/left")
+				gone.Env = append(os.Environ(), d.env...)
+				gone.Start()
+				time.Sleep(300 * time.Millisecond)
+				gone.Process.Kill()
+				gone.Wait()
+				time.Sleep(1500 * time.Millisecond)
+				if out := d.ok("exec", "ex", "cat", "/tmp/left"); out != "done\n" {
+					t.Errorf("an exec whose client left: %q", out)
+				}
+				if r := httpDo(t, eng.sock, "POST", "/v1.44/containers/ex/exec", "application/json", strings.NewReader(`{"Cmd":["true"],"Privileged":true}`)); r.code != 403 || !strings.Contains(r.body, `"message"`) {
+					t.Errorf("exec create, Privileged: %d %s", r.code, r.body)
+				}
+				if r := httpDo(t, eng.sock, "POST", "/v1.44/containers/ex/exec", "application/json", strings.NewReader(`{"Cmd":[]}`)); r.code != 400 {
+					t.Errorf("exec create without a command: %d %s", r.code, r.body)
+				}
+				if r := httpDo(t, eng.sock, "GET", "/exec/nosuch/json", "", nil); r.code != 404 {
+					t.Errorf("inspect of a missing exec: %d %s", r.code, r.body)
+				}
 			})
 
 			t.Run("top", func(t *testing.T) {
@@ -120,6 +140,12 @@ func TestEngineExec(t *testing.T) {
 				d.ok("stop", "-t", "0", "ex")
 				if r := d.run("", "exec", "ex", "true"); r.code == 0 || !strings.Contains(r.stderr, "is not running") {
 					t.Errorf("exec in a stopped container: %+v", r)
+				}
+				if r := httpDo(t, eng.sock, "POST", "/containers/ex/exec", "application/json", strings.NewReader(`{"Cmd":["true"]}`)); r.code != 409 {
+					t.Errorf("exec create in a stopped container: %d %s", r.code, r.body)
+				}
+				if r := httpDo(t, eng.sock, "HEAD", "/containers/ex/archive?path=/etc/passwd", "", nil); r.code != 200 || r.header.Get("X-Docker-Container-Path-Stat") == "" {
+					t.Errorf("HEAD archive of a stopped container: %d %v", r.code, r.header)
 				}
 				if r := d.run("", "top", "ex"); r.code == 0 || !strings.Contains(r.stderr, "is not running") {
 					t.Errorf("top of a stopped container: %+v", r)

@@ -146,8 +146,6 @@ func execStart(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		return nil // nothing can be answered on a connection half taken over
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithCancel(e.bg)
-	defer cancel()
 	out, errw := streamWriters(conn, tty, x.cfg.AttachStdout, x.cfg.AttachStderr)
 	// A client gone must not hold up the command: its output is dropped from then on.
 	out, errw = &lossyWriter{w: out}, &lossyWriter{w: errw}
@@ -156,12 +154,10 @@ func execStart(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if x.cfg.AttachStdin {
 		stdin = in
 	} else {
-		go func() {
-			io.Copy(io.Discard, in)
-			watchHangup(ctx, conn, cancel)
-		}()
+		go io.Copy(io.Discard, in)
 	}
-	e.runExec(ctx, x, task, stdin, out, errw)
+	// As Docker's, the command runs to its end when the client leaves.
+	e.runExec(e.bg, x, task, stdin, out, errw)
 	closeWrite(conn)
 	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 	return nil
