@@ -104,6 +104,7 @@ type Engine struct {
 	srv   *http.Server
 
 	events eventBus
+	execs  execTable // container_exec.go
 }
 
 // New opens the engine's state, takes it over (one engine a namespace at a time), and follows
