@@ -58,7 +58,7 @@ func (e *Engine) inspect(rec record, dir string) container.InspectResponse {
 		Config:      rec.Config,
 		NetworkSettings: &container.NetworkSettings{
 			Ports:    network.PortMap{},
-			Networks: map[string]*network.EndpointSettings{},
+			Networks: e.containerNetworks(rec),
 		},
 	}
 }

@@ -71,11 +71,7 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 	case hc.Runtime != "":
 		return nil, notImplemented("moatc does not support --runtime: every container of its engine runs under the run's runtime")
 	}
-	switch hc.NetworkMode {
-	case "", network.NetworkDefault, network.NetworkBridge, network.NetworkNone:
-	default:
-		return nil, notFound("network %s not found", hc.NetworkMode)
-	}
+	// The network mode names a network: create checks it (networkMounts).
 	if !hc.RestartPolicy.IsNone() {
 		warnings = append(warnings, fmt.Sprintf("moatc does not apply restart policies yet: --restart %s is ignored", hc.RestartPolicy.Name))
 	}

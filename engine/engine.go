@@ -101,6 +101,7 @@ type Engine struct {
 	srv   *http.Server
 
 	events eventBus
+	nw     netState // network.go
 }
 
 // New opens the engine's state, takes it over (one engine a namespace at a time), and follows

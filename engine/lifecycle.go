@@ -308,6 +308,7 @@ func (e *Engine) removeContainer(ctx context.Context, c *ctr, force bool) error 
 		case <-time.After(15 * time.Second):
 		}
 	}
+	e.detachContainer(ctx, c.rec.ID)
 	err := os.RemoveAll(c.dir)
 	e.mu.Lock()
 	c.removed = true
