@@ -183,7 +183,7 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 		}
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: dst, Type: "tmpfs", Source: "tmpfs", Options: o})
 	}
-	netns, netMounts, err := e.networkMounts(ctx, id, name, c.dir, cfg.Hostname, hc, req.NetworkingConfig)
+	netns, netMounts, err := e.networkMounts(ctx, id, name, c.dir, cfg.Hostname, hc, cfg.ExposedPorts, req.NetworkingConfig)
 	if err != nil {
 		os.RemoveAll(c.dir)
 		return "", nil, err

@@ -65,6 +65,7 @@ func containerList(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		}
 		s := summary(rec)
 		s.NetworkSettings.Networks = e.containerNetworks(rec)
+		s.Ports = e.portSummary(rec)
 		if !e.matchNetworkFilter(f, s.NetworkSettings.Networks) {
 			continue
 		}

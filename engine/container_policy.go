@@ -62,8 +62,6 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 		return nil, notImplemented("moatc does not support --cap-drop yet")
 	case len(hc.Binds) > 0 || len(hc.Mounts) > 0 || len(hc.VolumesFrom) > 0 || hc.VolumeDriver != "":
 		return nil, notImplemented("moatc does not support bind mounts and volumes (-v, --mount, --volumes-from) yet")
-	case len(hc.PortBindings) > 0 || hc.PublishAllPorts:
-		return nil, notImplemented("moatc does not support publishing ports (-p, -P) yet: its engine's containers have no network yet")
 	case len(hc.Links) > 0:
 		return nil, notImplemented("moatc does not support --link")
 	case hc.NetworkMode.IsContainer() || hc.PidMode.IsContainer() || hc.IpcMode.IsContainer():

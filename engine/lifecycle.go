@@ -135,6 +135,9 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 	rec0 := c.rec
 	e.mu.Unlock()
 	e.containerEvent(events.ActionStart, rec0, nil)
+	if err := e.openPorts(rec0.ID); err != nil {
+		fmt.Fprintf(os.Stderr, "moatc engine: warning: %v\n", err)
+	}
 	e.workers.Add(1)
 	go e.watch(c, task, statusC, rec)
 	if serr != nil {
@@ -261,6 +264,7 @@ func (e *Engine) watch(c *ctr, task containerd.Task, statusC <-chan containerd.E
 	e.notify()
 	ended := c.rec
 	e.mu.Unlock()
+	e.closePorts(ended.ID)
 	e.containerEvent(events.ActionDie, ended, map[string]string{"exitCode": strconv.Itoa(int(st.ExitCode()))})
 	close(c.watchDone)
 	if autoRemove && e.bg.Err() == nil {

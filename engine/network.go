@@ -63,6 +63,9 @@ type ctrNet struct {
 	// Networks are the Docker networks the container is connected to, by name, with its
 	// aliases on each (--network-alias).
 	Networks map[string][]string
+	// Ports are the published ports (HostPort 0: picked when they open); Asked as requested.
+	Ports []portBinding `json:",omitempty"`
+	Asked []portBinding `json:",omitempty"`
 }
 
 func (e *Engine) networksDir() string { return filepath.Join(e.cfg.StateDir, "networks") }
@@ -156,7 +159,11 @@ func (e *Engine) netID(name string) string {
 // networkMounts is what create gives a container of NetworkMode mode: its attachment to the
 // run's network, its hosts file and resolv.conf. Without a network (Config.Net nil, or mode
 // none) it gives nothing: the container has loopback only.
-func (e *Engine) networkMounts(ctx context.Context, id, ctrName, dir, hostname string, hc *container.HostConfig, nc *network.NetworkingConfig) (netns string, mounts []specs.Mount, err error) {
+func (e *Engine) networkMounts(ctx context.Context, id, ctrName, dir, hostname string, hc *container.HostConfig, exposed network.PortSet, nc *network.NetworkingConfig) (netns string, mounts []specs.Mount, err error) {
+	plan, err := planPorts(hostPorts{hc.PortBindings, hc.PublishAllPorts}, exposed)
+	if err != nil {
+		return "", nil, err
+	}
 	mode := string(hc.NetworkMode)
 	if mode == "" || mode == network.NetworkDefault {
 		mode = network.NetworkBridge
@@ -171,6 +178,9 @@ func (e *Engine) networkMounts(ctx context.Context, id, ctrName, dir, hostname s
 		return "", nil, forbidden("moatc refuses --network host: a container of the engine gets the run's network, never the host's")
 	}
 	if name == network.NetworkNone || e.cfg.Net == nil {
+		if len(plan) > 0 {
+			return "", nil, invalid("ports cannot be published without a network (--network none, or an engine without one)")
+		}
 		return "", nil, nil
 	}
 	if e.nw.run == nil {
@@ -181,7 +191,7 @@ func (e *Engine) networkMounts(ctx context.Context, id, ctrName, dir, hostname s
 		return "", nil, err
 	}
 	cn := &ctrNet{Name: ctrName, Key: a.Key, NetNS: a.NetNSPath, IP: a.IP, Gateway: a.Gateway, Subnet: a.Subnet, Hostname: hostname,
-		Networks: map[string][]string{name: nil}}
+		Networks: map[string][]string{name: nil}, Ports: plan, Asked: slices.Clone(plan)}
 	if nc != nil {
 		for n, ep := range nc.EndpointsConfig {
 			if ep == nil {
@@ -226,6 +236,7 @@ func (e *Engine) saveCtrNet(dir string, cn *ctrNet) error {
 // detachContainer removes a container's attachment (its task is gone) and its name from the
 // others' hosts files.
 func (e *Engine) detachContainer(ctx context.Context, id string) {
+	e.closePorts(id)
 	e.nw.mu.Lock()
 	defer e.nw.mu.Unlock()
 	e.netLoad()
