@@ -179,7 +179,7 @@ func TestEngineNetwork(t *testing.T) {
 						t.Errorf("%s from a container: %q", url, out)
 					}
 					if out, err := httpGetText(url); err != nil || out != want {
-						t.Errorf("%s from the host: %q, %v; logs of pubany: %s", url, out, err, d.run("", "logs", "pubany"))
+						t.Errorf("%s from the host: %q, %v; logs of pubany: %+v", url, out, err, d.run("", "logs", "pubany"))
 					}
 				}
 				if out := d.ok("ps", "--filter", "name=pub$", "--format", "{{.Ports}}"); !strings.Contains(out, ports.String()+":8080->80/tcp") {
