@@ -58,6 +58,10 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 		e.mu.Unlock()
 	}
 
+	if err := e.ensureAttached(ctx, c.rec.ID); err != nil {
+		done()
+		return fmt.Errorf("starting container %s: %w", c.rec.Name, err)
+	}
 	cc, err := e.cfg.Client.LoadContainer(ctx, c.rec.ID)
 	if err != nil {
 		done()

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -403,4 +404,59 @@ func (e *Engine) matchNetworkFilter(f filters, nets map[string]*network.Endpoint
 		}
 		return false
 	})
+}
+
+// ensureAttached gives a container made under another run's network (an engine before this
+// one, whose network went with it) an attachment on this engine's run before it starts: its
+// spec's network namespace is moved to the new one.
+func (e *Engine) ensureAttached(ctx context.Context, id string) error {
+	e.nw.mu.Lock()
+	defer e.nw.mu.Unlock()
+	e.netLoad()
+	cn := e.nw.ctrs[id]
+	if cn == nil {
+		return nil
+	}
+	if e.cfg.Net != nil && strings.HasPrefix(filepath.Base(cn.NetNS), "moatc-"+e.cfg.NetRun+".") {
+		if _, err := os.Stat(cn.NetNS); err == nil {
+			return nil
+		}
+	}
+	if e.cfg.Net == nil {
+		return invalid("container %s was made on a network this engine does not have (it runs with --no-network): remove it and create it again", id[:12])
+	}
+	a, err := e.cfg.Net.Attach(ctx, e.cfg.NetRun, cn.Key)
+	if err != nil {
+		return err
+	}
+	cc, err := e.cfg.Client.LoadContainer(ctx, id)
+	if err != nil {
+		return err
+	}
+	s, err := cc.Spec(ctx)
+	if err != nil {
+		return err
+	}
+	if s.Linux != nil {
+		for i, n := range s.Linux.Namespaces {
+			if n.Type == specs.NetworkNamespace {
+				s.Linux.Namespaces[i].Path = a.NetNSPath
+			}
+		}
+	}
+	if err := cc.Update(ctx, containerd.UpdateContainerOpts(containerd.WithSpec(s))); err != nil {
+		return fmt.Errorf("moving container %s to the run's network: %w", id[:12], err)
+	}
+	cn.NetNS, cn.IP, cn.Gateway, cn.Subnet = a.NetNSPath, a.IP, a.Gateway, a.Subnet
+	if e.nw.run == nil {
+		return fmt.Errorf("moving container %s to the run's network: the run %s has no network", id[:12], e.cfg.NetRun)
+	}
+	if resolv, err := os.ReadFile(e.nw.run.ResolvPath); err == nil {
+		os.WriteFile(filepath.Join(e.containerDir(id), "resolv.conf"), resolv, 0o644)
+	}
+	if err := e.saveCtrNet(e.containerDir(id), cn); err != nil {
+		return err
+	}
+	e.writeHostsLocked()
+	return nil
 }

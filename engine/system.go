@@ -133,7 +133,7 @@ func info(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		Swarm:             swarm.Info{LocalNodeState: swarm.LocalNodeStateInactive},
 		SecurityOptions:   []string{"name=seccomp,profile=builtin", "name=no-new-privileges"},
 		Containerd:        &system.ContainerdInfo{Address: e.cfg.Client.Address, Namespaces: system.ContainerdNamespaces{Containers: e.cfg.Client.Namespace, Plugins: e.cfg.Client.Namespace}},
-		Warnings: []string{},
+		Warnings:          []string{},
 	}
 	if e.cfg.Net == nil {
 		inf.Warnings = append(inf.Warnings, "WARNING: this engine has no network: its containers have loopback only, and -p is refused")
