@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -43,6 +44,7 @@ func TestEngineImages(t *testing.T) {
 			since := time.Now().Add(-time.Second).Unix()
 
 			var id string
+			tarPath := filepath.Join(t.TempDir(), "busybox.tar") // saved, loaded, then served by a registry
 			t.Run("list-inspect-history", func(t *testing.T) {
 				d.t = t
 				out := d.ok("images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}")
@@ -84,6 +86,7 @@ func TestEngineImages(t *testing.T) {
 				if r := d.run("", "image", "inspect", "moatc-e2e/nope"); r.code != 1 || !strings.Contains(r.stderr, "No such image: moatc-e2e/nope:latest") {
 					t.Errorf("image inspect of a missing image: %+v", r)
 				}
+				t.Logf("docker images:\n%s\ndocker history busybox:\n%s", d.ok("images"), d.ok("history", "busybox"))
 				if out := d.ok("history", "--no-trunc", "--format", "{{.ID}}", "busybox"); !strings.HasPrefix(out, id+"\n") {
 					t.Errorf("history: %q", out)
 				}
@@ -132,7 +135,6 @@ func TestEngineImages(t *testing.T) {
 
 			t.Run("save-rmi-load-run", func(t *testing.T) {
 				d.t = t
-				tarPath := filepath.Join(t.TempDir(), "busybox.tar")
 				d.ok("save", "-o", tarPath, "busybox")
 				files := imageTarFiles(t, tarPath)
 				for _, f := range []string{"manifest.json", "index.json", "oci-layout"} {
@@ -222,13 +224,46 @@ func TestEngineImages(t *testing.T) {
 				}
 			})
 
+			t.Run("pull", func(t *testing.T) {
+				d.t = t
+				reg := imageRegistry(t, tarPath, "e2e", "s3cret")
+				ref := reg + "/moatc-e2e/pulled:1"
+				// Without credentials the registry refuses: a clean error.
+				anon := &dockerCLI{t: t, bin: d.bin, env: []string{d.env[0], "DOCKER_CONFIG=" + t.TempDir()}}
+				if r := anon.run("", "pull", ref); r.code != 1 || !strings.Contains(r.stderr, "Error response from daemon") || !strings.Contains(r.stderr, "401") {
+					t.Errorf("pull without credentials: %+v", r)
+				}
+				// With them (the CLI sends them as X-Registry-Auth): Docker's progress.
+				cfg := t.TempDir()
+				auth := base64.StdEncoding.EncodeToString([]byte("e2e:s3cret"))
+				if err := os.WriteFile(filepath.Join(cfg, "config.json"), []byte(`{"auths":{"`+reg+`":{"auth":"`+auth+`"}}}`), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				authed := &dockerCLI{t: t, bin: d.bin, env: []string{d.env[0], "DOCKER_CONFIG=" + cfg}}
+				out := authed.ok("pull", ref)
+				t.Logf("docker pull %s:\n%s", ref, out)
+				for _, want := range []string{"1: Pulling from moatc-e2e/pulled\n", ": Pull complete\n", "Digest: " + id + "\n",
+					"Status: Downloaded newer image for " + ref + "\n"} {
+					if !strings.Contains(out, want) {
+						t.Errorf("pull: %q is not in\n%s", want, out)
+					}
+				}
+				if out := authed.ok("pull", ref); !strings.Contains(out, "Status: Image is up to date for "+ref+"\n") {
+					t.Errorf("a second pull:\n%s", out)
+				}
+				if out := d.ok("run", "--rm", ref, "echo", "pulled"); out != "pulled\n" {
+					t.Errorf("a run of the pulled image: %q", out)
+				}
+				d.ok("rmi", ref)
+			})
+
 			t.Run("events", func(t *testing.T) {
 				d.t = t
 				out := d.ok("events", "--since", strconv.FormatInt(since, 10), "--until", strconv.FormatInt(time.Now().Unix()+1, 10), "--filter", "type=image",
 					"--format", "{{.Action}} {{.Actor.Attributes.name}}")
 				for _, want := range []string{"tag moatc-e2e/img:1", "untag moatc-e2e/img:1", "save busybox:latest", "untag busybox:latest",
-					"delete " + id, "load busybox:latest", "prune <no value>"} {
-					if !strings.Contains("\n"+out, "\n"+want+"\n") {
+					"delete " + id, "load busybox:latest", "prune <no value>", "pull 127.0.0.1:"} {
+					if !strings.Contains("\n"+out, "\n"+want) {
 						t.Errorf("events: %q is not in\n%s", want, out)
 					}
 				}
@@ -281,4 +316,91 @@ func imageHTTPDo(t *testing.T, sock, method, path string, headers map[string]str
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return httpResult{code: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+// imageRegistry serves the image of an OCI layout tar (docker save's) read-only as a
+// registry on 127.0.0.1, any repository and tag, behind basic auth; it returns host:port.
+func imageRegistry(t *testing.T, tarPath, user, password string) string {
+	t.Helper()
+	f, err := os.Open(tarPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	blobs := map[string][]byte{}
+	var index []byte
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Name == "index.json" {
+			index = b
+		} else if d, ok := strings.CutPrefix(h.Name, "blobs/sha256/"); ok && d != "" {
+			blobs["sha256:"+d] = b
+		}
+	}
+	var idx struct {
+		Manifests []struct{ MediaType, Digest string }
+	}
+	if err := json.Unmarshal(index, &idx); err != nil || len(idx.Manifests) == 0 {
+		t.Fatalf("the tar's index.json: %v %s", err, index)
+	}
+	top := idx.Manifests[0]
+	types := map[string]string{top.Digest: top.MediaType}
+	// The manifests under an index, by their media type.
+	var sub struct {
+		Manifests []struct{ MediaType, Digest string }
+	}
+	if json.Unmarshal(blobs[top.Digest], &sub) == nil {
+		for _, m := range sub.Manifests {
+			types[m.Digest] = m.MediaType
+		}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != user || p != password {
+			w.Header().Set("WWW-Authenticate", `Basic realm="moatc-e2e"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+			return
+		}
+		parts := strings.Split(r.URL.Path, "/")
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		last, kind := parts[len(parts)-1], parts[len(parts)-2]
+		dgst := last
+		if kind == "manifests" && !strings.HasPrefix(last, "sha256:") {
+			dgst = top.Digest
+		}
+		b, ok := blobs[dgst]
+		if !ok || (kind != "manifests" && kind != "blobs") {
+			http.Error(w, `{"errors":[{"code":"NOT_FOUND"}]}`, http.StatusNotFound)
+			return
+		}
+		if kind == "manifests" {
+			w.Header().Set("Content-Type", types[dgst])
+		} else {
+			w.Header().Set("Content-Type", "application/octet-stream")
+		}
+		w.Header().Set("Docker-Content-Digest", dgst)
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		if r.Method != http.MethodHead {
+			w.Write(b)
+		}
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/distribution/reference"
 	dockerspec "github.com/moby/docker-image-spec/specs-go/v1"
 	"github.com/moby/moby/api/types/image"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -87,11 +89,16 @@ func imageList(e *Engine, w http.ResponseWriter, r *http.Request) error {
 			}
 			i = &matched
 		}
-		out = append(out, image.Summary{
+		users := e.containersOf(i.id())
+		sum := image.Summary{
 			ID: i.id(), RepoTags: i.repoTags(), RepoDigests: i.repoDigests(), Created: i.created.Unix(),
-			Size: i.size, SharedSize: -1, Labels: i.labels, Containers: int64(len(e.containersOf(i.id()))),
+			Size: i.size, SharedSize: -1, Labels: i.labels, Containers: int64(len(users)),
 			Descriptor: &d,
-		})
+		}
+		if boolParam(r, "manifests") {
+			sum.Manifests = e.imageManifests(ctx, i, users)
+		}
+		out = append(out, sum)
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
@@ -168,6 +175,51 @@ func matchReference(pattern string, i *imageEntry) bool {
 		}
 	}
 	return false
+}
+
+// imageManifests is the list's Manifests (manifests=1, which the CLI's `docker images`
+// asks for): the one manifest of the engine's platform, its sizes and its containers.
+func (e *Engine) imageManifests(ctx context.Context, i *imageEntry, users []record) []image.ManifestSummary {
+	cs := e.cfg.Client.ContentStore()
+	m, err := images.Manifest(ctx, cs, i.target, platforms.Default())
+	if err != nil {
+		return nil
+	}
+	desc := i.target
+	if images.IsIndexType(desc.MediaType) {
+		if ms, err := images.Children(ctx, cs, desc); err == nil {
+			for _, c := range ms {
+				if c.Platform != nil && platforms.Default().Match(*c.Platform) {
+					desc = c
+					break
+				}
+			}
+		}
+	}
+	ms := image.ManifestSummary{ID: desc.Digest.String(), Descriptor: desc, Available: true, Kind: image.ManifestKindImage,
+		ImageData: &image.ImageProperties{Containers: []string{}}}
+	ms.Size.Content = desc.Size + m.Config.Size
+	for _, l := range m.Layers {
+		ms.Size.Content += l.Size
+	}
+	ms.ImageData.Platform = platforms.Normalize(platforms.DefaultSpec())
+	if i.spec.OS != "" {
+		ms.ImageData.Platform = i.spec.Platform
+	}
+	// Unpacked: the layers' snapshots.
+	sn := e.cfg.Client.SnapshotService(e.cfg.Snapshotter)
+	var chain []digest.Digest
+	for _, d := range i.spec.RootFS.DiffIDs {
+		chain = append(chain, d)
+		if u, err := sn.Usage(ctx, identity.ChainID(chain).String()); err == nil {
+			ms.ImageData.Size.Unpacked += u.Size
+		}
+	}
+	ms.Size.Total = ms.Size.Content + ms.ImageData.Size.Unpacked
+	for _, u := range users {
+		ms.ImageData.Containers = append(ms.ImageData.Containers, u.ID)
+	}
+	return []image.ManifestSummary{ms}
 }
 
 // imageInspect is GET /images/{name}/json.
