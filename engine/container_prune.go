@@ -42,7 +42,7 @@ func containerPrune(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		if rec.Config != nil {
 			labels = rec.Config.Labels
 		}
-		if !pruneLabelsMatch(labels, f["label"], true) || !pruneLabelsMatch(labels, f["label!"], false) {
+		if !f.matchLabel(labels) || !f.matchNotLabel(labels) {
 			continue
 		}
 		c, err := e.lookup(rec.ID)
@@ -56,20 +56,6 @@ func containerPrune(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	}
 	e.emit(events.ContainerEventType, events.ActionPrune, "", map[string]string{"reclaimed": "0"})
 	return writeJSON(w, http.StatusOK, report)
-}
-
-// pruneLabelsMatch says whether labels has every one of want ("key" or "key=value") when has is
-// true, or none of them when false.
-func pruneLabelsMatch(labels map[string]string, want []string, has bool) bool {
-	for _, l := range want {
-		k, v, withValue := strings.Cut(l, "=")
-		got, ok := labels[k]
-		match := ok && (!withValue || got == v)
-		if match != has {
-			return false
-		}
-	}
-	return true
 }
 
 // pruneUntil reads Docker's until= filter: a Unix time (with fractional seconds), an

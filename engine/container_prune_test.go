@@ -44,8 +44,14 @@ func TestPruneLabelsMatch(t *testing.T) {
 		{[]string{"a=1"}, false, false},
 		{[]string{"a=2"}, false, true},
 	} {
-		if got := pruneLabelsMatch(l, c.want, c.has); got != c.ok {
-			t.Errorf("pruneLabelsMatch(%v, %v) = %v", c.want, c.has, got)
+		f, key := filters{"label": c.want}, "label"
+		got := f.matchLabel(l)
+		if !c.has {
+			f, key = filters{"label!": c.want}, "label!"
+			got = f.matchNotLabel(l)
+		}
+		if got != c.ok {
+			t.Errorf("%s=%v on %v: %v", key, c.want, l, got)
 		}
 	}
 }
