@@ -147,6 +147,17 @@ func TestEngineVolumes(t *testing.T) {
 				if out := d.ok("run", "--rm", "--volumes-from", "src", "busybox", "cat", "/data/hello"); out != "from the host\n" {
 					t.Errorf("--volumes-from: %q", out)
 				}
+				// inspect and ps show the mounts, a bind's source as the workload sees it.
+				d.ok("create", "--name", "mounts", "-v", "/workspace/sub:/data:ro", "-v", "e2e-mounts:/vol", "busybox", "true")
+				if out := d.ok("inspect", "-f", "{{range .Mounts}}{{.Type}} {{.Name}} {{.Source}} {{.Destination}} {{.RW}};{{end}}", "mounts"); !strings.Contains(out, "bind  /workspace/sub /data false;") ||
+					!strings.Contains(out, "volume e2e-mounts ") || !strings.Contains(out, "/e2e-mounts/_data /vol true;") {
+					t.Errorf("inspect's Mounts: %q", out)
+				}
+				if out := d.ok("ps", "-a", "--filter", "volume=e2e-mounts", "--format", "{{.Names}}"); out != "mounts\n" {
+					t.Errorf("ps --filter volume=e2e-mounts: %q", out)
+				}
+				d.ok("rm", "mounts")
+				d.ok("volume", "rm", "e2e-mounts")
 				d.ok("rm", "src")
 				if r := d.run("", "run", "--rm", "--volumes-from", "nosuch", "busybox", "true"); r.code != 125 {
 					t.Errorf("--volumes-from of an unknown container: %+v", r)

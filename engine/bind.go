@@ -620,3 +620,28 @@ func (e *Engine) unpinAll() error {
 	}
 	return nil
 }
+
+// mountPoints are a container's binds and volumes as inspect and list show them. A bind's
+// Source is its path as the workload sees it (the host's path is the engine's business).
+func (e *Engine) mountPoints(dir string) []container.MountPoint {
+	ms, _ := readMounts(dir)
+	out := []container.MountPoint{}
+	for _, m := range ms {
+		mode := "rw"
+		if m.ReadOnly {
+			mode = "ro"
+		}
+		p := container.MountPoint{Destination: m.Dest, Mode: mode, RW: !m.ReadOnly, Propagation: mount.Propagation(m.Propagation)}
+		switch m.Kind {
+		case kindVolume:
+			p.Type, p.Name, p.Driver, p.Source = mount.TypeVolume, m.Source, "local", e.volumeData(m.Source)
+		default:
+			p.Type, p.Source = mount.TypeBind, m.Source
+			if p.Propagation == "" {
+				p.Propagation = mount.PropagationRPrivate
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}

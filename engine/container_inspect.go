@@ -53,7 +53,7 @@ func (e *Engine) inspect(rec record, dir string) container.InspectResponse {
 		Platform:    "linux",
 		HostConfig:  rec.HostConfig,
 		GraphDriver: &storage.DriverData{Name: e.cfg.Snapshotter, Data: map[string]string{}},
-		Mounts:      []container.MountPoint{},
+		Mounts:      e.mountPoints(dir),
 		Config:      rec.Config,
 		NetworkSettings: &container.NetworkSettings{
 			Ports:    e.portMap(rec),

@@ -29,7 +29,7 @@ func containerList(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	for _, k := range []string{"before", "since", "volume", "health", "publish", "expose", "is-task", "annotation"} {
+	for _, k := range []string{"before", "since", "health", "publish", "expose", "is-task", "annotation"} {
 		if len(f[k]) > 0 {
 			return notImplemented("moatc does not support the container filter %q yet", k)
 		}
@@ -67,6 +67,12 @@ func containerList(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		s.NetworkSettings.Networks = e.containerNetworks(rec)
 		s.Ports = e.portSummary(rec)
 		if !e.matchNetworkFilter(f, s.NetworkSettings.Networks) {
+			continue
+		}
+		s.Mounts = e.mountPoints(e.containerDir(rec.ID))
+		if !f.matchAny("volume", func(v string) bool {
+			return slices.ContainsFunc(s.Mounts, func(m container.MountPoint) bool { return m.Name == v || m.Destination == v })
+		}) {
 			continue
 		}
 		out = append(out, s)
