@@ -71,6 +71,9 @@ type Config struct {
 	SocketTarget string
 	// VolumeDir holds named volumes; default StateDir/volumes. docker:host runs share one.
 	VolumeDir string
+	// ReaperExe is moatc-reaper, made into testcontainers' reaper image on demand (reaper.go);
+	// default: next to LoggerExe.
+	ReaperExe string
 }
 
 // Mount is one of the run's mounts: Target as the workload sees it, Source on the host.
@@ -92,6 +95,7 @@ type Engine struct {
 	// createMu makes a name's check and its taking one step: two clients racing on a
 	// name get one container and one 409.
 	createMu sync.Mutex
+	reaperMu sync.Mutex // one reaper image written at a time
 
 	bg      context.Context // the watchers'; cancelled by Close
 	cancel  context.CancelFunc

@@ -285,6 +285,16 @@ func (d *docker) remove(ctx context.Context, path string, q url.Values) error {
 	return err
 }
 
+// list GETs path into out; an engine that does not implement the kind (501) has none of it.
+func (d *docker) list(ctx context.Context, path string, q url.Values, out any) error {
+	code, err := d.do(ctx, http.MethodGet, path, q, out)
+	if code == http.StatusNotImplemented {
+		log.Printf("moatc-reaper: %v (nothing of that kind to remove)", err)
+		return nil
+	}
+	return err
+}
+
 // reap removes what matches each set: containers first (they hold networks, volumes and
 // images), then networks, volumes and images.
 func reap(ctx context.Context, d *docker, sets []map[string][]string) error {
@@ -295,37 +305,39 @@ func reap(ctx context.Context, d *docker, sets []map[string][]string) error {
 			ID     string
 			Labels map[string]string
 		}
-		if _, err := d.do(ctx, http.MethodGet, "/containers/json", url.Values{"all": {"1"}, "filters": q["filters"]}, &ctrs); err != nil {
+		if err := d.list(ctx, "/containers/json", url.Values{"all": {"1"}, "filters": q["filters"]}, &ctrs); err != nil {
 			errs = append(errs, err)
 		}
+		removed := 0
 		for _, c := range ctrs {
 			if c.Labels[labelRyuk] == "true" {
 				continue
 			}
+			removed++
 			errs = append(errs, d.remove(ctx, "/containers/"+c.ID, url.Values{"force": {"1"}, "v": {"1"}}))
 		}
 		var nets []struct{ ID string }
-		if _, err := d.do(ctx, http.MethodGet, "/networks", q, &nets); err != nil {
+		if err := d.list(ctx, "/networks", q, &nets); err != nil {
 			errs = append(errs, err)
 		}
 		for _, n := range nets {
 			errs = append(errs, d.remove(ctx, "/networks/"+n.ID, nil))
 		}
 		var vols struct{ Volumes []struct{ Name string } }
-		if _, err := d.do(ctx, http.MethodGet, "/volumes", q, &vols); err != nil {
+		if err := d.list(ctx, "/volumes", q, &vols); err != nil {
 			errs = append(errs, err)
 		}
 		for _, v := range vols.Volumes {
 			errs = append(errs, d.remove(ctx, "/volumes/"+url.PathEscape(v.Name), url.Values{"force": {"1"}}))
 		}
 		var imgs []struct{ ID string }
-		if _, err := d.do(ctx, http.MethodGet, "/images/json", q, &imgs); err != nil {
+		if err := d.list(ctx, "/images/json", q, &imgs); err != nil {
 			errs = append(errs, err)
 		}
 		for _, i := range imgs {
 			errs = append(errs, d.remove(ctx, "/images/"+i.ID, url.Values{"force": {"1"}}))
 		}
-		log.Printf("moatc-reaper: removed for %s: %d containers, %d networks, %d volumes, %d images", filtersJSON(f), len(ctrs), len(nets), len(vols.Volumes), len(imgs))
+		log.Printf("moatc-reaper: removed for %s: %d containers, %d networks, %d volumes, %d images", filtersJSON(f), removed, len(nets), len(vols.Volumes), len(imgs))
 	}
 	return errors.Join(errs...)
 }
