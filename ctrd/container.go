@@ -35,6 +35,7 @@ type Container struct {
 	Pids        int64    // the most processes and threads at once; 0 is unlimited
 	NetNS       string   // an existing network namespace; empty means a new, empty one
 	CapAdd      []string // capabilities beyond Docker's default set, e.g. CAP_NET_ADMIN
+	CapDrop     []string // capabilities of the default set taken away (before CapAdd)
 	ReadOnly    bool     // the rootfs read-only (mounts keep their own modes)
 	// Init, when set, is a host init binary (tini) mounted read-only at InitPath and run as
 	// PID 1 with Args as its child: it forwards signals and reaps zombies.
@@ -137,6 +138,9 @@ func (s Container) specOpts() ([]oci.SpecOpts, error) {
 	if s.CPUs > 0 {
 		const period = 100000
 		spec = append(spec, oci.WithCPUCFS(int64(s.CPUs*period), period))
+	}
+	if len(s.CapDrop) > 0 {
+		spec = append(spec, oci.WithDroppedCapabilities(s.CapDrop))
 	}
 	if len(s.CapAdd) > 0 {
 		// Before hardening: the seccomp profile opens the syscalls of the capabilities held.

@@ -199,6 +199,10 @@ func TestEngine(t *testing.T) {
 					t.Errorf("rm -f left %q", out)
 				}
 			})
+			t.Run("events", func(t *testing.T) {
+				d.t = t
+				testEngineEvents(t, d)
+			})
 			t.Run("missing-image", func(t *testing.T) {
 				d.t = t
 				r := d.run("", "run", "--rm", "moatc-e2e/no-such-image:1", "true")

@@ -130,6 +130,12 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 	if cfg.Hostname == "" {
 		cfg.Hostname = id[:12]
 	}
+	e.volMu.Lock()
+	defer e.volMu.Unlock()
+	ms, mounts, err := e.containerMounts(id, hc, cfg)
+	if err != nil {
+		return "", nil, err
+	}
 	c := &ctr{dir: e.containerDir(id), rec: record{
 		ID: id, Name: name, Created: time.Now().UTC(), Image: img.Name(), ImageID: img.Target().Digest.String(),
 		Path: path, Args: args, Config: cfg, HostConfig: hc, State: state{Status: container.StateCreated},
@@ -141,11 +147,18 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 		os.RemoveAll(c.dir)
 		return "", nil, err
 	}
+	if err := writeMounts(c.dir, ms); err != nil {
+		os.RemoveAll(c.dir)
+		return "", nil, fmt.Errorf("creating container: %w", err)
+	}
 	spec := ctrd.Container{
 		ID: id, RunID: e.cfg.RunID, Role: Role, Image: img, Snapshotter: e.cfg.Snapshotter, Runtime: e.cfg.Runtime,
 		Args: append([]string{path}, args...), Env: req.Env, Cwd: req.WorkingDir, User: req.User, TTY: cfg.Tty,
 		Hostname: cfg.Hostname, Memory: hc.Memory, ReadOnly: hc.ReadonlyRootfs, Rootless: e.cfg.Rootless,
-		Labels: map[string]string{LabelName: name},
+		Labels: map[string]string{LabelName: name}, Mounts: mounts,
+	}
+	if hasSocket(ms) {
+		spec.Runtime = socketRuntime(e.cfg.Runtime)
 	}
 	for k, v := range req.Labels {
 		spec.Labels[k] = v
@@ -172,6 +185,7 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 			spec.CapAdd = append(spec.CapAdd, n)
 		}
 	}
+	spec.CapDrop = capDrop(hc)
 	if hc.Init != nil && *hc.Init {
 		spec.Init = e.cfg.InitBinary
 	}
@@ -181,10 +195,12 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 		if opts != "" {
 			o = append(o, strings.Split(opts, ",")...)
 		}
+		o = append(o, "nosuid", "nodev") // checkHostConfig refused suid and dev
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: dst, Type: "tmpfs", Source: "tmpfs", Options: o})
 	}
 	if _, err := e.cfg.Client.CreateContainer(ctx, spec); err != nil {
 		os.RemoveAll(c.dir)
+		e.dropNewAnonymous(ms)
 		return "", nil, fmt.Errorf("creating container: %w", err)
 	}
 	e.mu.Lock()

@@ -40,6 +40,9 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 	case hc.CgroupParent != "" || hc.Cgroup != "":
 		return nil, refuse("choosing the container's cgroup (--cgroup-parent)")
 	}
+	if err := checkMountPolicy(hc); err != nil {
+		return nil, err
+	}
 	for _, c := range hc.CapAdd {
 		n := strings.TrimPrefix(strings.ToUpper(c), "CAP_")
 		if !slices.Contains(defaultCaps, n) {
@@ -51,6 +54,8 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 		switch {
 		case k == "no-new-privileges" && (v == "" || v == "true"):
 			// Every container has it already.
+		case k == "no-new-privileges":
+			return nil, refuse("--security-opt " + o + ": every container runs with no-new-privileges")
 		case (k == "seccomp" || k == "apparmor" || k == "systempaths") && v == "unconfined", k == "label" && v == "disable":
 			return nil, refuse("--security-opt " + o)
 		default:
@@ -58,10 +63,6 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 		}
 	}
 	switch {
-	case len(hc.CapDrop) > 0:
-		return nil, notImplemented("moatc does not support --cap-drop yet")
-	case len(hc.Binds) > 0 || len(hc.Mounts) > 0 || len(hc.VolumesFrom) > 0 || hc.VolumeDriver != "":
-		return nil, notImplemented("moatc does not support bind mounts and volumes (-v, --mount, --volumes-from) yet")
 	case len(hc.PortBindings) > 0 || hc.PublishAllPorts:
 		return nil, notImplemented("moatc does not support publishing ports (-p, -P) yet: its engine's containers have no network yet")
 	case len(hc.Links) > 0:
@@ -86,4 +87,41 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 		warnings = append(warnings, "moatc does not run health checks yet")
 	}
 	return warnings, nil
+}
+
+// checkMountPolicy refuses the mount and process settings that would reach past the run: a
+// volume driver other than local, and a negative OOM score (a container the kernel spares
+// before the host's own processes). Binds are checked where they are resolved (bind.go).
+func checkMountPolicy(hc *container.HostConfig) error {
+	if hc.VolumeDriver != "" && hc.VolumeDriver != "local" {
+		return notImplemented("moatc does not support volume driver %s: its volumes are local directories", hc.VolumeDriver)
+	}
+	if hc.OomScoreAdj < 0 {
+		return forbidden("moatc refuses --oom-score-adj %d: containers started through its engine cannot be spared by the OOM killer before the host's processes", hc.OomScoreAdj)
+	}
+	for dst, opts := range hc.Tmpfs {
+		if err := checkTmpfsOptions(dst, strings.Split(opts, ",")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// capDrop is --cap-drop as capability names: ALL is Docker's whole default set. What is
+// also added (--cap-drop ALL --cap-add CHOWN) stays.
+func capDrop(hc *container.HostConfig) []string {
+	norm := func(c string) string { return "CAP_" + strings.TrimPrefix(strings.ToUpper(c), "CAP_") }
+	var drop []string
+	for _, c := range hc.CapDrop {
+		if strings.EqualFold(c, "ALL") {
+			for _, d := range defaultCaps {
+				drop = append(drop, "CAP_"+d)
+			}
+			continue
+		}
+		drop = append(drop, norm(c))
+	}
+	return slices.DeleteFunc(drop, func(d string) bool {
+		return slices.ContainsFunc(hc.CapAdd, func(a string) bool { return norm(a) == d })
+	})
 }

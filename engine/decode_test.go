@@ -165,9 +165,6 @@ func TestCheckHostConfig(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if _, err := checkHostConfig(&container.HostConfig{Binds: []string{"/etc:/x"}}, &container.Config{}); !errdefs.IsNotImplemented(err) {
-		t.Errorf("binds are not there yet: %v", err)
-	}
 	if _, err := checkHostConfig(&container.HostConfig{NetworkMode: "mynet"}, &container.Config{}); !errdefs.IsNotFound(err) {
 		t.Errorf("an unknown network is 404: %v", err)
 	}

@@ -95,6 +95,9 @@ type Engine struct {
 	// createMu makes a name's check and its taking one step: two clients racing on a
 	// name get one container and one 409.
 	createMu sync.Mutex
+	// volMu makes a volume's check for users and its removal one step, against creates
+	// that take it (see volume.go).
+	volMu    sync.Mutex
 	reaperMu sync.Mutex // one reaper image written at a time
 
 	bg      context.Context // the watchers'; cancelled by Close
@@ -128,6 +131,10 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e := &Engine{cfg: cfg, id: engineID(cfg.StateDir), unlock: unlock, ctrs: map[string]*ctr{}, changed: make(chan struct{}), bg: bg, cancel: cancel}
+	if err := e.unpinAll(); err != nil {
+		e.Close()
+		return nil, err
+	}
 	if err := e.load(ctx); err != nil {
 		e.Close()
 		return nil, err
@@ -225,6 +232,9 @@ func (e *Engine) Destroy(ctx context.Context) error {
 	if g, ok := e.cfg.Runtime.(ctrd.GVisor); ok {
 		// The shims' runsc root for the namespace: empty once its sandboxes are gone.
 		os.Remove(filepath.Join(g.StateRoot(), e.cfg.Client.Namespace))
+	}
+	if err := e.unpinAll(); err != nil {
+		errs = append(errs, err) // never remove the state through a pinned workspace
 	}
 	if len(errs) == 0 {
 		if err := os.RemoveAll(e.cfg.StateDir); err != nil {

@@ -104,7 +104,17 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 		}
 		creator = log.ShimIO(e.cfg.LoggerExe, cfg.Tty)
 	}
+	unpin, err := e.pinContainerMounts(c)
+	if err != nil {
+		close(taskReady)
+		if rec != nil {
+			rec.Close()
+		}
+		done()
+		return err
+	}
 	task, err = cc.NewTask(ctx, creator)
+	unpin()
 	close(taskReady)
 	var statusC <-chan containerd.ExitStatus
 	if err == nil {
@@ -134,6 +144,7 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 	e.notify()
 	rec0 := c.rec
 	e.mu.Unlock()
+	e.startedMounts(c)
 	e.containerEvent(events.ActionStart, rec0, nil)
 	e.workers.Add(1)
 	go e.watch(c, task, statusC, rec)
@@ -165,7 +176,7 @@ func (e *Engine) startFailed(c *ctr, err error) error {
 	autoRemove := c.rec.HostConfig.AutoRemove
 	e.mu.Unlock()
 	if autoRemove {
-		e.removeContainer(e.bg, c, true)
+		e.removeWithVolumes(e.bg, c, true, true)
 	}
 	return classed(class, "failed to start container %s: %s", c.rec.Name, msg)
 }
@@ -264,7 +275,7 @@ func (e *Engine) watch(c *ctr, task containerd.Task, statusC <-chan containerd.E
 	e.containerEvent(events.ActionDie, ended, map[string]string{"exitCode": strconv.Itoa(int(st.ExitCode()))})
 	close(c.watchDone)
 	if autoRemove && e.bg.Err() == nil {
-		if err := e.removeContainer(e.bg, c, true); err != nil {
+		if err := e.removeWithVolumes(e.bg, c, true, true); err != nil {
 			fmt.Fprintf(os.Stderr, "moatc engine: warning: removing %s (AutoRemove): %v\n", c.rec.ID, err)
 		}
 	}

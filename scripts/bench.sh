@@ -130,6 +130,26 @@ rootless_rows() {
   as_root "$MOATC" clean >/dev/null
 }
 
+# The Docker Engine API (issue 10): a container through the engine's socket against `moatc run`
+# of the same image and command, per runtime (goal: within 1.5x). BENCH_ONLY=engine runs only
+# these rows.
+engine_rows() {
+  local rt flag ns esock epid
+  for rt in runc gvisor; do
+    flag=; [ "$rt" = runc ] && flag=--no-sandbox
+    ns=moatc-bench-engine-$rt esock="$MOATC_HOME/bench-engine-$rt.sock"
+    "$MOATC" _engine --socket "$esock" --namespace "$ns" --image busybox --ephemeral $flag 2>"$MOATC_HOME/bench-engine-$rt.log" &
+    epid=$!
+    for _ in $(seq 100); do DOCKER_HOST=unix://$esock "$PREFIX/bin/docker" version >/dev/null 2>&1 && break; sleep 0.1; done
+    echo
+    echo "== Docker Engine API ($rt): docker run --rm through moatc's socket"
+    row "moatc run -- true, networked ($rt)" "$MOATC" run $flag --image busybox "$ws" -- true
+    row "docker run --rm true, engine ($rt)" env DOCKER_HOST=unix://$esock "$PREFIX/bin/docker" run --rm busybox true
+    ratio "docker run --rm true, engine ($rt)" "moatc run -- true, networked ($rt)"
+    kill "$epid"; wait "$epid" || true
+  done
+}
+
 echo "moatc bench: $RUNS runs each, medians, $(nproc) cores, $(date -u +%FT%TZ)"
 "$MOATC" system start >/dev/null
 MOATC="$MOATC" bash "$here/scripts/base-images.sh" >/dev/null 2>&1
@@ -139,6 +159,10 @@ cfg=$(mktemp -p "$MOATC_HOME" runsc-XXXX.toml)
 printf 'binary_name = "%s"\n[runsc_config]\n  platform = "systrap"\n' "$PREFIX/bin/runsc" > "$cfg"
 if [ "${BENCH_ONLY:-}" = rootless ]; then
   rootless_rows
+  exit 0
+fi
+if [ "${BENCH_ONLY:-}" = engine ]; then
+  engine_rows
   exit 0
 fi
 
@@ -291,6 +315,8 @@ if [ "${BENCH_COLD:-1}" = 1 ]; then
       for (i = 1; i <= NF; i++) { if ($(i+1) == "s-sandboxed") s = $i; if ($(i+1) == "s-unsandboxed") u = $i; if ($(i+1) == "ratio") r = $i }
       printf "%-46s %8.1fs\n%-46s %8.1fs\n  ratio %-36s %5.2fx  (sandboxed / unsandboxed)\n", "cold build, sandboxed (median)", s, "cold build, runc + host network (median)", u, "", r }'
 fi
+
+engine_rows
 
 if [ "${BENCH_ROOTLESS:-1}" = 1 ]; then
   rootless_rows

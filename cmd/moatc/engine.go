@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -33,6 +34,8 @@ func engineCommand() *cli.Command {
 			&cli.StringFlag{Name: "run-id", Usage: "the run `ID` its containers are labelled with (default: a new one)"},
 			&cli.StringFlag{Name: "state", Usage: "the engine's state `DIR` (default: HOME/engine/NAMESPACE)"},
 			&cli.StringSliceFlag{Name: "image", Usage: "make image `REF` of moatc's store available to the engine (copied by reference); repeatable"},
+			&cli.StringSliceFlag{Name: "mount", Usage: "give the engine a run mount `TARGET=SOURCE[:ro]`: binds of TARGET/... map to SOURCE/... on the host; repeatable"},
+			&cli.StringFlag{Name: "socket-target", Usage: "where the workload sees the engine's socket (`PATH`, e.g. /var/run/docker.sock): binding it gives a container the same engine"},
 			&cli.BoolFlag{Name: "ephemeral", Usage: "remove the namespace and all in it when the engine stops (as docker:dind will)"},
 			jsonFlag,
 		},
@@ -86,10 +89,15 @@ func engineAction(c *cli.Context) error {
 	if dir == "" {
 		dir = filepath.Join(home, "engine", ns)
 	}
+	mounts, err := engineMounts(c.StringSlice("mount"))
+	if err != nil {
+		return err
+	}
 	initBin, _ := mgr.InitBinary()
 	eng, err := engine.New(ctx, engine.Config{
 		Client: client, Runtime: rt, Rootless: rootless.Enabled(), RunID: runID, StateDir: dir,
 		Snapshotter: snapshot.Default(), LoggerExe: self(), InitBinary: initBin, Prefix: prefix, Version: version,
+		Mounts: mounts, Socket: sock, SocketTarget: c.String("socket-target"),
 	})
 	if err != nil {
 		return err
@@ -126,4 +134,27 @@ func engineAction(c *cli.Context) error {
 		return fmt.Errorf("serving the engine: %w", err)
 	}
 	return nil
+}
+
+// engineMounts reads --mount TARGET=SOURCE[:ro]: the run mounts a development engine maps
+// bind sources through.
+func engineMounts(flags []string) ([]engine.Mount, error) {
+	var out []engine.Mount
+	for _, f := range flags {
+		target, source, ok := strings.Cut(f, "=")
+		m := engine.Mount{Target: target, Source: source}
+		if s, ok := strings.CutSuffix(source, ":ro"); ok {
+			m.Source, m.ReadOnly = s, true
+		}
+		if !ok || !filepath.IsAbs(m.Target) || !filepath.IsAbs(m.Source) {
+			return nil, usageError{fmt.Errorf("--mount %s: want TARGET=SOURCE[:ro], both absolute paths", f)}
+		}
+		real, err := filepath.EvalSymlinks(m.Source)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--mount %s: %w", f, err)}
+		}
+		m.Source = real
+		out = append(out, m)
+	}
+	return out, nil
 }
