@@ -25,7 +25,7 @@ func tcEngine(t *testing.T, rt, ns string) (*engineProc, *dockerCLI) {
 		}
 		t.Skipf("the Docker CLI is not installed in %s (run `make setup`; never skipped in CI): %v", prefix, err)
 	}
-	eng := startEngine(t, rt, ns, true)
+	eng := tcStartEngine(t, rt, ns)
 	t.Cleanup(func() {
 		eng.stop(t)
 		if t.Failed() {
@@ -33,6 +33,34 @@ func tcEngine(t *testing.T, rt, ns string) (*engineProc, *dockerCLI) {
 		}
 	})
 	return eng, &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + tcDockerConfig(t)}}
+}
+
+// tcStartEngine starts an ephemeral engine whose socket is bindable at its own host path, the
+// path a client on the host gives testcontainers' reaper to bind (DOCKER_HOST's).
+func tcStartEngine(t *testing.T, rt, ns string) *engineProc {
+	t.Helper()
+	e := &engineProc{sock: filepath.Join(home, "engine-tc-"+rt+".sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	args := append([]string{"_engine", "--socket", e.sock, "--socket-target", e.sock, "--namespace", ns, "--image", "busybox", "--ephemeral"}, sandboxArgs(rt)...)
+	e.cmd = exec.Command(moatc, args...)
+	e.cmd.Stderr = e.stderr
+	if err := e.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { e.done <- e.cmd.Wait() }()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		select {
+		case err := <-e.done:
+			t.Fatalf("moatc _engine exited: %v\n%s", err, e.stderr)
+		default:
+		}
+		if r := engineGet(t, e.sock, "/_ping"); r.err == nil && r.code == 200 {
+			return e
+		}
+		if time.Now().After(deadline) {
+			e.stop(t)
+			t.Fatalf("moatc _engine does not answer on %s\n%s", e.sock, e.stderr)
+		}
+	}
 }
 
 // tcDockerConfig is a Docker CLI config directory that finds the compose plugin setup.sh
