@@ -672,6 +672,8 @@ func (m *Manager) teardown(ctx context.Context, runID string, rec *record, detac
 			mu.Unlock()
 		}
 	}
+	// Attachments first: their DEL needs the conflist and leases in the run's directory.
+	collect(m.detachAll(ctx, runID))
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if fw, err := findFirewall(); err == nil { // without iptables there can be no rules

@@ -84,7 +84,11 @@ func runRules(r *record) []rule {
 		// The host's services (on any of its addresses) are closed to runs by default.
 		rule{"filter", chainInput, "-i " + br, "DROP", "the host is closed to the run"},
 		rule{"filter", chainForward, "-i " + br + " ! -s " + sub, "DROP",
-			"drop packets whose source is not the run's subnet"})
+			"drop packets whose source is not the run's subnet"},
+		// bridge-nf-call-iptables sends traffic between two ports of the bridge through FORWARD:
+		// the run and the containers attached to its network (Attach) reach each other.
+		rule{"filter", chainForward, "-i " + br + " -o " + br, "ACCEPT",
+			"the run and its attached containers reach each other"})
 	if r.Strict {
 		// Before the task exists, so the workload's first packet meets it: no DNS, no IPv4
 		// anywhere but the proxy (IPv6 is off on the bridge), whatever it does inside.

@@ -104,19 +104,25 @@ func (c *Client) Import(ctx context.Context, r io.Reader, snapshotter, extraName
 
 // Pull fetches ref from its registry and unpacks it. Registries on localhost are spoken to
 // over plain HTTP, as Docker does. progress, if set, is told of each blob fetched.
-func (c *Client) Pull(ctx context.Context, ref, snapshotter string, progress func(ocispec.Descriptor)) (containerd.Image, error) {
+func (c *Client) Pull(ctx context.Context, ref, snapshotter string, progress func(ocispec.Descriptor), opts ...PullOpt) (containerd.Image, error) {
 	name, err := Normalize(ref)
 	if err != nil {
 		return nil, err
 	}
-	resolver := docker.NewResolver(docker.ResolverOptions{
-		Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchLocalhost)),
-	})
-	opts := []containerd.RemoteOpt{
+	var po pullOptions
+	for _, o := range opts {
+		o(&po)
+	}
+	hostOpts := []docker.RegistryOpt{docker.WithPlainHTTP(docker.MatchLocalhost)}
+	if po.creds != nil {
+		hostOpts = append(hostOpts, docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(po.creds))))
+	}
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(hostOpts...)})
+	ropts := []containerd.RemoteOpt{
 		containerd.WithResolver(resolver), containerd.WithPullUnpack, containerd.WithPullSnapshotter(snapshotter),
 	}
 	if progress != nil {
-		opts = append(opts, containerd.WithImageHandler(images.HandlerFunc(
+		ropts = append(ropts, containerd.WithImageHandler(images.HandlerFunc(
 			func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 				progress(d)
 				return nil, nil
@@ -127,11 +133,24 @@ func (c *Client) Pull(ctx context.Context, ref, snapshotter string, progress fun
 		return nil, err
 	}
 	defer done()
-	img, err := c.Client.Pull(ctx, name, opts...)
+	img, err := c.Client.Pull(ctx, name, ropts...)
 	if err != nil {
 		return nil, fmt.Errorf("pulling %s: %w", name, err)
 	}
 	return img, nil
+}
+
+// PullOpt changes how Pull speaks to the registry.
+type PullOpt func(*pullOptions)
+
+type pullOptions struct {
+	creds func(host string) (string, string, error)
+}
+
+// WithCredentials gives Pull the registry's user and secret for a host (an identity token
+// has user ""), asked when the registry wants them.
+func WithCredentials(creds func(host string) (user, secret string, err error)) PullOpt {
+	return func(o *pullOptions) { o.creds = creds }
 }
 
 // ImageInfo is one row of `moatc image ls`.

@@ -207,7 +207,7 @@ func TestEngine(t *testing.T) {
 				d.t = t
 				r := d.run("", "run", "--rm", "moatc-e2e/no-such-image:1", "true")
 				if r.code != 125 || !strings.Contains(r.stderr, "Unable to find image 'moatc-e2e/no-such-image:1' locally") ||
-					!strings.Contains(r.stderr, "moatc does not support POST /images/create yet") {
+					!strings.Contains(r.stderr, "Error response from daemon: ") || !strings.Contains(r.stderr, "moatc-e2e/no-such-image") {
 					t.Errorf("a missing image: the CLI must try to pull it and say why that failed: %+v", r)
 				}
 			})

@@ -198,7 +198,14 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 		o = append(o, "nosuid", "nodev") // checkHostConfig refused suid and dev
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: dst, Type: "tmpfs", Source: "tmpfs", Options: o})
 	}
+	netns, netMounts, err := e.networkMounts(ctx, id, name, c.dir, cfg.Hostname, hc, cfg.ExposedPorts, req.NetworkingConfig)
+	if err != nil {
+		os.RemoveAll(c.dir)
+		return "", nil, err
+	}
+	spec.NetNS, spec.Mounts = netns, append(spec.Mounts, netMounts...)
 	if _, err := e.cfg.Client.CreateContainer(ctx, spec); err != nil {
+		e.detachContainer(ctx, id)
 		os.RemoveAll(c.dir)
 		e.dropNewAnonymous(ms)
 		return "", nil, fmt.Errorf("creating container: %w", err)

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/api/types/storage"
 )
 
@@ -57,8 +56,8 @@ func (e *Engine) inspect(rec record, dir string) container.InspectResponse {
 		Mounts:      []container.MountPoint{},
 		Config:      rec.Config,
 		NetworkSettings: &container.NetworkSettings{
-			Ports:    network.PortMap{},
-			Networks: map[string]*network.EndpointSettings{},
+			Ports:    e.portMap(rec),
+			Networks: e.containerNetworks(rec),
 		},
 	}
 }

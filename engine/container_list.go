@@ -29,7 +29,7 @@ func containerList(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	for _, k := range []string{"before", "since", "network", "volume", "health", "publish", "expose", "is-task", "annotation"} {
+	for _, k := range []string{"before", "since", "volume", "health", "publish", "expose", "is-task", "annotation"} {
 		if len(f[k]) > 0 {
 			return notImplemented("moatc does not support the container filter %q yet", k)
 		}
@@ -63,7 +63,13 @@ func containerList(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		if !matchContainer(f, exited, rec) {
 			continue
 		}
-		out = append(out, summary(rec))
+		s := summary(rec)
+		s.NetworkSettings.Networks = e.containerNetworks(rec)
+		s.Ports = e.portSummary(rec)
+		if !e.matchNetworkFilter(f, s.NetworkSettings.Networks) {
+			continue
+		}
+		out = append(out, s)
 	}
 	return writeJSON(w, http.StatusOK, out)
 }

@@ -63,8 +63,6 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 		}
 	}
 	switch {
-	case len(hc.PortBindings) > 0 || hc.PublishAllPorts:
-		return nil, notImplemented("moatc does not support publishing ports (-p, -P) yet: its engine's containers have no network yet")
 	case len(hc.Links) > 0:
 		return nil, notImplemented("moatc does not support --link")
 	case hc.NetworkMode.IsContainer() || hc.PidMode.IsContainer() || hc.IpcMode.IsContainer():
@@ -72,16 +70,12 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 	case hc.Runtime != "":
 		return nil, notImplemented("moatc does not support --runtime: every container of its engine runs under the run's runtime")
 	}
-	switch hc.NetworkMode {
-	case "", network.NetworkDefault, network.NetworkBridge, network.NetworkNone:
-	default:
-		return nil, notFound("network %s not found", hc.NetworkMode)
-	}
+	// The network mode names a network: create checks it (networkMounts).
 	if !hc.RestartPolicy.IsNone() {
 		warnings = append(warnings, fmt.Sprintf("moatc does not apply restart policies yet: --restart %s is ignored", hc.RestartPolicy.Name))
 	}
 	if len(hc.DNS) > 0 || len(hc.DNSSearch) > 0 || len(hc.DNSOptions) > 0 || len(hc.ExtraHosts) > 0 {
-		warnings = append(warnings, "moatc's engine gives containers no network yet: --dns and --add-host are ignored")
+		warnings = append(warnings, "moatc's engine ignores --dns and --add-host: containers get the run's resolver and the engine's hosts file")
 	}
 	if cfg.Healthcheck != nil && len(cfg.Healthcheck.Test) > 0 && cfg.Healthcheck.Test[0] != "NONE" {
 		warnings = append(warnings, "moatc does not run health checks yet")

@@ -117,6 +117,17 @@ func (f filters) matchLabel(labels map[string]string) bool {
 	return true
 }
 
+// matchNotLabel reports whether labels satisfy no "label!" filter ("key" or "key=value"), as
+// the prune endpoints take it.
+func (f filters) matchNotLabel(labels map[string]string) bool {
+	for _, not := range f["label!"] {
+		if (filters{"label": {not}}).matchLabel(labels) {
+			return false
+		}
+	}
+	return true
+}
+
 // matchAny reports whether key has no filter or one of its values satisfies match.
 func (f filters) matchAny(key string, match func(string) bool) bool {
 	vals := f[key]

@@ -108,6 +108,9 @@ type Engine struct {
 	srv   *http.Server
 
 	events eventBus
+	execs  execTable  // container_exec.go
+	nw     netState   // network.go
+	ports  portsState // network_ports.go
 }
 
 // New opens the engine's state, takes it over (one engine a namespace at a time), and follows
@@ -138,6 +141,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := e.load(ctx); err != nil {
 		e.Close()
 		return nil, err
+	}
+	if cfg.Net != nil {
+		e.reopenPorts()
 	}
 	return e, nil
 }

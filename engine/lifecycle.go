@@ -58,6 +58,10 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 		e.mu.Unlock()
 	}
 
+	if err := e.ensureAttached(ctx, c.rec.ID); err != nil {
+		done()
+		return fmt.Errorf("starting container %s: %w", c.rec.Name, err)
+	}
 	cc, err := e.cfg.Client.LoadContainer(ctx, c.rec.ID)
 	if err != nil {
 		done()
@@ -146,6 +150,9 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 	e.mu.Unlock()
 	e.startedMounts(c)
 	e.containerEvent(events.ActionStart, rec0, nil)
+	if err := e.openPorts(rec0.ID); err != nil {
+		fmt.Fprintf(os.Stderr, "moatc engine: warning: %v\n", err)
+	}
 	e.workers.Add(1)
 	go e.watch(c, task, statusC, rec)
 	if serr != nil {
@@ -272,6 +279,7 @@ func (e *Engine) watch(c *ctr, task containerd.Task, statusC <-chan containerd.E
 	e.notify()
 	ended := c.rec
 	e.mu.Unlock()
+	e.closePorts(ended.ID)
 	e.containerEvent(events.ActionDie, ended, map[string]string{"exitCode": strconv.Itoa(int(st.ExitCode()))})
 	close(c.watchDone)
 	if autoRemove && e.bg.Err() == nil {
@@ -319,6 +327,7 @@ func (e *Engine) removeContainer(ctx context.Context, c *ctr, force bool) error 
 		case <-time.After(15 * time.Second):
 		}
 	}
+	e.detachContainer(ctx, c.rec.ID)
 	err := os.RemoveAll(c.dir)
 	e.mu.Lock()
 	c.removed = true

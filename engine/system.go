@@ -133,9 +133,10 @@ func info(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		Swarm:             swarm.Info{LocalNodeState: swarm.LocalNodeStateInactive},
 		SecurityOptions:   []string{"name=seccomp,profile=builtin", "name=no-new-privileges"},
 		Containerd:        &system.ContainerdInfo{Address: e.cfg.Client.Address, Namespaces: system.ContainerdNamespaces{Containers: e.cfg.Client.Namespace, Plugins: e.cfg.Client.Namespace}},
-		Warnings: []string{
-			"WARNING: moatc's engine gives containers no network yet (loopback only): -p, --network and DNS are not available",
-		},
+		Warnings:          []string{},
+	}
+	if e.cfg.Net == nil {
+		inf.Warnings = append(inf.Warnings, "WARNING: this engine has no network: its containers have loopback only, and -p is refused")
 	}
 	if e.cfg.InitBinary != "" {
 		inf.InitBinary = e.cfg.InitBinary

@@ -300,7 +300,7 @@ func volumePrune(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	users := e.volumeUsers()
 	rep := volume.PruneReport{VolumesDeleted: []string{}}
 	for _, v := range vs {
-		if len(users[v.Name]) > 0 || (!all && !v.Anonymous) || !f.matchLabel(v.Labels) || !notLabel(f, v.Labels) {
+		if len(users[v.Name]) > 0 || (!all && !v.Anonymous) || !f.matchLabel(v.Labels) || !f.matchNotLabel(v.Labels) {
 			continue
 		}
 		size := dirSize(e.volumeData(v.Name))
@@ -312,16 +312,6 @@ func volumePrune(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	}
 	e.emit(events.VolumeEventType, events.ActionPrune, "", map[string]string{"reclaimed": fmt.Sprint(rep.SpaceReclaimed)})
 	return writeJSON(w, http.StatusOK, rep)
-}
-
-// notLabel applies prune's label! filters: none of them may match.
-func notLabel(f filters, labels map[string]string) bool {
-	for _, want := range f["label!"] {
-		if (filters{"label": {want}}).matchLabel(labels) {
-			return false
-		}
-	}
-	return true
 }
 
 // dirSize is the bytes of the regular files below dir (links not followed).

@@ -104,6 +104,13 @@ func extractTar(r io.Reader, dir, top, as string) error {
 	return nil
 }
 
+// ExtractTar is extractTar for the Docker engine's archive upload into a stopped container's
+// mounted root: the same confinement to dir.
+func ExtractTar(r io.Reader, dir string) error { return extractTar(r, dir, ".", "") }
+
+// WriteTar is writeTar for the Docker engine's archive download from a stopped container.
+func WriteTar(w io.Writer, src, name string) error { return writeTar(w, src, name) }
+
 // entryName checks an entry's name and maps its first component from top to as.
 func entryName(name, top, as string) (string, error) {
 	clean := path.Clean(strings.TrimPrefix(name, "./"))

@@ -146,6 +146,16 @@ func execStartError(run string, err error) error {
 
 // execSpec is the workload's process spec with the exec's command, env, directory and user.
 func (m *Manager) execSpec(ctx context.Context, ctr containerd.Container, o ExecOptions) (*specs.Process, error) {
+	c, err := m.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return ExecProcessSpec(ctx, c.Client, ctr, o)
+}
+
+// ExecProcessSpec is ctr's own process spec with o's command, env, directory, user and
+// terminal: what an exec in it runs with (moatc exec, and the Docker engine's exec).
+func ExecProcessSpec(ctx context.Context, client *containerd.Client, ctr containerd.Container, o ExecOptions) (*specs.Process, error) {
 	spec, err := ctr.Spec(ctx)
 	if err != nil {
 		return nil, err
@@ -171,10 +181,6 @@ func (m *Manager) execSpec(ctx context.Context, ctr containerd.Container, o Exec
 	if o.User != "" {
 		// containerd resolves a name against the container's own /etc/passwd and /etc/group
 		// (its snapshot), never the host's.
-		c, err := m.Client(ctx)
-		if err != nil {
-			return nil, err
-		}
 		info, err := ctr.Info(ctx, containerd.WithoutRefreshedMetadata)
 		if err != nil {
 			return nil, err
@@ -182,7 +188,7 @@ func (m *Manager) execSpec(ctx context.Context, ctr containerd.Container, o Exec
 		tmp := *spec
 		tmp.Process = &p
 		p.User.AdditionalGids = nil
-		if err := oci.WithUser(o.User)(ctx, c.Client, &containers.Container{ID: info.ID, Snapshotter: info.Snapshotter, SnapshotKey: info.SnapshotKey}, &tmp); err != nil {
+		if err := oci.WithUser(o.User)(ctx, client, &containers.Container{ID: info.ID, Snapshotter: info.Snapshotter, SnapshotKey: info.SnapshotKey}, &tmp); err != nil {
 			return nil, fmt.Errorf("user %q: %w", o.User, err)
 		}
 	}

@@ -79,6 +79,26 @@ func (m *Manager) Top(ctx context.Context, ref string) (*Top, error) {
 	return t, nil
 }
 
+// TaskProcesses lists the processes of a running task: from the host's /proc for runc
+// (runsc ""), or from runsc ps with root (runsc's state root of the task's namespace).
+func TaskProcesses(ctx context.Context, task containerd.Task, runsc, root string) ([]Process, error) {
+	if runsc != "" {
+		return runscPs(ctx, runsc, root, task.ID())
+	}
+	pids, err := task.Pids(ctx)
+	if err != nil {
+		return nil, err
+	}
+	procs := []Process{}
+	for _, p := range pids {
+		// A process may end between the listing and the read: it is simply left out.
+		if pr, err := hostProcess("/proc", int(p.Pid)); err == nil {
+			procs = append(procs, pr)
+		}
+	}
+	return procs, nil
+}
+
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every Linux Go runs on.
 const clockTicks = 100
 

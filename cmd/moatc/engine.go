@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/moatc/moatc/cni"
+	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/engine"
 	"github.com/moatc/moatc/rootless"
@@ -36,6 +39,7 @@ func engineCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "image", Usage: "make image `REF` of moatc's store available to the engine (copied by reference); repeatable"},
 			&cli.StringSliceFlag{Name: "mount", Usage: "give the engine a run mount `TARGET=SOURCE[:ro]`: binds of TARGET/... map to SOURCE/... on the host; repeatable"},
 			&cli.StringFlag{Name: "socket-target", Usage: "where the workload sees the engine's socket (`PATH`, e.g. /var/run/docker.sock): binding it gives a container the same engine"},
+			&cli.BoolFlag{Name: "no-network", Usage: "give the engine's containers loopback only (default: a network of the engine's run, as a run's)"},
 			&cli.BoolFlag{Name: "ephemeral", Usage: "remove the namespace and all in it when the engine stops (as docker:dind will)"},
 			jsonFlag,
 		},
@@ -56,8 +60,9 @@ func engineAction(c *cli.Context) error {
 		return err
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
+	var kit *rootless.Kit
 	if rootless.Enabled() {
-		if _, err := enterRootless(c, d, addr); err != nil {
+		if kit, err = enterRootless(c, d, addr); err != nil {
 			return err
 		}
 	}
@@ -94,11 +99,29 @@ func engineAction(c *cli.Context) error {
 		return err
 	}
 	initBin, _ := mgr.InitBinary()
-	eng, err := engine.New(ctx, engine.Config{
+	ecfg := engine.Config{
 		Client: client, Runtime: rt, Rootless: rootless.Enabled(), RunID: runID, StateDir: dir,
 		Snapshotter: snapshot.Default(), LoggerExe: self(), InitBinary: initBin, Prefix: prefix, Version: version,
 		Mounts: mounts, Socket: sock, SocketTarget: c.String("socket-target"),
-	})
+	}
+	if !c.Bool("no-network") {
+		// The engine's run gets a network as a run does; its containers join it.
+		nets, err := engineNetworks(home, prefix, kit)
+		if err != nil {
+			return err
+		}
+		nets.Teardown(ctx, runID) // what an engine of this run killed -9 left
+		if _, err := nets.Setup(ctx, runID, cni.Options{Hostname: "moatc-engine"}); err != nil {
+			return err
+		}
+		defer func() {
+			if err := nets.Teardown(context.WithoutCancel(c.Context), runID); err != nil {
+				fmt.Fprintf(os.Stderr, "moatc: warning: %v\n", err)
+			}
+		}()
+		ecfg.Net, ecfg.NetRun = nets, runID
+	}
+	eng, err := engine.New(ctx, ecfg)
 	if err != nil {
 		return err
 	}
@@ -110,7 +133,7 @@ func engineAction(c *cli.Context) error {
 	served := make(chan error, 1)
 	go func() { served <- eng.Serve(l) }()
 	if c.Bool("json") {
-		printJSON(map[string]any{"socket": sock, "namespace": ns, "run_id": runID, "runtime": rt.Name(), "pid": os.Getpid()})
+		printJSON(map[string]any{"socket": sock, "namespace": ns, "run_id": runID, "runtime": rt.Name(), "pid": os.Getpid(), "network": !c.Bool("no-network")})
 	} else {
 		fmt.Fprintf(os.Stderr, "moatc: serving the Docker Engine API for namespace %s (%s) on unix://%s\n", ns, rt.Name(), sock)
 	}
@@ -157,4 +180,26 @@ func engineMounts(flags []string) ([]engine.Mount, error) {
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// engineNetworks is the cni.Manager of runs, as setup makes it (see main.go).
+func engineNetworks(home, prefix string, kit *rootless.Kit) (*cni.Manager, error) {
+	cfg, err := config.LoadSettings(filepath.Join(home, "config.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	nc := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
+		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }, Kit: kit}
+	if cfg.CNIPluginDir != "" {
+		nc.PluginDirs = []string{cfg.CNIPluginDir}
+	}
+	if cfg.CNIConfDir != "" {
+		nc.ConfDir = cfg.CNIConfDir
+	}
+	if cfg.Pool != "" {
+		if nc.Pool, err = netip.ParsePrefix(cfg.Pool); err != nil {
+			return nil, fmt.Errorf("%s: pool %q is not an IPv4 prefix such as 10.213.0.0/16", filepath.Join(home, "config.yaml"), cfg.Pool)
+		}
+	}
+	return cni.New(nc)
 }
