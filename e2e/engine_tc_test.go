@@ -92,6 +92,14 @@ func TestEngineReaper(t *testing.T) {
 				t.Errorf("the reaper image's Cmd: %s", cmd)
 			}
 			d.ok("rm", id)
+			// As testcontainers asks: inspect first, and a pull is answered with moatc's image.
+			if cmd := d.ok("image", "inspect", "--format", "{{json .Config.Cmd}} {{index .Config.Labels \"moatc.built-locally\"}}", "testcontainers/ryuk:0.14.0"); strings.TrimSpace(cmd) != `["/bin/ryuk"] true` {
+				t.Errorf("docker image inspect of the reaper image: %s", cmd)
+			}
+			d.ok("rmi", "testcontainers/ryuk:0.14.0")
+			if out := d.ok("pull", "testcontainers/ryuk:0.14.0"); !strings.Contains(out, "moatc-reaper") || !strings.Contains(out, "Image is up to date") {
+				t.Errorf("docker pull of the reaper image:\n%s", out)
+			}
 			if r := d.run("", "create", "testcontainers/notryuk:1"); r.code == 0 || !strings.Contains(r.stderr, "Unable to find image 'testcontainers/notryuk:1' locally") {
 				t.Errorf("another repository must not be made: %+v", r)
 			}
@@ -188,7 +196,7 @@ func TestEngineTestcontainers(t *testing.T) {
 			cmd := exec.Command(client)
 			cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "DOCKER_HOST=unix://"+eng.sock,
 				"TESTCONTAINERS_HOST_OVERRIDE="+tcPortsAddress(t, d),
-				"TESTCONTAINERS_RYUK_RECONNECTION_TIMEOUT=2s")
+				"TESTCONTAINERS_RYUK_RECONNECTION_TIMEOUT=5s")
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Run(); err != nil {
@@ -198,10 +206,15 @@ func TestEngineTestcontainers(t *testing.T) {
 			if err := json.Unmarshal(stdout.Bytes(), &seen); err != nil || seen.Body != "hello-from-testcontainers\n" {
 				t.Fatalf("tcclient saw %q (%v)\n%s", stdout.String(), err, stderr.String())
 			}
+			t.Logf("tcclient saw %s%s", stdout.String(), stderr.String())
 			if !strings.Contains(stderr.String(), "testcontainers/ryuk:0.14.0") {
 				t.Errorf("the session ran no reaper:\n%s", stderr.String())
 			}
-			// The client has gone: ryuk removes its container, then ends (and is auto-removed).
+			// The client has gone, and its container is still there: only ryuk removes it, after
+			// its reconnection timeout, then ends (and is auto-removed).
+			if ps := d.ok("ps", "-q", "--no-trunc", "--filter", "label=org.testcontainers=true"); !strings.Contains(ps, seen.ID) || strings.Count(ps, "\n") != 2 {
+				t.Errorf("right after the session, its container and ryuk should be running:\n%s", ps)
+			}
 			deadline := time.Now().Add(90 * time.Second)
 			for {
 				out := d.ok("ps", "-aq", "--no-trunc")

@@ -2,8 +2,10 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 
@@ -101,4 +103,33 @@ func copyReaper(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// pullReaperImage answers a pull (POST /images/create) of the reaper's name by making the
+// image instead of fetching it: the registry's would not be moatc's. It reports whether it
+// answered.
+func (e *Engine) pullReaperImage(w http.ResponseWriter, r *http.Request, named reference.Named) (bool, error) {
+	if _, ok := isReaperRef(named.String()); !ok || e.reaperExe() == "" {
+		return false, nil
+	}
+	made, err := e.ensureReaperImage(r.Context(), named.String())
+	if err != nil || !made {
+		return made, err
+	}
+	img, err := e.cfg.Client.Image(r.Context(), named.String(), e.cfg.Snapshotter)
+	if err != nil {
+		return true, err
+	}
+	name := reference.FamiliarString(named)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	for _, m := range []streamMessage{
+		{Status: "moatc makes " + name + " from moatc-reaper (moatc's own reaper, not the registry's image)"},
+		{Status: "Digest: " + img.Target().Digest.String()},
+		{Status: "Status: Image is up to date for " + name},
+	} {
+		enc.Encode(m)
+	}
+	return true, nil
 }
