@@ -50,6 +50,13 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "building moatc: %v\n%s", err, out)
 		return 1
 	}
+	// moatc-reaper goes next to moatc, where the engine finds it (testcontainers' reaper image).
+	reaper := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(home, "moatc-reaper"), "./cmd/moatc-reaper")
+	reaper.Dir, reaper.Env = repo, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := reaper.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building moatc-reaper: %v\n%s", err, out)
+		return 1
+	}
 	moatc = bin
 	os.Setenv("MOATC_HOME", home)
 	os.Setenv("MOATC_PREFIX", prefix)

@@ -71,6 +71,9 @@ type Config struct {
 	SocketTarget string
 	// VolumeDir holds named volumes; default StateDir/volumes. docker:host runs share one.
 	VolumeDir string
+	// ReaperExe is moatc-reaper, made into testcontainers' reaper image on demand (reaper.go);
+	// default: next to LoggerExe.
+	ReaperExe string
 }
 
 // Mount is one of the run's mounts: Target as the workload sees it, Source on the host.
@@ -94,7 +97,8 @@ type Engine struct {
 	createMu sync.Mutex
 	// volMu makes a volume's check for users and its removal one step, against creates
 	// that take it (see volume.go).
-	volMu sync.Mutex
+	volMu    sync.Mutex
+	reaperMu sync.Mutex // one reaper image written at a time
 
 	bg      context.Context // the watchers'; cancelled by Close
 	cancel  context.CancelFunc

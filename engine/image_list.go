@@ -225,6 +225,9 @@ func (e *Engine) imageManifests(ctx context.Context, i *imageEntry, users []reco
 // imageInspect is GET /images/{name}/json.
 func imageInspect(e *Engine, w http.ResponseWriter, r *http.Request, name string) error {
 	ctx := r.Context()
+	if _, err := e.ensureReaperImage(ctx, name); err != nil { // testcontainers inspects before it pulls
+		return err
+	}
 	i, _, err := e.findImage(ctx, name)
 	if err != nil {
 		return err

@@ -71,6 +71,9 @@ func imageCreate(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		return invalid("invalid reference format: %s", ref)
 	}
 	named = reference.TagNameOnly(named)
+	if done, err := e.pullReaperImage(w, r, named); done || err != nil {
+		return err
+	}
 	creds, err := registryCreds(r.Header.Get(registry.AuthHeader))
 	if err != nil {
 		return err

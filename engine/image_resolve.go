@@ -35,6 +35,13 @@ func (e *Engine) resolveImage(ctx context.Context, ref string) (containerd.Image
 	img, err := c.Image(ctx, ref, e.cfg.Snapshotter)
 	var nf *ctrd.ImageNotFoundError
 	if errors.As(err, &nf) {
+		if made, rerr := e.ensureReaperImage(ctx, ref); rerr != nil {
+			return nil, rerr
+		} else if made {
+			return c.Image(ctx, ref, e.cfg.Snapshotter)
+		}
+	}
+	if errors.As(err, &nf) {
 		name, nerr := ctrd.Normalize(ref)
 		if nerr != nil {
 			name = ref

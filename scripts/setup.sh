@@ -10,6 +10,7 @@ CONTAINERD_VERSION=v2.4.2
 GVISOR_VERSION=v0.0.0-20260527191743-a81fd9dd382e
 BUILDKIT_VERSION=v0.34.2
 DOCKER_CLI_VERSION=v29.9.3+incompatible # the client the engine is tested with (see step 5)
+COMPOSE_VERSION=v5.6.0 # the CLI's compose plugin (step 6); v5.7 needs go 1.26.10
 APT_PACKAGES=(runc containernetworking-plugins iptables iproute2 debootstrap busybox-static ca-certificates tini
   zsh fish # zsh, fish: the tests check moatc's completion scripts with them
   rootlesskit slirp4netns uidmap acl) # rootless mode (docs/rootless.md)
@@ -134,6 +135,24 @@ if ! current docker-cli "$DOCKER_CLI_VERSION" docker; then
   rm -rf "$cli_work"
   mv "$PREFIX/bin/docker.tmp" "$PREFIX/bin/docker"
   stamp docker-cli "$DOCKER_CLI_VERSION"
+fi
+
+# 6. The compose plugin, in $PREFIX/lib/docker/cli-plugins, which is not one of the CLI's own
+# plugin directories: a client finds it through cliPluginsExtraDirs in its config.json (the
+# tests write one). `go install` is refused (exclude directives), so build inside a copy.
+if ! current compose "$COMPOSE_VERSION" || [ ! -x "$PREFIX/lib/docker/cli-plugins/docker-compose" ]; then
+  log "building the compose plugin $COMPOSE_VERSION (about 1 minute cold)"
+  dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "github.com/docker/compose/v5@$COMPOSE_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  [ -n "$dir" ] || { log "could not download github.com/docker/compose/v5@$COMPOSE_VERSION"; exit 1; }
+  compose_work=$(mktemp -d)
+  mkdir -p "$PREFIX/lib/docker/cli-plugins"
+  cp -r "$dir/." "$compose_work/" && chmod -R u+w "$compose_work"
+  (cd "$compose_work" && CGO_ENABLED=0 go build -trimpath \
+      -ldflags "-w -X github.com/docker/compose/v5/internal.Version=$COMPOSE_VERSION" \
+      -o "$PREFIX/lib/docker/cli-plugins/docker-compose.tmp" ./cmd) || { rm -rf "$compose_work"; exit 1; }
+  rm -rf "$compose_work"
+  mv "$PREFIX/lib/docker/cli-plugins/docker-compose.tmp" "$PREFIX/lib/docker/cli-plugins/docker-compose"
+  stamp compose "$COMPOSE_VERSION"
 fi
 
 log "ready in $PREFIX ($(ls "$PREFIX/bin" | tr '\n' ' '))"
