@@ -71,6 +71,9 @@ type Config struct {
 	SocketTarget string
 	// VolumeDir holds named volumes; default StateDir/volumes. docker:host runs share one.
 	VolumeDir string
+
+	// Builder carries out POST /build on moatc's buildkitd; nil answers builds with 501.
+	Builder *Builder
 }
 
 // Mount is one of the run's mounts: Target as the workload sees it, Source on the host.

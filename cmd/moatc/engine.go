@@ -11,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/engine"
 	"github.com/moatc/moatc/rootless"
@@ -65,7 +66,14 @@ func engineAction(c *cli.Context) error {
 		return err
 	}
 	defer client.Close()
-	mgr := &run.Manager{Prefix: prefix, Dir: home}
+	mgr := &run.Manager{Prefix: prefix, Dir: home, Conn: ctrd.Options{Address: addr, Namespace: srcNS, Daemon: d}}
+	// Builds run on the runs' buildkitd, its gVisor sandbox and its build network.
+	nets, err := cni.New(cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
+		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }})
+	if err != nil {
+		return err
+	}
+	mgr.Net = nets
 	spec := state.Spec{}
 	if c.Bool("no-sandbox") {
 		spec.Runtime = "runc"
@@ -90,6 +98,7 @@ func engineAction(c *cli.Context) error {
 	eng, err := engine.New(ctx, engine.Config{
 		Client: client, Runtime: rt, Rootless: rootless.Enabled(), RunID: runID, StateDir: dir,
 		Snapshotter: snapshot.Default(), LoggerExe: self(), InitBinary: initBin, Prefix: prefix, Version: version,
+		Builder: &engine.Builder{Daemon: mgr.BuildDaemon(), Hold: mgr.HoldBuilder},
 	})
 	if err != nil {
 		return err
