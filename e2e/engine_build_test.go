@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -58,11 +59,15 @@ CMD ["sh", "-c", "cat /out.txt; ls /ctx"]
 			if strings.Contains(out, "secret.txt") {
 				t.Errorf("docker run of the built image: %q; secret.txt is in .dockerignore", out)
 			}
-			if id := strings.TrimSpace(d.ok("image", "inspect", "--format", "{{.Id}}", tag)); !strings.HasPrefix(id, "sha256:") {
-				t.Errorf("docker image inspect: %q", id)
+			// An untagged build with -q: the CLI prints only the image's ID, and it runs.
+			id := strings.TrimSpace(d.ok("build", "-q", "--build-arg", "GREETING=again", dir))
+			if !strings.HasPrefix(id, "sha256:") || len(id) != 71 {
+				t.Fatalf("docker build -q: %q; want the image's ID", id)
+			}
+			if out := d.ok("run", "--rm", id); !strings.Contains(out, "built again\n") {
+				t.Errorf("docker run of the untagged build %s: %q", id, out)
 			}
 
-			// An untagged build: the CLI prints the image's ID, which runs.
 			fail := t.TempDir()
 			buildWrite(t, fail, "Dockerfile", "FROM busybox\nRUN echo about to fail && exit 3\n")
 			r = d.run("", "build", fail)
@@ -71,6 +76,11 @@ CMD ["sh", "-c", "cat /out.txt; ls /ctx"]
 			}
 			if all := r.stdout + r.stderr; !strings.Contains(all, "about to fail") || !strings.Contains(all, "exit code: 3") {
 				t.Errorf("docker build of a failing RUN does not show its output and exit code:\n%s", all)
+			}
+
+			// The build's temporary name in moatc's store (BuildKit's worker namespace) is gone.
+			if out, err := exec.Command(moatc, "image", "ls").CombinedOutput(); err != nil || strings.Contains(string(out), "moatc-engine-build") {
+				t.Errorf("moatc image ls (%v) shows the engine's build:\n%s", err, out)
 			}
 
 			r = d.run("", "build", "--network", "host", dir)

@@ -34,8 +34,8 @@ type Builder struct {
 }
 
 // danglingPrefix names an untagged build's image in containerd (which needs a name), as
-// Docker's containerd image store does.
-const danglingPrefix = "moby-dangling@"
+// Docker's containerd image store does (fully qualified, as moatc's lookups want names).
+const danglingPrefix = "docker.io/library/moby-dangling@"
 
 func init() {
 	route("POST /build", buildPost)
