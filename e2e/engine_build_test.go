@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestEngineBuild: `docker build` through the engine, carried out by BuildKit's dockerfile
@@ -86,6 +87,42 @@ CMD ["sh", "-c", "cat /out.txt; ls /ctx"]
 			r = d.run("", "build", "--network", "host", dir)
 			if r.code == 0 || !strings.Contains(r.stderr, "host's network") {
 				t.Errorf("docker build --network host: exit %d, %s; want refused", r.code, r.stderr)
+			}
+
+			// A body that is not a tar: 400, and the engine goes on.
+			if r := httpDo(t, eng.sock, "POST", "/v1.44/build?t=bad", "application/x-tar", strings.NewReader(strings.Repeat("not a tar\n", 100))); r.code != 400 || !strings.Contains(r.body, "not a tar") {
+				t.Errorf("a build context that is not a tar: %d %s %v", r.code, r.body, r.err)
+			}
+
+			// A client that leaves mid-build: the solve is cancelled, its context directory goes.
+			slow := t.TempDir()
+			buildWrite(t, slow, "Dockerfile", "FROM busybox\nRUN sleep 60\n")
+			cmd := exec.Command(docker, "build", "--no-cache", slow)
+			cmd.Env = append(os.Environ(), d.env...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(3 * time.Second)
+			cmd.Process.Kill()
+			cmd.Wait()
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				dirs, _ := filepath.Glob(filepath.Join(home, "buildkit", "ctx-*"))
+				if len(dirs) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("30s after the client left, the build's context directories remain: %v", dirs)
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+
+			if r := httpDo(t, eng.sock, "POST", "/v1.44/build/prune?all=1", "", nil); r.code != 200 || !strings.Contains(r.body, `"SpaceReclaimed":`) {
+				t.Errorf("POST /build/prune: %d %s %v", r.code, r.body, r.err)
+			}
+			if r := engineGet(t, eng.sock, "/_ping"); r.code != 200 {
+				t.Errorf("the engine does not answer after the builds: %+v", r)
 			}
 		})
 	}

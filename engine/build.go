@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -155,14 +156,21 @@ func buildPost(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context() // a client that leaves cancels the solve
-	dir, err := os.MkdirTemp(b.Daemon.Dir, "engine-context-")
+	// Marked live before its context directory exists: Sweep removes the ctx-* directories
+	// (this one's too, after a kill) only when no build is live.
+	if b.Hold != nil {
+		end, err := b.Hold(ctx)
+		if err != nil {
+			return err
+		}
+		defer end()
+	}
+	if err := os.MkdirAll(b.Daemon.Dir, 0o700); err != nil {
+		return fmt.Errorf("making the build's context directory: %w", err)
+	}
+	dir, err := os.MkdirTemp(b.Daemon.Dir, "ctx-engine-") // builder's contextDirPrefix
 	if err != nil {
-		if err := os.MkdirAll(b.Daemon.Dir, 0o700); err != nil {
-			return fmt.Errorf("making the build's context directory: %w", err)
-		}
-		if dir, err = os.MkdirTemp(b.Daemon.Dir, "engine-context-"); err != nil {
-			return fmt.Errorf("making the build's context directory: %w", err)
-		}
+		return fmt.Errorf("making the build's context directory: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	ctxDir := filepath.Join(dir, "context")
@@ -203,19 +211,12 @@ func buildPost(e *Engine, w http.ResponseWriter, r *http.Request) error {
 // dangling image), and removes it from the worker's: a build through the engine never shows
 // in `moatc image ls`. It returns the image's ID.
 func (e *Engine) build(ctx context.Context, b *Builder, ctxDir string, opts buildOptions, out *jsonStream) (string, error) {
-	if b.Hold != nil {
-		end, err := b.Hold(ctx)
-		if err != nil {
-			return "", err
-		}
-		defer end()
-	}
 	if err := b.Daemon.Start(ctx); err != nil {
 		return "", err
 	}
-	c, err := bkclient.New(ctx, b.Daemon.Address())
+	c, err := connectBuildkit(ctx, b.Daemon)
 	if err != nil {
-		return "", fmt.Errorf("connecting to buildkitd on %s: %w", b.Daemon.Address(), err)
+		return "", err
 	}
 	defer c.Close()
 	ctxFS, err := fsutil.NewFS(ctxDir)
@@ -287,6 +288,27 @@ func (e *Engine) build(ctx context.Context, b *Builder, ctxDir string, opts buil
 		}
 	}
 	return img.Target.Digest.String(), nil
+}
+
+// connectBuildkit connects to buildkitd once it answers gRPC: one just started may take its
+// socket's connections a moment before it serves them (seen: "error reading server preface").
+func connectBuildkit(ctx context.Context, d *builder.Daemon) (*bkclient.Client, error) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := bkclient.New(ctx, d.Address())
+		if err != nil {
+			return nil, fmt.Errorf("connecting to buildkitd on %s: %w", d.Address(), err)
+		}
+		_, err = c.ListWorkers(ctx)
+		if err == nil {
+			return c, nil
+		}
+		c.Close()
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return nil, fmt.Errorf("connecting to buildkitd on %s: %w", d.Address(), err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // removeWorkerImage removes the build's temporary name from the worker's namespace (moatc's
