@@ -54,8 +54,9 @@ func engineAction(c *cli.Context) error {
 		return err
 	}
 	d := &ctrd.Daemon{Dir: filepath.Join(home, "containerd"), Prefix: prefix}
+	var kit *rootless.Kit
 	if rootless.Enabled() {
-		if _, err := enterRootless(c, d, addr); err != nil {
+		if kit, err = enterRootless(c, d, addr); err != nil {
 			return err
 		}
 	}
@@ -69,7 +70,7 @@ func engineAction(c *cli.Context) error {
 	mgr := &run.Manager{Prefix: prefix, Dir: home, Conn: ctrd.Options{Address: addr, Namespace: srcNS, Daemon: d}}
 	// Builds run on the runs' buildkitd, its gVisor sandbox and its build network.
 	nets, err := cni.New(cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
-		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }})
+		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }, Kit: kit})
 	if err != nil {
 		return err
 	}
