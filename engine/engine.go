@@ -74,6 +74,9 @@ type Config struct {
 	// ReaperExe is moatc-reaper, made into testcontainers' reaper image on demand (reaper.go);
 	// default: next to LoggerExe.
 	ReaperExe string
+
+	// Builder carries out POST /build on moatc's buildkitd; nil answers builds with 501.
+	Builder *Builder
 }
 
 // Mount is one of the run's mounts: Target as the workload sees it, Source on the host.

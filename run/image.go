@@ -226,3 +226,17 @@ func (m *Manager) ensureBase(ctx context.Context, c *ctrd.Client, base string, p
 	}
 	return nil
 }
+
+// HoldBuilder marks a build live and makes its sandbox ready (gVisor, the build network): what
+// the Docker Engine API's builds call before they solve on BuildDaemon. end unmarks it.
+func (m *Manager) HoldBuilder(ctx context.Context) (end func(), err error) {
+	end, err = m.BuildDaemon().Hold()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.prepareBuildSandbox(ctx); err != nil {
+		end()
+		return nil, err
+	}
+	return end, nil
+}

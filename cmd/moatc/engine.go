@@ -73,7 +73,13 @@ func engineAction(c *cli.Context) error {
 		return err
 	}
 	defer client.Close()
-	mgr := &run.Manager{Prefix: prefix, Dir: home}
+	mgr := &run.Manager{Prefix: prefix, Dir: home, Conn: ctrd.Options{Address: addr, Namespace: srcNS, Daemon: d}}
+	// Builds run on the runs' buildkitd, its gVisor sandbox and its build network.
+	nets, err := engineNetworks(home, prefix, kit)
+	if err != nil {
+		return err
+	}
+	mgr.Net = nets
 	spec := state.Spec{}
 	if c.Bool("no-sandbox") {
 		spec.Runtime = "runc"
@@ -103,13 +109,10 @@ func engineAction(c *cli.Context) error {
 		Client: client, Runtime: rt, Rootless: rootless.Enabled(), RunID: runID, StateDir: dir,
 		Snapshotter: snapshot.Default(), LoggerExe: self(), InitBinary: initBin, Prefix: prefix, Version: version,
 		Mounts: mounts, Socket: sock, SocketTarget: c.String("socket-target"),
+		Builder: &engine.Builder{Daemon: mgr.BuildDaemon(), Hold: mgr.HoldBuilder},
 	}
 	if !c.Bool("no-network") {
 		// The engine's run gets a network as a run does; its containers join it.
-		nets, err := engineNetworks(home, prefix, kit)
-		if err != nil {
-			return err
-		}
 		nets.Teardown(ctx, runID) // what an engine of this run killed -9 left
 		if _, err := nets.Setup(ctx, runID, cni.Options{Hostname: "moatc-engine"}); err != nil {
 			return err

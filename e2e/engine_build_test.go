@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestEngineBuild: `docker build` through the engine, carried out by BuildKit's dockerfile
+// frontend on moatc's buildkitd, under gVisor and runc (the engine's runtime; RUN steps are
+// always in the gVisor build sandbox).
+func TestEngineBuild(t *testing.T) {
+	requireStack(t)
+	docker := filepath.Join(prefix, "bin", "docker")
+	if _, err := os.Stat(docker); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("the Docker CLI is not installed in %s (run `make setup`): %v", prefix, err)
+		}
+		t.Skipf("the Docker CLI is not installed in %s (never skipped in CI): %v", prefix, err)
+	}
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			eng := startEngine(t, rt, "moatc-engine-build-e2e-"+rt, true)
+			t.Cleanup(func() {
+				eng.stop(t)
+				if t.Failed() {
+					t.Logf("the engine's stderr:\n%s", eng.stderr)
+				}
+			})
+			d := &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + t.TempDir()}}
+
+			dir := t.TempDir()
+			buildWrite(t, dir, "Dockerfile", `FROM busybox AS a
+ARG GREETING=none
+RUN echo "built $GREETING" > /out.txt
+FROM busybox
+COPY --from=a /out.txt /out.txt
+COPY . /ctx/
+CMD ["sh", "-c", "cat /out.txt; ls /ctx"]
+`)
+			buildWrite(t, dir, ".dockerignore", "secret.txt\n")
+			buildWrite(t, dir, "kept.txt", "kept\n")
+			buildWrite(t, dir, "secret.txt", "do not send\n")
+
+			tag := "moatc-build-e2e-" + rt + ":x"
+			r := d.run("", "build", "-t", tag, "--build-arg", "GREETING=hello", dir)
+			if r.code != 0 {
+				t.Fatalf("docker build: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+			}
+			if !strings.Contains(r.stdout, "Successfully tagged "+tag) {
+				t.Errorf("docker build's output has no tag line:\n%s", r.stdout)
+			}
+			out := d.ok("run", "--rm", tag)
+			if !strings.Contains(out, "built hello\n") || !strings.Contains(out, "kept.txt") {
+				t.Errorf("docker run of the built image: %q; want the build arg's file and kept.txt", out)
+			}
+			if strings.Contains(out, "secret.txt") {
+				t.Errorf("docker run of the built image: %q; secret.txt is in .dockerignore", out)
+			}
+			// An untagged build with -q: the CLI prints only the image's ID, and it runs.
+			id := strings.TrimSpace(d.ok("build", "-q", "--build-arg", "GREETING=again", dir))
+			if !strings.HasPrefix(id, "sha256:") || len(id) != 71 {
+				t.Fatalf("docker build -q: %q; want the image's ID", id)
+			}
+			if out := d.ok("run", "--rm", id); !strings.Contains(out, "built again\n") {
+				t.Errorf("docker run of the untagged build %s: %q", id, out)
+			}
+
+			fail := t.TempDir()
+			buildWrite(t, fail, "Dockerfile", "FROM busybox\nRUN echo about to fail && exit 3\n")
+			r = d.run("", "build", fail)
+			if r.code != 1 {
+				t.Errorf("docker build of a failing RUN: exit %d; want 1\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+			}
+			if all := r.stdout + r.stderr; !strings.Contains(all, "about to fail") || !strings.Contains(all, "exit code: 3") {
+				t.Errorf("docker build of a failing RUN does not show its output and exit code:\n%s", all)
+			}
+
+			// The build's temporary name in moatc's store (BuildKit's worker namespace) is gone.
+			if out, err := exec.Command(moatc, "image", "ls").CombinedOutput(); err != nil || strings.Contains(string(out), "moatc-engine-build") {
+				t.Errorf("moatc image ls (%v) shows the engine's build:\n%s", err, out)
+			}
+
+			r = d.run("", "build", "--network", "host", dir)
+			if r.code == 0 || !strings.Contains(r.stderr, "host's network") {
+				t.Errorf("docker build --network host: exit %d, %s; want refused", r.code, r.stderr)
+			}
+
+			// A body that is not a tar: 400, and the engine goes on.
+			if r := httpDo(t, eng.sock, "POST", "/v1.44/build?t=bad", "application/x-tar", strings.NewReader(strings.Repeat("not a tar\n", 100))); r.code != 400 || !strings.Contains(r.body, "not a tar") {
+				t.Errorf("a build context that is not a tar: %d %s %v", r.code, r.body, r.err)
+			}
+
+			// A client that leaves mid-build: the solve is cancelled, its context directory goes.
+			slow := t.TempDir()
+			buildWrite(t, slow, "Dockerfile", "FROM busybox\nRUN sleep 60\n")
+			cmd := exec.Command(docker, "build", "--no-cache", slow)
+			cmd.Env = append(os.Environ(), d.env...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(3 * time.Second)
+			cmd.Process.Kill()
+			cmd.Wait()
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				dirs, _ := filepath.Glob(filepath.Join(home, "buildkit", "ctx-*"))
+				if len(dirs) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("30s after the client left, the build's context directories remain: %v", dirs)
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+
+			if r := httpDo(t, eng.sock, "POST", "/v1.44/build/prune?all=1", "", nil); r.code != 200 || !strings.Contains(r.body, `"SpaceReclaimed":`) {
+				t.Errorf("POST /build/prune: %d %s %v", r.code, r.body, r.err)
+			}
+			if r := engineGet(t, eng.sock, "/_ping"); r.code != 200 {
+				t.Errorf("the engine does not answer after the builds: %+v", r)
+			}
+		})
+	}
+}
+
+func buildWrite(t *testing.T, dir, name, text string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,136 @@
+package engine
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+type tarEntry struct {
+	name, link, body string
+	typ              byte
+}
+
+func makeTar(t *testing.T, entries []tarEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: 0o644, Size: int64(len(e.body))}
+		if e.typ != tar.TypeReg {
+			h.Size = 0
+		}
+		if e.typ == tar.TypeDir {
+			h.Mode = 0o755
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if e.typ == tar.TypeReg {
+			tw.Write([]byte(e.body))
+		}
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+func TestExtractContext(t *testing.T) {
+	tb := makeTar(t, []tarEntry{
+		{name: "Dockerfile", body: "FROM busybox\n", typ: tar.TypeReg},
+		{name: "sub/", typ: tar.TypeDir},
+		{name: "sub/a.txt", body: "a", typ: tar.TypeReg},
+		{name: "deep/x/y.txt", body: "y", typ: tar.TypeReg}, // no directory entries before it
+		{name: "link", link: "/etc/passwd", typ: tar.TypeSymlink},
+		{name: "hard", link: "sub/a.txt", typ: tar.TypeLink},
+	})
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(tb)
+	zw.Close()
+	for name, body := range map[string][]byte{"plain": tb, "gzip": gz.Bytes()} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := extractContext(bytes.NewReader(body), dir); err != nil {
+				t.Fatal(err)
+			}
+			for p, want := range map[string]string{"Dockerfile": "FROM busybox\n", "sub/a.txt": "a", "deep/x/y.txt": "y", "hard": "a"} {
+				if b, err := os.ReadFile(filepath.Join(dir, p)); err != nil || string(b) != want {
+					t.Errorf("%s: %q, %v; want %q", p, b, err, want)
+				}
+			}
+			// Kept as a symlink, never followed.
+			if l, err := os.Readlink(filepath.Join(dir, "link")); err != nil || l != "/etc/passwd" {
+				t.Errorf("link: %q, %v", l, err)
+			}
+		})
+	}
+}
+
+func TestExtractContextRefuses(t *testing.T) {
+	outside := t.TempDir()
+	cases := map[string][]byte{
+		"dot-dot":          makeTar(t, []tarEntry{{name: "../escape", body: "x", typ: tar.TypeReg}}),
+		"dot-dot inside":   makeTar(t, []tarEntry{{name: "a/../../escape", body: "x", typ: tar.TypeReg}}),
+		"through symlink":  makeTar(t, []tarEntry{{name: "out", link: outside, typ: tar.TypeSymlink}, {name: "out/escape", body: "x", typ: tar.TypeReg}}),
+		"relative symlink": makeTar(t, []tarEntry{{name: "up", link: "../../../../../../" + outside, typ: tar.TypeSymlink}, {name: "up/escape", body: "x", typ: tar.TypeReg}}),
+		"hard link out":    makeTar(t, []tarEntry{{name: "h", link: "../../etc/passwd", typ: tar.TypeLink}}),
+		"not a tar":        []byte(strings.Repeat("this is not a tar archive\n", 40)),
+		"bad gzip":         {0x1f, 0x8b, 0, 1, 2, 3},
+	}
+	for name, body := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			err := extractContext(bytes.NewReader(body), dir)
+			if err == nil {
+				t.Fatal("extracted; want an error")
+			}
+			if statusOf(err) != 400 {
+				t.Errorf("%v: status %d; want 400", err, statusOf(err))
+			}
+			if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+				t.Errorf("something was written outside the context: %v", ents)
+			}
+		})
+	}
+	// An empty body is an empty context.
+	if err := extractContext(bytes.NewReader(nil), t.TempDir()); err != nil {
+		t.Errorf("empty context: %v", err)
+	}
+}
+
+func TestParseBuildOptions(t *testing.T) {
+	r := httptest.NewRequest("POST", `/build?t=x&t=reg.example/y:1&buildargs={"A":"1","B":null}&labels={"l":"v"}&target=a&nocache=1&pull=1&networkmode=none&dockerfile=sub/Dfile&q=1`, nil)
+	o, err := parseBuildOptions(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(o.tags, ",") != "docker.io/library/x:latest,reg.example/y:1" {
+		t.Errorf("tags %v", o.tags)
+	}
+	want := map[string]string{"build-arg:A": "1", "label:l": "v", "target": "a", "no-cache": "", "image-resolve-mode": "pull",
+		"force-network-mode": "none", "build-arg:BUILDKIT_SANDBOX_HOSTNAME": "moatc-build"}
+	for k, v := range want {
+		if got, ok := o.attrs[k]; !ok || got != v {
+			t.Errorf("attr %s = %q (%v); want %q", k, got, ok, v)
+		}
+	}
+	if _, ok := o.attrs["build-arg:B"]; ok {
+		t.Error("a null build arg is passed")
+	}
+	if o.dockerfile != "sub/Dfile" || !o.quiet {
+		t.Errorf("dockerfile %q quiet %v", o.dockerfile, o.quiet)
+	}
+	for _, q := range []string{"networkmode=host", "networkmode=container:x", "dockerfile=../Dockerfile", "dockerfile=/etc/Dockerfile", "t=UPPER:x", "buildargs=nope"} {
+		if _, err := parseBuildOptions(httptest.NewRequest("POST", "/build?"+q, nil)); err == nil {
+			t.Errorf("%s: accepted", q)
+		}
+	}
+	if _, err := parseBuildOptions(httptest.NewRequest("POST", "/build?networkmode=host", nil)); statusOf(err) != 403 {
+		t.Errorf("networkmode=host: status %d; want 403", statusOf(err))
+	}
+}
