@@ -86,6 +86,9 @@ type GVisor struct {
 	// Rootless: containerd runs in a user namespace with no cgroup delegated to it, so runsc
 	// must not make or join cgroups (ignore-cgroups); containers get Container.Rootless too.
 	Rootless bool
+	// HostUDS lets the sandbox connect to host unix sockets bind-mounted into it (runsc
+	// --host-uds=open): docker-mode runs reach their engine's socket so.
+	HostUDS bool
 }
 
 func (GVisor) Name() string { return "gvisor" }
@@ -142,6 +145,9 @@ func (g GVisor) Config() (string, error) {
 		// Without it runsc makes a cgroup for the sandbox even when the spec names none, and
 		// fails (mkdir /sys/fs/cgroup/cpuacct/...: permission denied).
 		flags["ignore-cgroups"] = "true"
+	}
+	if g.HostUDS {
+		flags["host-uds"] = "open"
 	}
 	if g.Debug {
 		flags["debug"] = "true"
