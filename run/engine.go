@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/rootless"
@@ -74,7 +76,9 @@ func dockerNamespace(r *state.Run) string {
 }
 
 // engineSocket is run id's engine socket on the host.
-func (m *Manager) engineSocket(id string) string { return filepath.Join(m.Store.Dir(id), "docker.sock") }
+func (m *Manager) engineSocket(id string) string {
+	return filepath.Join(m.Store.Dir(id), "docker.sock")
+}
 
 // engineStateDir is run r's engine state: under the run for both modes (a docker:host run's
 // containers are its own and go with it; its images and volumes are the shared namespace's).
@@ -86,6 +90,25 @@ func PortsAddr(subnet netip.Prefix) netip.Addr {
 	a := subnet.Masked().Addr().As4()
 	a[3] = 254
 	return netip.AddrFrom4(a)
+}
+
+// DockerCLITarget is where a docker-mode run finds moatc's own Docker CLI.
+const DockerCLITarget = "/usr/local/bin/docker"
+
+// dockerMounts are a docker-mode run's engine socket and, when the stack has it, moatc's own
+// static Docker CLI (read-only: any base image, busybox too, gets a CLI that matches the
+// engine, and no Docker daemon comes with it).
+func (m *Manager) dockerMounts(id string) []specs.Mount {
+	mts := []specs.Mount{{Destination: DockerSocketTarget, Type: "bind", Source: m.engineSocket(id), Options: []string{"rbind", "rw", "nosuid", "nodev", "noexec"}}}
+	if cli := filepath.Join(m.Prefix, "bin", "docker"); isFile(cli) {
+		mts = append(mts, specs.Mount{Destination: DockerCLITarget, Type: "bind", Source: cli, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+	}
+	return mts
+}
+
+func isFile(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // dockerEnv is what a docker-mode run's workload is told of its engine.

@@ -334,7 +334,7 @@ type CleanReport struct {
 	Networks   []string `json:"networks"`
 	Containers []string `json:"containers"`
 	Snapshots  []string `json:"snapshots"`
-	Sandboxes  []string `json:"sandboxes"` // gVisor sandboxes, shims and runsc state no run accounts for
+	Sandboxes  []string `json:"sandboxes"`  // gVisor sandboxes, shims and runsc state no run accounts for
 	Namespaces []string `json:"namespaces"` // docker:dind engines' namespaces no run accounts for
 	// Leases of moatc processes that died (an import, pull, unpack or container creation
 	// killed half-way), and BuildKit's temporary leases once no build runs.

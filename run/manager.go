@@ -432,7 +432,7 @@ func (l *launching) mounts() error {
 		l.specMts = append(l.specMts, specs.Mount{Destination: t.Path, Type: "tmpfs", Source: "tmpfs", Options: t.Options})
 	}
 	if spec.Docker != "" {
-		l.specMts = append(l.specMts, specs.Mount{Destination: DockerSocketTarget, Type: "bind", Source: l.m.engineSocket(l.r.ID), Options: []string{"rbind", "rw", "nosuid", "nodev", "noexec"}})
+		l.specMts = append(l.specMts, l.m.dockerMounts(l.r.ID)...)
 	}
 	return nil
 }
