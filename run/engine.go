@@ -9,11 +9,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/internal/lockfile"
 	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"
@@ -126,6 +129,17 @@ func (m *Manager) startEngine(ctx context.Context, r *state.Run, netUp bool) (Do
 	if m.StartEngine == nil {
 		return nil, errors.New("starting the run's Docker engine: this moatc has no engine")
 	}
+	// Held until the engine's end is done: destroy and clean wait for it, not race it.
+	unlock, err := lockfile.Flock(m.engineLock(r.ID), unix.LOCK_EX|unix.LOCK_NB)
+	if err != nil {
+		return nil, fmt.Errorf("starting the run's Docker engine: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unlock()
+		}
+	}()
 	ns := dockerNamespace(r)
 	c, err := ctrd.Connect(ctx, ctrd.Options{Address: m.Conn.Address, Namespace: ns, Daemon: m.Conn.Daemon})
 	if err != nil {
@@ -170,7 +184,8 @@ func (m *Manager) startEngine(ctx context.Context, r *state.Run, netUp bool) (Do
 		c.Close()
 		return nil, err
 	}
-	return &runEngine{DockerEngine: e, m: m, id: r.ID, c: c, dind: r.Spec.Docker == DockerDind, socket: spec.Socket}, nil
+	ok = true
+	return &runEngine{DockerEngine: e, m: m, id: r.ID, c: c, dind: r.Spec.Docker == DockerDind, socket: spec.Socket, unlock: unlock}, nil
 }
 
 // runEngine is a run's engine with its connection.
@@ -181,6 +196,7 @@ type runEngine struct {
 	c      *ctrd.Client
 	dind   bool
 	socket string
+	unlock func()
 }
 
 // end stops the engine at the run's end; a dind run's namespace goes with everything in it.
@@ -202,12 +218,31 @@ func (e *runEngine) end(ctx context.Context) {
 		fmt.Fprintf(os.Stderr, "moatc: warning: removing the run's Docker engine: %v (run `moatc clean` to retry)\n", err)
 	}
 	e.c.Close()
+	e.unlock()
+}
+
+// engineLock is held by run id's supervisor while its engine lives.
+func (m *Manager) engineLock(id string) string { return filepath.Join(m.Store.Dir(id), "engine.lock") }
+
+// awaitEngineEnd waits (up to a minute) for run id's supervisor to finish its engine's end.
+func (m *Manager) awaitEngineEnd(id string) {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		unlock, err := lockfile.Flock(m.engineLock(id), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			unlock()
+			return
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return // no run directory: no engine
+		}
+	}
 }
 
 // removeEngineLeftovers removes what run id's engine left (a supervisor killed with -9): a
 // dind run's namespace with all in it; a docker:host run's containers in the shared
 // namespace; the engine's state. Nothing happens when there was no engine.
 func (m *Manager) removeEngineLeftovers(ctx context.Context, id string) error {
+	m.awaitEngineEnd(id)
 	os.RemoveAll(m.engineStateDir(id))
 	if !m.daemonReachable() {
 		return nil
@@ -317,4 +352,51 @@ func (m *Manager) dockerMode(req *Request) error {
 		return errors.New("this moatc cannot serve a Docker engine to runs")
 	}
 	return nil
+}
+
+// EngineContainer is one container a docker-mode run's engine made, for `moatc status`.
+type EngineContainer struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Image string `json:"image"`
+	State string `json:"state"` // running, created, stopped, ... (containerd's task status)
+}
+
+// engineNameLabel is engine.LabelName (run cannot import engine).
+const engineNameLabel = "moatc.engine.name"
+
+// EngineContainers lists the containers run r's engine made, as containerd has them.
+func (m *Manager) EngineContainers(ctx context.Context, r *state.Run) ([]EngineContainer, error) {
+	if r.Spec.Docker == "" || !m.daemonReachable() {
+		return nil, nil
+	}
+	names, err := m.namespaces(ctx)
+	if err != nil || !slices.Contains(names, dockerNamespace(r)) {
+		return nil, err
+	}
+	c, err := ctrd.Connect(ctx, ctrd.Options{Address: m.Conn.Address, Namespace: dockerNamespace(r), Daemon: m.Conn.Daemon})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	ctrs, err := c.Containers(ctx, fmt.Sprintf("labels.%q==%s", ctrd.LabelRunID, r.ID))
+	if err != nil {
+		return nil, fmt.Errorf("listing the run's engine containers: %w", err)
+	}
+	out := []EngineContainer{}
+	for _, ct := range ctrs {
+		info, err := ct.Info(ctx)
+		if err != nil {
+			continue
+		}
+		ec := EngineContainer{ID: ct.ID(), Name: info.Labels[engineNameLabel], Image: info.Image, State: "created"}
+		if t, err := ct.Task(ctx, nil); err == nil {
+			if st, err := t.Status(ctx); err == nil {
+				ec.State = string(st.Status)
+			}
+		}
+		out = append(out, ec)
+	}
+	slices.SortFunc(out, func(a, b EngineContainer) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
 }

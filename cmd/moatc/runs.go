@@ -142,12 +142,23 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			ecs, err := e.mgr.EngineContainers(c.Context, r)
+			if err != nil {
+				return err
+			}
 			if c.Bool("json") {
-				return printJSON(r)
+				return printJSON(struct {
+					*state.Run
+					EngineContainers []run.EngineContainer `json:"engine_containers,omitempty"`
+				}{r, ecs})
 			}
 			tw, row := fieldTable()
 			specRows(row, r, e.mgr.Store)
 			lifeRows(row, r, e.mgr.Store)
+			for _, ec := range ecs {
+				// The containers the run's Docker engine made: name, image, state.
+				row("Engine container", ec.Name+" "+ec.Image+" ("+ec.State+")")
+			}
 			return tw.Flush()
 		},
 	}
