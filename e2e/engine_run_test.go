@@ -55,6 +55,9 @@ func TestEngineRun(t *testing.T) {
 				}
 				time.Sleep(300 * time.Millisecond)
 			}
+			if st := moatcRun(t, opts{}, "status", "--json", id); !strings.Contains(st.stdout, `"engine_containers"`) || !strings.Contains(st.stdout, `"name": "sib"`) {
+				t.Errorf("moatc status does not list the engine's container sib:\n%s", st.stdout)
+			}
 			second := moatcRun(t, opts{}, append(append([]string{"run"}, sandboxArgs(rt)...), ws, "--", "sh", "-c", "docker ps -a --format '{{.Names}}'; echo end")...)
 			if second.code != 0 || strings.Contains(second.stdout, "sib") || !strings.Contains(second.stdout, "end") {
 				t.Errorf("the second dind run saw the first's containers (or failed: exit %d):\n%s\n%s", second.code, second.stdout, second.stderr)
@@ -74,6 +77,40 @@ func TestEngineRun(t *testing.T) {
 			}
 			if slices.Contains(engineRunNamespaces(t), ns) {
 				t.Errorf("namespace %s left after destroy and clean", ns)
+			}
+
+			// A foreground run's moatc killed with -9, then clean: no dind namespace left.
+			fg := exec.Command(moatc, append(append([]string{"run"}, sandboxArgs(rt)...), "--dind-image", "busybox", ws, "--", "sh", "-c",
+				"docker run -d busybox sleep 1000 && sleep 1000")...)
+			if err := fg.Start(); err != nil {
+				t.Fatal(err)
+			}
+			before := engineRunNamespaces(t)
+			deadline = time.Now().Add(60 * time.Second)
+			var fgNS string
+			for fgNS == "" {
+				for _, n := range engineRunNamespaces(t) {
+					if !slices.Contains(before, n) || engineRunHasContainer(t, n) {
+						fgNS = n
+					}
+				}
+				if time.Now().After(deadline) {
+					fg.Process.Kill()
+					t.Fatal("the foreground run's sibling never appeared")
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+			// Killed once the sibling runs (a kill in the middle of its start is not covered).
+			for !engineRunTaskRunning(fgNS) && time.Now().Before(deadline) {
+				time.Sleep(300 * time.Millisecond)
+			}
+			fg.Process.Kill()
+			fg.Wait()
+			if res := moatcRun(t, opts{}, "clean"); res.code != 0 {
+				t.Fatalf("clean: exit %d\n%s", res.code, res.stderr)
+			}
+			if left := engineRunNamespaces(t); len(left) > 0 {
+				t.Errorf("dind namespaces left after kill -9 and clean: %v", left)
 			}
 		})
 	}
@@ -123,4 +160,10 @@ func engineRunSupervisor(t *testing.T, id string) int {
 	}
 	decodeJSON(t, string(b), &r)
 	return r.Supervisor.Pid
+}
+
+// engineRunTaskRunning reports whether namespace ns has a running task.
+func engineRunTaskRunning(ns string) bool {
+	out, _ := exec.Command(filepath.Join(prefix, "bin", "ctr"), "-a", filepath.Join(home, "containerd", "containerd.sock"), "-n", ns, "tasks", "ls").Output()
+	return strings.Contains(string(out), "RUNNING")
 }
