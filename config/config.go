@@ -37,6 +37,8 @@ type File struct {
 	// Dependencies are the entries of `dependencies:`, each with its line for error messages.
 	Dependencies []Item
 	BaseImage    string
+	// DockerImages are images of moatc's store a docker:dind run's engine starts with.
+	DockerImages []Item
 	// Agent is `agent:`, the coding agent `moatc run` starts in this workspace.
 	Agent *Agent
 	// Policy lists the settings that widen what the workload reaches. They take effect only

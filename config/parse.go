@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/distribution/reference"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +39,7 @@ var wants = map[string]want{
 	"grants":           {"a list of grant names", "grants: [github]"},
 	"dependencies":     {"a list", "dependencies: [node@20, git]"},
 	"base_image":       {"an image reference, a string", "base_image: debian:bookworm-slim"},
+	"docker_images":    {"a list of image references", "docker_images: [postgres:16, busybox]"},
 	"agent":            {"an agent's name, or a mapping with name, version and args", "agent: claude"},
 	"agent.name":       {"an agent's name, a string", "agent: {name: claude}"},
 	"agent.version":    {"a version", "agent: {name: claude, version: 2.1.3}"},
@@ -161,7 +163,7 @@ func (p *parser) mapping(n *yaml.Node, prefix string, known []string, fn func(k,
 }
 
 func known() []string {
-	k := []string{"name", "image", "command", "env", "mounts", "interactive", "sandbox", "container", "ports", "network", "dependencies", "base_image", "grants", "agent"}
+	k := []string{"name", "image", "command", "env", "mounts", "interactive", "sandbox", "container", "ports", "network", "dependencies", "base_image", "docker_images", "grants", "agent"}
 	slices.Sort(k)
 	return k
 }
@@ -229,6 +231,8 @@ func (p *parser) key(f *File, key string, v *yaml.Node) error {
 		f.Ports, err = p.list(v, key)
 	case "dependencies":
 		f.Dependencies, err = p.list(v, key)
+	case "docker_images":
+		f.DockerImages, err = p.images(v, key)
 	case "interactive":
 		f.Interactive, err = p.boolean(v, key)
 	case "sandbox":
@@ -378,4 +382,18 @@ func syntaxError(path string, err error) error {
 		}
 	}
 	return &Error{Path: path, Line: line, Msg: "invalid YAML: " + msg}
+}
+
+// images reads a list of image references, each checked.
+func (p *parser) images(n *yaml.Node, key string) ([]Item, error) {
+	items, err := p.list(n, key)
+	if err != nil {
+		return nil, err
+	}
+	for i, it := range items {
+		if _, err := reference.ParseNormalizedNamed(it.Text); err != nil {
+			return nil, p.errAt(n.Content[i], key, "%q is not an image reference (%v), like: %s", it.Text, err, wants[key].like)
+		}
+	}
+	return items, nil
 }

@@ -139,3 +139,18 @@ func TestSocketPath(t *testing.T) {
 		}
 	}
 }
+
+func TestDockerImages(t *testing.T) {
+	f, err := Parse("f.yaml", []byte("docker_images: [busybox, postgres:16]\n"))
+	if err != nil || len(f.DockerImages) != 2 || f.DockerImages[1].Text != "postgres:16" || f.DockerImages[1].Line != 1 {
+		t.Fatalf("got %+v, %v", f, err)
+	}
+	for in, want := range map[string]string{
+		"docker_images: busybox\n":                "f.yaml:1: docker_images: must be a list of image references",
+		"docker_images:\n  - ok\n  - 'Bad Ref'\n": `f.yaml:3: docker_images: "Bad Ref" is not an image reference`,
+	} {
+		if _, err := Parse("f.yaml", []byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", in, err, want)
+		}
+	}
+}

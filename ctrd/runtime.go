@@ -87,7 +87,8 @@ type GVisor struct {
 	// must not make or join cgroups (ignore-cgroups); containers get Container.Rootless too.
 	Rootless bool
 	// HostUDS lets the sandbox connect to a host unix socket bind-mounted into it (runsc's
-	// host-uds=open): given only to containers that bind the engine's own socket.
+	// host-uds=open): docker-mode runs (their engine's socket) and the engine's containers that
+	// bind it.
 	HostUDS bool
 }
 

@@ -66,7 +66,6 @@ func TestDependencyBadInput(t *testing.T) {
 	for _, c := range []struct{ yaml, want string }{
 		{"dependencies:\n  - git\n  - jqq\n", "moatc.yaml:3: unknown dependency \"jqq\""},
 		{"dependencies:\n  - docker\n", "docker:host"},
-		{"dependencies:\n  - docker:dind\n", "not supported yet"},
 		{"dependencies:\n  - node@99\n", "moatc.yaml:2"},
 		{"dependencies:\n  - node@\n", "moatc.yaml:2"},
 		{"dependencies:\n  - node@22\n  - node@24\n", "node"},

@@ -51,15 +51,6 @@ func Plan(d Deps) (plan *deps.Plan, base, tag string, err error) {
 		return nil, "", "", err
 	}
 	plan.Scope = d.Scope
-	if plan.Docker != "" {
-		e := d.Entries[0]
-		for _, it := range plan.Items {
-			if strings.HasPrefix(it.Key, "docker") && len(it.Entries) > 0 {
-				e = it.Entries[0]
-			}
-		}
-		return nil, "", "", fmt.Errorf("%s: docker:%s is not supported yet: moatc does not give runs a Docker API socket so far; remove the entry to run", e.Position(), plan.Docker)
-	}
 	base = d.Base
 	if base == "" {
 		base = DefaultBase

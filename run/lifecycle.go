@@ -303,6 +303,10 @@ func (m *Manager) removeLeftovers(ctx context.Context, id, containerID string) e
 	if err := m.Net.Teardown(ctx, id); err != nil {
 		return err
 	}
+	// A dind engine killed with its supervisor leaves its namespace.
+	if err := m.removeEngineLeftovers(ctx, id); err != nil {
+		return err
+	}
 	if !m.daemonReachable() {
 		return nil
 	}
@@ -330,7 +334,8 @@ type CleanReport struct {
 	Networks   []string `json:"networks"`
 	Containers []string `json:"containers"`
 	Snapshots  []string `json:"snapshots"`
-	Sandboxes  []string `json:"sandboxes"` // gVisor sandboxes, shims and runsc state no run accounts for
+	Sandboxes  []string `json:"sandboxes"`  // gVisor sandboxes, shims and runsc state no run accounts for
+	Namespaces []string `json:"namespaces"` // docker:dind engines' namespaces no run accounts for
 	// Leases of moatc processes that died (an import, pull, unpack or container creation
 	// killed half-way), and BuildKit's temporary leases once no build runs.
 	Leases      []string `json:"leases"`
@@ -339,7 +344,7 @@ type CleanReport struct {
 
 // Clean removes finished runs and whatever moatc created that no run record accounts for.
 func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
-	rep := &CleanReport{Runs: []string{}, Networks: []string{}, Containers: []string{}, Snapshots: []string{}, Sandboxes: []string{},
+	rep := &CleanReport{Runs: []string{}, Networks: []string{}, Containers: []string{}, Snapshots: []string{}, Sandboxes: []string{}, Namespaces: []string{},
 		Leases: []string{}, BuildLeases: []string{}}
 	active, err := m.cleanRuns(ctx, rep, dry)
 	if err != nil {
@@ -375,6 +380,9 @@ func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 		return rep, err
 	}
 	if err := m.cleanContainers(ctx, rep, active, dry); err != nil {
+		return rep, err
+	}
+	if err := m.cleanEngines(ctx, rep, active, dry); err != nil {
 		return rep, err
 	}
 	rep.Sandboxes, err = m.SweepSandboxes(ctx, dry)

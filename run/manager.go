@@ -43,6 +43,9 @@ type Manager struct {
 	// SuperviseCommand returns the argv that runs `moatc _supervise ID` with this manager's
 	// settings; detached runs are handed to that process.
 	SuperviseCommand func(id string) []string
+	// StartEngine starts the Docker engine of a docker-mode run (engine.Engine; see
+	// EngineSpec). Nil refuses such runs.
+	StartEngine func(ctx context.Context, s EngineSpec) (DockerEngine, error)
 
 	mu     sync.Mutex
 	client *ctrd.Client
@@ -103,7 +106,7 @@ func (m *Manager) Runtime(s state.Spec) ctrd.Runtime {
 	if s.Runtime == "runc" {
 		return ctrd.Runc{Prefix: m.Prefix}
 	}
-	return ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc"), Platform: s.Platform, Debug: s.Debug, Rootless: rootless.Enabled()}
+	return ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc"), Platform: s.Platform, Debug: s.Debug, Rootless: rootless.Enabled(), HostUDS: s.Docker != ""}
 }
 
 // probe runs a probe container under rt once per set of runtime binaries, so a runtime that
@@ -148,6 +151,9 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 		return nil, 0, err
 	}
 	var buildLog string
+	if err := m.dockerMode(&req); err != nil {
+		return nil, 0, err
+	}
 	if req.Deps != nil {
 		if req.Spec.Image, buildLog, err = m.BuildImage(ctx, *req.Deps); err != nil {
 			return nil, 0, err
@@ -310,6 +316,15 @@ func (m *Manager) launch(ctx context.Context, r *state.Run, img containerd.Image
 	if l.nw != nil && l.nw.Proxy != nil {
 		go l.nw.Proxy.Serve(l.bg)
 	}
+	if r.Spec.Docker != "" {
+		// Before the task: the socket answers the workload's first instruction.
+		e, err := m.startEngine(ctx, r, l.nw != nil)
+		if err != nil {
+			c.RemoveContainer(l.bg, r.ContainerID)
+			return l.failed(err, nil)
+		}
+		l.engine = e.(*runEngine)
+	}
 	if err := l.openOutput(); err != nil {
 		c.RemoveContainer(l.bg, r.ContainerID)
 		return l.failed(err, nil)
@@ -358,6 +373,7 @@ type launching struct {
 	o       *runOutput
 	task    containerd.Task
 	statusC <-chan containerd.ExitStatus
+	engine  *runEngine // a docker-mode run's
 
 	netReleased bool
 }
@@ -379,6 +395,7 @@ func (l *launching) failed(err error, code *int) (int, error) {
 // cleanup releases the network unless follow did (after the container is gone), the proxy,
 // and the mount pins.
 func (l *launching) cleanup() {
+	l.engine.end(l.bg)
 	if l.netUsed && !l.netReleased {
 		l.m.Net.Teardown(l.bg, l.r.ID)
 	}
@@ -413,6 +430,9 @@ func (l *launching) mounts() error {
 	}
 	for _, t := range spec.Tmpfs {
 		l.specMts = append(l.specMts, specs.Mount{Destination: t.Path, Type: "tmpfs", Source: "tmpfs", Options: t.Options})
+	}
+	if spec.Docker != "" {
+		l.specMts = append(l.specMts, l.m.dockerMounts(l.r.ID)...)
 	}
 	return nil
 }
@@ -451,6 +471,12 @@ func (l *launching) create(ctx context.Context) error {
 			<-netReady
 			return err
 		}
+	}
+	if spec.Docker != "" {
+		// The engine's env names the run's subnet: the network first.
+		err := <-netReady
+		netReady <- err
+		spec.Env = append(append([]string{}, spec.Env...), dockerEnv(l.nw)...)
 	}
 	ctr, err := l.c.CreateContainer(ctx, ctrd.Container{
 		ID: r.ContainerID, RunID: r.ID, Role: ctrd.RoleWorkload, Image: l.img, Snapshotter: snapshot.Default(),

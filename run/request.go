@@ -55,6 +55,8 @@ type Options struct {
 	Policy     string
 	UpstreamCA string
 	CapAdd     []string
+	// DindImages are --dind-image: images of moatc's store copied into a dind run's engine.
+	DindImages []string
 
 	// Interactive (-i), TTY (-t) and NoSandbox are nil when the flag is not given: moatc.yaml
 	// decides then, and a flag given either way beats the file.
@@ -133,6 +135,10 @@ func Resolve(o Options) (Request, *config.File, error) {
 			return req, nil, err
 		}
 	}
+	for _, it := range file.DockerImages {
+		req.Spec.DindImages = append(req.Spec.DindImages, it.Text)
+	}
+	req.Spec.DindImages = append(req.Spec.DindImages, o.DindImages...)
 	if len(file.Dependencies) > 0 {
 		req.Deps = o.DepsRequest(ws, file)
 		if _, _, _, err := Plan(*req.Deps); err != nil {

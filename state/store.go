@@ -76,6 +76,11 @@ type Spec struct {
 	Labels      map[string]string `json:"labels,omitempty"`       // --label, never moatc.*
 	StopTimeout *int              `json:"stop_timeout,omitempty"` // seconds moatc stop waits by default
 	WorkspaceRO bool              `json:"workspace_ro,omitempty"` // the workspace mounted read-only
+
+	// Docker is the run's docker dependency mode: "host", "dind" or "" (no engine socket).
+	Docker string `json:"docker,omitempty"`
+	// DindImages are images of moatc's store copied into a dind run's namespace (--dind-image).
+	DindImages []string `json:"dind_images,omitempty"`
 }
 
 // Runtime is how a run is isolated.

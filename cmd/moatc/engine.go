@@ -206,3 +206,28 @@ func engineNetworks(home, prefix string, kit *rootless.Kit) (*cni.Manager, error
 	}
 	return cni.New(nc)
 }
+
+// startRunEngine serves a docker-mode run's engine from the moatc process that supervises it.
+func startRunEngine(ctx context.Context, s run.EngineSpec) (run.DockerEngine, error) {
+	mts := make([]engine.Mount, 0, len(s.Mounts))
+	for _, m := range s.Mounts {
+		mts = append(mts, engine.Mount{Target: m.Target, Source: m.Source, ReadOnly: m.ReadOnly})
+	}
+	eng, err := engine.New(ctx, engine.Config{
+		Client: s.Client, Runtime: s.Runtime, Rootless: s.Rootless, RunID: s.RunID, StateDir: s.StateDir,
+		Snapshotter: snapshot.Default(), LoggerExe: s.LoggerExe, InitBinary: s.InitBinary, Prefix: s.Prefix,
+		Version: version, LogMax: s.LogMax, Net: s.Net, NetRun: s.NetRun, Mounts: mts,
+		Socket: s.Socket, SocketTarget: s.SocketTarget, VolumeDir: s.VolumeDir,
+		Builder: &engine.Builder{Daemon: s.Build, Hold: s.HoldBuild},
+	})
+	if err != nil {
+		return nil, err
+	}
+	l, err := engine.Listen(s.Socket)
+	if err != nil {
+		eng.Close()
+		return nil, err
+	}
+	go eng.Serve(l)
+	return eng, nil
+}

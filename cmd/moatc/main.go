@@ -243,6 +243,7 @@ func setup(c *cli.Context) (*env, error) {
 		SuperviseCommand: func(id string) []string {
 			return []string{self(), "--home", home, "--prefix", prefix, "--address", addr, "--namespace", ns, "_supervise", id}
 		},
+		StartEngine: startRunEngine,
 	}
 	if err := e.mgr.Reconcile(c.Context); err != nil {
 		return nil, fmt.Errorf("reconciling runs: %w", err)

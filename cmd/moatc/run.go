@@ -82,6 +82,7 @@ func runFlags(agent bool) []cli.Flag {
 		&cli.StringSliceFlag{Name: "tmpfs", Usage: "mount a tmpfs at `PATH[:OPTIONS]` (nosuid,nodev,noexec unless exec; e.g. /run:size=64m); repeatable"},
 		&cli.StringFlag{Name: "hostname", Usage: "the container's host `NAME` (default: the run's name)"},
 		&cli.StringSliceFlag{Name: "label", Usage: "set a container label `KEY=VALUE` (not moatc.*); repeatable"},
+		&cli.StringSliceFlag{Name: "dind-image", Usage: "copy image `REF` of moatc's store into a docker:dind run's engine before it starts; repeatable"},
 		&cli.Int64Flag{Name: "stop-timeout", Usage: "`SECONDS` 'moatc stop' waits before SIGKILL when not given -t (default 10)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "show what the run would be (image, mounts, grants, policy, proxy, trust) and start nothing"},
 		&cli.BoolFlag{Name: "rebuild", Usage: "rebuild the dependency image even if the list is unchanged"},
@@ -178,7 +179,7 @@ func buildRequest(c *cli.Context, agentName string) (run.Request, error) {
 		Detach: c.Bool("detach"), Debug: c.Bool("verbose"),
 		Terminal: isTerminal(os.Stdin), Rebuild: c.Bool("rebuild"), Quiet: c.Bool("quiet"), DryRun: c.Bool("dry-run"),
 		Remove: c.Bool("rm"), Workdir: c.String("workdir"), Init: c.Bool("init"), ReadOnly: c.Bool("read-only"),
-		WorkspaceRO: c.Bool("workspace-ro"), Tmpfs: c.StringSlice("tmpfs"), Hostname: c.String("hostname"), Labels: c.StringSlice("label"),
+		WorkspaceRO: c.Bool("workspace-ro"), Tmpfs: c.StringSlice("tmpfs"), Hostname: c.String("hostname"), Labels: c.StringSlice("label"), DindImages: c.StringSlice("dind-image"),
 	}
 	if c.IsSet("cpus") {
 		v := c.Float64("cpus")

@@ -142,12 +142,23 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			ecs, err := e.mgr.EngineContainers(c.Context, r)
+			if err != nil {
+				return err
+			}
 			if c.Bool("json") {
-				return printJSON(r)
+				return printJSON(struct {
+					*state.Run
+					EngineContainers []run.EngineContainer `json:"engine_containers,omitempty"`
+				}{r, ecs})
 			}
 			tw, row := fieldTable()
 			specRows(row, r, e.mgr.Store)
 			lifeRows(row, r, e.mgr.Store)
+			for _, ec := range ecs {
+				// The containers the run's Docker engine made: name, image, state.
+				row("Engine container", ec.Name+" "+ec.Image+" ("+ec.State+")")
+			}
 			return tw.Flush()
 		},
 	}
@@ -374,12 +385,12 @@ func cleanCommand() *cli.Command {
 			for _, g := range []struct {
 				what  string
 				items []string
-			}{{"run", rep.Runs}, {"container", rep.Containers}, {"network", rep.Networks}, {"snapshot", rep.Snapshots}, {"sandbox", rep.Sandboxes}, {"lease", rep.Leases}, {"BuildKit lease", rep.BuildLeases}} {
+			}{{"run", rep.Runs}, {"container", rep.Containers}, {"network", rep.Networks}, {"snapshot", rep.Snapshots}, {"sandbox", rep.Sandboxes}, {"dind namespace", rep.Namespaces}, {"lease", rep.Leases}, {"BuildKit lease", rep.BuildLeases}} {
 				for _, i := range g.items {
 					fmt.Printf("%s %s %s\n", verb, g.what, i)
 				}
 			}
-			if len(rep.Runs)+len(rep.Networks)+len(rep.Containers)+len(rep.Snapshots)+len(rep.Sandboxes)+len(rep.Leases)+len(rep.BuildLeases) == 0 {
+			if len(rep.Runs)+len(rep.Networks)+len(rep.Containers)+len(rep.Snapshots)+len(rep.Sandboxes)+len(rep.Namespaces)+len(rep.Leases)+len(rep.BuildLeases) == 0 {
 				fmt.Println("nothing to clean")
 			}
 			return nil

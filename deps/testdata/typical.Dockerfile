@@ -16,7 +16,7 @@ RUN rm -f /etc/apt/apt.conf.d/docker-clean \
 RUN --mount=type=cache,id=moatc-apt-lists,target=/var/lib/apt/lists,sharing=locked \
     --mount=type=cache,id=moatc-apt-archives,target=/var/cache/apt,sharing=locked \
     apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends ca-certificates curl docker.io python-is-python3 python3 python3-pip python3-venv unzip xz-utils
+ && apt-get install -y -qq --no-install-recommends ca-certificates curl python-is-python3 python3 python3-pip python3-venv unzip xz-utils
 
 # moatc-install: pinned downloads, checked by sha256.
 COPY <<'EOF' /usr/local/libexec/moatc-install
@@ -83,7 +83,7 @@ fi
 exec "$@"
 EOF
 
-# docker:host (Debian bookworm): moatc may use the Docker socket.
+# docker:host (moatc's own Docker CLI 29.9.3): moatc may use the Docker socket.
 RUN if getent group docker >/dev/null; then usermod -aG docker moatc; fi
 
 # go 1.26.11 (Go module proxy).

@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestEngineRun: runs with docker:dind get a Docker Engine API socket served by their own
+// supervisor, under both runtimes: the Docker CLI inside (moatc's own, mounted) reaches it at
+// DOCKER_HOST, runs a container from an image given with --dind-image, a second dind run does
+// not see the first's containers, and destroy (also after a kill -9 of the supervisor) leaves
+// no namespace. docker:host in an untrusted moatc.yaml is refused with the trust hint.
+func TestEngineRun(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte("dependencies:\n  - docker:dind\n"), 0o644)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			args := append(append([]string{"run"}, sandboxArgs(rt)...), "--dind-image", "busybox", ws, "--", "sh", "-c",
+				`echo DH=$DOCKER_HOST TC=$TESTCONTAINERS_HOST_OVERRIDE SO=$TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE; docker version && docker run --rm busybox echo hi-from-sibling`)
+			res := moatcRun(t, opts{}, args...)
+			if res.code != 0 {
+				t.Fatalf("exit %d\n%s\n%s", res.code, res.stdout, res.stderr)
+			}
+			for _, want := range []string{"DH=unix:///var/run/docker.sock", "SO=/var/run/docker.sock", "Server: moatc", "hi-from-sibling"} {
+				if !strings.Contains(res.stdout, want) {
+					t.Errorf("output lacks %q:\n%s", want, res.stdout)
+				}
+			}
+			if !regexp.MustCompile(`TC=10\.\d+\.\d+\.254 `).MatchString(res.stdout) {
+				t.Errorf("TESTCONTAINERS_HOST_OVERRIDE is not the run subnet's .254:\n%s", res.stdout)
+			}
+			if leftover := engineRunNamespaces(t); len(leftover) > 0 {
+				t.Errorf("dind namespaces left after the run ended: %v", leftover)
+			}
+
+			// A detached dind run with a sibling running; a second run cannot see it.
+			first := moatcRun(t, opts{}, append(append([]string{"run", "-d"}, sandboxArgs(rt)...), "--dind-image", "busybox", ws, "--", "sh", "-c",
+				"docker run -d --name sib busybox sleep 1000 && sleep 1000")...)
+			if first.code != 0 {
+				t.Fatalf("detached run: exit %d\n%s", first.code, first.stderr)
+			}
+			id := strings.TrimSpace(first.stdout)
+			ns := "moatc-dind-" + id
+			deadline := time.Now().Add(60 * time.Second)
+			for !engineRunHasContainer(t, ns) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the first run's sibling never appeared in %s", ns)
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+			if st := moatcRun(t, opts{}, "status", "--json", id); !strings.Contains(st.stdout, `"engine_containers"`) || !strings.Contains(st.stdout, `"name": "sib"`) {
+				t.Errorf("moatc status does not list the engine's container sib:\n%s", st.stdout)
+			}
+			second := moatcRun(t, opts{}, append(append([]string{"run"}, sandboxArgs(rt)...), ws, "--", "sh", "-c", "docker ps -a --format '{{.Names}}'; echo end")...)
+			if second.code != 0 || strings.Contains(second.stdout, "sib") || !strings.Contains(second.stdout, "end") {
+				t.Errorf("the second dind run saw the first's containers (or failed: exit %d):\n%s\n%s", second.code, second.stdout, second.stderr)
+			}
+
+			// kill -9 of the supervisor, then destroy: nothing of the namespace is left.
+			if pid := engineRunSupervisor(t, id); pid > 0 {
+				if p, err := os.FindProcess(pid); err == nil {
+					p.Kill()
+				}
+			}
+			if res := moatcRun(t, opts{}, "destroy", "--force", id); res.code != 0 {
+				t.Fatalf("destroy: exit %d\n%s", res.code, res.stderr)
+			}
+			if res := moatcRun(t, opts{}, "clean"); res.code != 0 {
+				t.Fatalf("clean: exit %d\n%s", res.code, res.stderr)
+			}
+			if slices.Contains(engineRunNamespaces(t), ns) {
+				t.Errorf("namespace %s left after destroy and clean", ns)
+			}
+
+			// A foreground run's moatc killed with -9, then clean: no dind namespace left.
+			fg := exec.Command(moatc, append(append([]string{"run"}, sandboxArgs(rt)...), "--dind-image", "busybox", ws, "--", "sh", "-c",
+				"docker run -d busybox sleep 1000 && sleep 1000")...)
+			if err := fg.Start(); err != nil {
+				t.Fatal(err)
+			}
+			before := engineRunNamespaces(t)
+			deadline = time.Now().Add(60 * time.Second)
+			var fgNS string
+			for fgNS == "" {
+				for _, n := range engineRunNamespaces(t) {
+					if !slices.Contains(before, n) || engineRunHasContainer(t, n) {
+						fgNS = n
+					}
+				}
+				if time.Now().After(deadline) {
+					fg.Process.Kill()
+					t.Fatal("the foreground run's sibling never appeared")
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+			// Killed once the sibling runs (a kill in the middle of its start is not covered).
+			for !engineRunTaskRunning(fgNS) && time.Now().Before(deadline) {
+				time.Sleep(300 * time.Millisecond)
+			}
+			fg.Process.Kill()
+			fg.Wait()
+			if res := moatcRun(t, opts{}, "clean"); res.code != 0 {
+				t.Fatalf("clean: exit %d\n%s", res.code, res.stderr)
+			}
+			if left := engineRunNamespaces(t); len(left) > 0 {
+				t.Errorf("dind namespaces left after kill -9 and clean: %v", left)
+			}
+		})
+	}
+
+	t.Run("host-untrusted", func(t *testing.T) {
+		wsh := workspace(t)
+		os.WriteFile(filepath.Join(wsh, "moatc.yaml"), []byte("dependencies:\n  - docker:host\n"), 0o644)
+		res := moatcRun(t, opts{}, "run", wsh, "--", "true")
+		if res.code == 0 || !strings.Contains(res.stderr, "moatc trust") || !strings.Contains(res.stderr, "docker:host") {
+			t.Errorf("an untrusted docker:host was not refused with the trust hint: exit %d\n%s", res.code, res.stderr)
+		}
+	})
+}
+
+// engineRunNamespaces lists containerd's dind namespaces.
+func engineRunNamespaces(t *testing.T) []string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(prefix, "bin", "ctr"), "-a", filepath.Join(home, "containerd", "containerd.sock"), "namespaces", "ls", "-q").Output()
+	if err != nil {
+		t.Fatalf("ctr namespaces ls: %v", err)
+	}
+	var dind []string
+	for _, n := range strings.Fields(string(out)) {
+		if strings.HasPrefix(n, "moatc-dind-") {
+			dind = append(dind, n)
+		}
+	}
+	return dind
+}
+
+// engineRunHasContainer reports whether namespace ns holds a container.
+func engineRunHasContainer(t *testing.T, ns string) bool {
+	out, _ := exec.Command(filepath.Join(prefix, "bin", "ctr"), "-a", filepath.Join(home, "containerd", "containerd.sock"), "-n", ns, "containers", "ls", "-q").Output()
+	return strings.TrimSpace(string(out)) != ""
+}
+
+// engineRunSupervisor is run id's supervisor pid, from its record.
+func engineRunSupervisor(t *testing.T, id string) int {
+	var r struct {
+		Supervisor struct {
+			Pid int `json:"pid"`
+		} `json:"supervisor"`
+	}
+	b, err := os.ReadFile(filepath.Join(home, "runs", id, "metadata.json"))
+	if err != nil {
+		t.Fatalf("reading run %s's record: %v", id, err)
+	}
+	decodeJSON(t, string(b), &r)
+	return r.Supervisor.Pid
+}
+
+// engineRunTaskRunning reports whether namespace ns has a running task.
+func engineRunTaskRunning(ns string) bool {
+	out, _ := exec.Command(filepath.Join(prefix, "bin", "ctr"), "-a", filepath.Join(home, "containerd", "containerd.sock"), "-n", ns, "tasks", "ls").Output()
+	return strings.Contains(string(out), "RUNNING")
+}
