@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -9,14 +8,14 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 
-	"github.com/moatc/moatc/cni"
 	"time"
+
+	"github.com/moatc/moatc/cni"
 )
 
 // TestEngineNetwork: the containers of `moatc _engine` are on its run's network (issue 10):
@@ -222,30 +221,8 @@ func TestEngineNetwork(t *testing.T) {
 // netEngineStart starts `moatc _engine --ephemeral` of run runID with the network.
 func netEngineStart(t *testing.T, rt, ns, runID string) *engineProc {
 	t.Helper()
-	e := &engineProc{sock: filepath.Join(home, "engnet-"+rt+".sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	args := append([]string{"_engine", "--socket", e.sock, "--namespace", ns, "--image", "busybox", "--run-id", runID, "--ephemeral"}, sandboxArgs(rt)...)
-	e.cmd = exec.Command(moatc, args...)
-	e.cmd.Stderr = e.stderr
-	if err := e.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { e.done <- e.cmd.Wait() }()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case err := <-e.done:
-			t.Fatalf("moatc _engine exited: %v\n%s", err, e.stderr)
-		default:
-		}
-		if r := engineGet(t, e.sock, "/_ping"); r.err == nil && r.code == 200 {
-			return e
-		}
-		if time.Now().After(deadline) {
-			e.stop(t)
-			t.Fatalf("moatc _engine does not answer on %s\n%s", e.sock, e.stderr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	args := append([]string{"--namespace", ns, "--image", "busybox", "--run-id", runID, "--ephemeral"}, sandboxArgs(rt)...)
+	return launchEngine(t, filepath.Join(home, "engnet-"+rt+".sock"), args...)
 }
 
 // netEngineNothingLeft checks that no netns, bridge, veth, rule or lease of run runID is left.

@@ -39,28 +39,9 @@ func tcEngine(t *testing.T, rt, ns string) (*engineProc, *dockerCLI) {
 // path a client on the host gives testcontainers' reaper to bind (DOCKER_HOST's).
 func tcStartEngine(t *testing.T, rt, ns string) *engineProc {
 	t.Helper()
-	e := &engineProc{sock: filepath.Join(home, "engine-tc-"+rt+".sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	args := append([]string{"_engine", "--socket", e.sock, "--socket-target", e.sock, "--namespace", ns, "--image", "busybox", "--ephemeral"}, sandboxArgs(rt)...)
-	e.cmd = exec.Command(moatc, args...)
-	e.cmd.Stderr = e.stderr
-	if err := e.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { e.done <- e.cmd.Wait() }()
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		select {
-		case err := <-e.done:
-			t.Fatalf("moatc _engine exited: %v\n%s", err, e.stderr)
-		default:
-		}
-		if r := engineGet(t, e.sock, "/_ping"); r.err == nil && r.code == 200 {
-			return e
-		}
-		if time.Now().After(deadline) {
-			e.stop(t)
-			t.Fatalf("moatc _engine does not answer on %s\n%s", e.sock, e.stderr)
-		}
-	}
+	sock := filepath.Join(home, "engine-tc-"+rt+".sock")
+	args := append([]string{"--socket-target", sock, "--namespace", ns, "--image", "busybox", "--ephemeral"}, sandboxArgs(rt)...)
+	return launchEngine(t, sock, args...)
 }
 
 // tcDockerConfig is a Docker CLI config directory that finds the compose plugin setup.sh

@@ -400,12 +400,19 @@ type engineProc struct {
 // The caller stops it.
 func startEngine(t *testing.T, rt, ns string, ephemeral bool) *engineProc {
 	t.Helper()
-	e := &engineProc{sock: filepath.Join(home, "engine-"+rt+".sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	args := append([]string{"_engine", "--socket", e.sock, "--namespace", ns, "--image", "busybox"}, sandboxArgs(rt)...)
+	args := append([]string{"--namespace", ns, "--image", "busybox"}, sandboxArgs(rt)...)
 	if ephemeral {
 		args = append(args, "--ephemeral")
 	}
-	e.cmd = exec.Command(moatc, args...)
+	return launchEngine(t, filepath.Join(home, "engine-"+rt+".sock"), args...)
+}
+
+// launchEngine starts `moatc _engine --socket SOCK ARGS...` and waits until it answers /_ping.
+// The caller stops it.
+func launchEngine(t *testing.T, sock string, args ...string) *engineProc {
+	t.Helper()
+	e := &engineProc{sock: sock, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	e.cmd = exec.Command(moatc, append([]string{"_engine", "--socket", sock}, args...)...)
 	e.cmd.Stderr = e.stderr
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -218,28 +216,6 @@ func TestEngineVolumes(t *testing.T) {
 // volStartEngine is startEngine with extra flags: an ephemeral engine.
 func volStartEngine(t *testing.T, rt, ns string, extra ...string) *engineProc {
 	t.Helper()
-	e := &engineProc{sock: filepath.Join(home, "engine-vol-"+rt+".sock"), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	args := append([]string{"_engine", "--socket", e.sock, "--namespace", ns, "--image", "busybox", "--ephemeral"}, sandboxArgs(rt)...)
-	e.cmd = exec.Command(moatc, append(args, extra...)...)
-	e.cmd.Stderr = e.stderr
-	if err := e.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { e.done <- e.cmd.Wait() }()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case err := <-e.done:
-			t.Fatalf("moatc _engine exited: %v\n%s", err, e.stderr)
-		default:
-		}
-		if r := engineGet(t, e.sock, "/_ping"); r.err == nil && r.code == 200 {
-			return e
-		}
-		if time.Now().After(deadline) {
-			e.stop(t)
-			t.Fatalf("moatc _engine does not answer on %s\n%s", e.sock, e.stderr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	args := append([]string{"--namespace", ns, "--image", "busybox", "--ephemeral"}, sandboxArgs(rt)...)
+	return launchEngine(t, filepath.Join(home, "engine-vol-"+rt+".sock"), append(args, extra...)...)
 }
