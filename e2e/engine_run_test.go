@@ -256,6 +256,9 @@ func TestEngineRunHost(t *testing.T) {
 			if cl.code != 0 {
 				t.Fatalf("clean: exit %d\n%s", cl.code, cl.stderr)
 			}
+			if rt == "runc" && !strings.Contains(cl.stdout, "removed container moatc-docker/") {
+				t.Errorf("clean does not report the record-less run's container in moatc-docker:\n%s", cl.stdout)
+			}
 			if left := engineHostContainers(t, fgID); len(left) > 0 {
 				t.Errorf("run %s's containers left in moatc-docker after kill -9 and clean: %v\n%s", fgID, left, cl.stdout)
 			}
