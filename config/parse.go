@@ -190,7 +190,26 @@ func Parse(path string, data []byte) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := f.checkDockerImages(); err != nil {
+		return nil, err
+	}
 	return f, nil
+}
+
+// checkDockerImages refuses docker_images without docker:dind: only a dind engine starts
+// with them (a docker:host run's namespace keeps its own images), and silently dropping
+// them would leave the run without the images it was written for.
+func (f *File) checkDockerImages() error {
+	if len(f.DockerImages) == 0 {
+		return nil
+	}
+	for _, d := range f.Dependencies {
+		if strings.TrimSpace(d.Text) == "docker:dind" {
+			return nil
+		}
+	}
+	return &Error{Path: f.Path, Line: f.DockerImages[0].Line, Key: "docker_images",
+		Msg: "needs docker:dind in dependencies (only a docker:dind engine starts with these images): add `dependencies: [docker:dind]`, or remove docker_images"}
 }
 
 // document parses data into its root node, nil for an empty file.

@@ -141,13 +141,16 @@ func TestSocketPath(t *testing.T) {
 }
 
 func TestDockerImages(t *testing.T) {
-	f, err := Parse("f.yaml", []byte("docker_images: [busybox, postgres:16]\n"))
+	f, err := Parse("f.yaml", []byte("docker_images: [busybox, postgres:16]\ndependencies: [docker:dind]\n"))
 	if err != nil || len(f.DockerImages) != 2 || f.DockerImages[1].Text != "postgres:16" || f.DockerImages[1].Line != 1 {
 		t.Fatalf("got %+v, %v", f, err)
 	}
 	for in, want := range map[string]string{
 		"docker_images: busybox\n":                "f.yaml:1: docker_images: must be a list of image references",
 		"docker_images:\n  - ok\n  - 'Bad Ref'\n": `f.yaml:3: docker_images: "Bad Ref" is not an image reference`,
+		// Without docker:dind the images would be dropped: refused at the key's line.
+		"name: a\ndocker_images: [busybox]\n":                        "f.yaml:2: docker_images: needs docker:dind in dependencies",
+		"dependencies: [docker:host]\ndocker_images:\n  - busybox\n": "f.yaml:3: docker_images: needs docker:dind in dependencies (only a docker:dind engine starts with these images): add `dependencies: [docker:dind]`",
 	} {
 		if _, err := Parse("f.yaml", []byte(in)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want %q", in, err, want)

@@ -167,3 +167,139 @@ func engineRunTaskRunning(ns string) bool {
 	out, _ := exec.Command(filepath.Join(prefix, "bin", "ctr"), "-a", filepath.Join(home, "containerd", "containerd.sock"), "-n", ns, "tasks", "ls").Output()
 	return strings.Contains(string(out), "RUNNING")
 }
+
+// TestEngineRunHost: docker:host runs under both runtimes. An image loaded and tagged by one
+// run is seen (and run) by a later run; two runs at once each see only their own containers;
+// after a kill -9 of a detached run's supervisor, clean removes that run's containers from
+// moatc-docker (its record ended under gVisor, gone under runc) and the images stay.
+func TestEngineRunHost(t *testing.T) {
+	requireStack(t)
+	// No registry here: busybox comes as a tar saved by a dind run's engine.
+	wsd := workspace(t)
+	os.WriteFile(filepath.Join(wsd, "moatc.yaml"), []byte("dependencies:\n  - docker:dind\n"), 0o644)
+	mustRun(t, "run", "--dind-image", "busybox", wsd, "--", "docker", "save", "-o", "/workspace/bb.tar", "busybox")
+	ws := workspace(t)
+	os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte("dependencies:\n  - docker:host\n"), 0o644)
+	if err := os.Rename(filepath.Join(wsd, "bb.tar"), filepath.Join(ws, "bb.tar")); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "trust", ws)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			run := func(flags []string, cmd ...string) result {
+				return moatcRun(t, opts{}, append(append(append(append([]string{"run"}, flags...), sandboxArgs(rt)...), ws, "--"), cmd...)...)
+			}
+			tag := "e2e/kept:" + rt
+			if res := run(nil, "sh", "-c", "docker load -i /workspace/bb.tar && docker tag busybox "+tag); res.code != 0 {
+				t.Fatalf("load and tag: exit %d\n%s\n%s", res.code, res.stdout, res.stderr)
+			}
+			res := run(nil, "sh", "-c", "docker images --format '{{.Repository}}:{{.Tag}}' && docker run --rm "+tag+" echo kept-runs")
+			if res.code != 0 || !strings.Contains(res.stdout, tag+"\n") || !strings.Contains(res.stdout, "kept-runs") {
+				t.Fatalf("a later docker:host run does not see or run %s (exit %d):\n%s\n%s", tag, res.code, res.stdout, res.stderr)
+			}
+
+			// Two runs at once: a detached one with a sibling, and one that sees only its own.
+			first := run([]string{"-d"}, "sh", "-c", "docker run -d --name hostsib "+tag+" sleep 1000 && sleep 1000")
+			if first.code != 0 {
+				t.Fatalf("detached run: exit %d\n%s", first.code, first.stderr)
+			}
+			id := strings.TrimSpace(first.stdout)
+			engineHostAwaitRunning(t, id, "hostsib")
+			if st := moatcRun(t, opts{}, "status", "--json", id); !strings.Contains(st.stdout, `"name": "hostsib"`) {
+				t.Errorf("moatc status does not list the engine's container hostsib:\n%s", st.stdout)
+			}
+			second := run(nil, "sh", "-c", "docker run --rm "+tag+" echo hi-second && docker ps -a --format 'ps:{{.Names}}'; echo end")
+			if second.code != 0 || !strings.Contains(second.stdout, "hi-second") || !strings.Contains(second.stdout, "end") {
+				t.Errorf("the second docker:host run failed (exit %d):\n%s\n%s", second.code, second.stdout, second.stderr)
+			}
+			if strings.Contains(second.stdout, "hostsib") {
+				t.Errorf("the second docker:host run saw the first's containers:\n%s", second.stdout)
+			}
+
+			if res := moatcRun(t, opts{}, "destroy", "--force", id); res.code != 0 {
+				t.Fatalf("destroy: exit %d\n%s", res.code, res.stderr)
+			}
+			if left := engineHostContainers(t, id); len(left) > 0 {
+				t.Errorf("run %s's containers left in moatc-docker after destroy: %v", id, left)
+			}
+
+			// A foreground run's moatc killed with -9; its record ended (gVisor) or gone (runc).
+			before, _ := os.ReadDir(filepath.Join(home, "runs"))
+			fg := exec.Command(moatc, append(append([]string{"run"}, sandboxArgs(rt)...), ws, "--", "sh", "-c",
+				"docker run -d --name fgsib "+tag+" sleep 1000 && sleep 1000")...)
+			if err := fg.Start(); err != nil {
+				t.Fatal(err)
+			}
+			fgID := ""
+			for deadline := time.Now().Add(30 * time.Second); fgID == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+				after, _ := os.ReadDir(filepath.Join(home, "runs"))
+				for _, e := range after {
+					if e.IsDir() && !slices.ContainsFunc(before, func(b os.DirEntry) bool { return b.Name() == e.Name() }) {
+						fgID = e.Name()
+					}
+				}
+			}
+			if fgID == "" {
+				fg.Process.Kill()
+				fg.Wait()
+				t.Fatal("the foreground run's record never appeared")
+			}
+			engineHostAwaitRunning(t, fgID, "fgsib")
+			fg.Process.Kill()
+			fg.Wait()
+			if rt == "runc" {
+				if err := os.RemoveAll(filepath.Join(home, "runs", fgID)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cl := moatcRun(t, opts{}, "clean")
+			if cl.code != 0 {
+				t.Fatalf("clean: exit %d\n%s", cl.code, cl.stderr)
+			}
+			if rt == "runc" && !strings.Contains(cl.stdout, "removed container moatc-docker/") {
+				t.Errorf("clean does not report the record-less run's container in moatc-docker:\n%s", cl.stdout)
+			}
+			if left := engineHostContainers(t, fgID); len(left) > 0 {
+				t.Errorf("run %s's containers left in moatc-docker after kill -9 and clean: %v\n%s", fgID, left, cl.stdout)
+			}
+			res = run(nil, "docker", "images", "--format", "{{.Repository}}:{{.Tag}}")
+			if res.code != 0 || !strings.Contains(res.stdout, tag+"\n") {
+				t.Errorf("%s gone from moatc-docker after clean (exit %d):\n%s\n%s", tag, res.code, res.stdout, res.stderr)
+			}
+		})
+	}
+}
+
+// engineHostContainers lists run id's containers in the docker:host namespace.
+func engineHostContainers(t *testing.T, id string) []string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(prefix, "bin", "ctr"), "-a", filepath.Join(home, "containerd", "containerd.sock"), "-n", "moatc-docker",
+		"containers", "ls", "-q", `labels."moatc.run-id"==`+id).Output()
+	if err != nil {
+		t.Fatalf("ctr containers ls: %v", err)
+	}
+	return strings.Fields(string(out))
+}
+
+// engineHostAwaitRunning waits (up to a minute) until moatc status lists run id's engine
+// container name as running.
+func engineHostAwaitRunning(t *testing.T, id, name string) {
+	t.Helper()
+	var r struct {
+		EngineContainers []struct{ Name, State string } `json:"engine_containers"`
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		st := moatcRun(t, opts{}, "status", "--json", id)
+		if st.code == 0 {
+			decodeJSON(t, st.stdout, &r)
+			for _, c := range r.EngineContainers {
+				if c.Name == name && c.State == "running" {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run %s's engine container %s never ran:\n%s\n%s", id, name, st.stdout, st.stderr)
+		}
+	}
+}

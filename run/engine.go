@@ -329,6 +329,41 @@ func (m *Manager) cleanEngines(ctx context.Context, rep *CleanReport, active map
 			}
 		}
 	}
+	if slices.Contains(names, HostNamespace) {
+		return m.cleanHostContainers(ctx, rep, active, dry)
+	}
+	return nil
+}
+
+// cleanHostContainers removes the containers in the shared docker:host namespace of runs that
+// are not active (a supervisor killed with -9 whose record is gone too); images stay.
+func (m *Manager) cleanHostContainers(ctx context.Context, rep *CleanReport, active map[string]bool, dry bool) error {
+	c, err := ctrd.Connect(ctx, ctrd.Options{Address: m.Conn.Address, Namespace: HostNamespace, Daemon: m.Conn.Daemon})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	owned, err := c.Owned(ctx)
+	if err != nil {
+		return err
+	}
+	for ctr, id := range owned {
+		if active[id] {
+			continue
+		}
+		// A run started since the list was read is spared.
+		if r, err := m.Store.Get(id); err == nil && r.Active() {
+			continue
+		}
+		rep.Containers = append(rep.Containers, HostNamespace+"/"+ctr)
+		if dry {
+			continue
+		}
+		m.awaitEngineEnd(id)
+		if _, err := c.RemoveContainer(ctx, ctr); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
