@@ -707,6 +707,28 @@ func unmountIfMounted(path string) {
 	}
 }
 
+// UnmountUnder detaches every mount at or below dir (rootfs mounts a killed shim left in
+// its bundle), deepest first.
+func UnmountUnder(dir string) error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("reading mounts: %w", err)
+	}
+	var mps []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && under(dir, mounts.Unescape(f[4])) {
+			mps = append(mps, mounts.Unescape(f[4]))
+		}
+	}
+	var errs []error
+	for i := len(mps) - 1; i >= 0; i-- {
+		if err := unix.Unmount(mps[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", mps[i], err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // PruneStateRoot removes the home's runsc root if no sandbox has anything in it: empty
 // directories only (rmdir), so a sandbox's state is never touched. A home deleted after its
 // daemons stopped then leaves nothing in /run.

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -302,4 +303,138 @@ func engineHostAwaitRunning(t *testing.T, id, name string) {
 			t.Fatalf("run %s's engine container %s never ran:\n%s\n%s", id, name, st.stdout, st.stderr)
 		}
 	}
+}
+
+// TestEngineRunKilledMidStart: a dind run's supervisor killed with -9 while its engine is in
+// the middle of starting a sibling (runsc's or runc's `create` under way: containerd may lose
+// the task while its shim goes on making the sandbox), then `moatc clean` (a foreground run)
+// or `moatc destroy --force` and clean (a detached one, which clean would otherwise adopt):
+// no process names the run's namespace or the run, nothing is mounted in the namespace's task
+// directory, no runsc state of it is left, and containerd has no such namespace.
+func TestEngineRunKilledMidStart(t *testing.T) {
+	requireStack(t)
+	ws := workspace(t)
+	os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte("dependencies:\n  - docker:dind\n"), 0o644)
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			for _, detached := range []bool{false, true} {
+				args := append(append([]string{"run"}, sandboxArgs(rt)...), "--dind-image", "busybox", ws, "--", "sh", "-c",
+					"while :; do docker run -d busybox sleep 1000; done")
+				var fg *exec.Cmd
+				id := ""
+				if detached {
+					res := moatcRun(t, opts{}, append([]string{"run", "-d"}, args[1:]...)...)
+					if res.code != 0 {
+						t.Fatalf("run -d: exit %d\n%s", res.code, res.stderr)
+					}
+					id = strings.TrimSpace(res.stdout)
+				} else {
+					fg = exec.Command(moatc, args...)
+					if err := fg.Start(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Siblings start one after another: the kill lands while one's create is under way.
+				deadline := time.Now().Add(90 * time.Second)
+				ns := ""
+				for ns == "" {
+					if ns = engineRunCreating(id); ns == "" {
+						if time.Now().After(deadline) {
+							if fg != nil {
+								fg.Process.Kill()
+								fg.Wait()
+							}
+							t.Fatalf("no sibling create seen (detached %v)", detached)
+						}
+						time.Sleep(2 * time.Millisecond)
+					}
+				}
+				id = strings.TrimPrefix(ns, "moatc-dind-")
+				if detached {
+					if p, err := os.FindProcess(engineRunSupervisor(t, id)); err == nil {
+						p.Kill()
+					}
+				} else {
+					fg.Process.Kill()
+					fg.Wait()
+				}
+				// Let the orphaned shim finish what it was doing.
+				time.Sleep(3 * time.Second)
+				t.Logf("detached %v: after the kill, %d processes name %s", detached, len(engineRunProcs(engineRunNames(ns, id))), ns)
+				if detached {
+					if res := moatcRun(t, opts{}, "destroy", "--force", id); res.code != 0 {
+						t.Fatalf("destroy: exit %d\n%s", res.code, res.stderr)
+					}
+				}
+				if res := moatcRun(t, opts{}, "clean"); res.code != 0 {
+					t.Fatalf("clean: exit %d\n%s\n%s", res.code, res.stdout, res.stderr)
+				}
+				if left := engineRunProcs(engineRunNames(ns, id)); len(left) > 0 {
+					t.Errorf("detached %v: processes of %s left: %v", detached, ns, left)
+				}
+				taskDir := filepath.Join(home, "containerd", "state", "io.containerd.runtime.v2.task", ns)
+				mi, _ := os.ReadFile("/proc/self/mountinfo")
+				for _, l := range strings.Split(string(mi), "\n") {
+					if strings.Contains(l, taskDir) || strings.Contains(l, ns) {
+						t.Errorf("detached %v: mount left: %s", detached, l)
+					}
+				}
+				if st, _ := filepath.Glob(filepath.Join("/run/moatc/runsc", "*", ns)); len(st) > 0 {
+					t.Errorf("detached %v: runsc state left: %v", detached, st)
+				}
+				if cg, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", ns)); len(cg) > 0 {
+					t.Errorf("detached %v: cgroups left: %v", detached, cg)
+				}
+				if slices.Contains(engineRunNamespaces(t), ns) {
+					t.Errorf("detached %v: namespace %s left", detached, ns)
+				}
+				if t.Failed() {
+					return
+				}
+			}
+		})
+	}
+}
+
+// engineRunCreating is the dind namespace (of run id; of any run when id is "") in which
+// runsc or runc is creating a container of this test's containerd; "" when none is.
+func engineRunCreating(id string) string {
+	tasks := filepath.Join(home, "containerd", "state", "io.containerd.runtime.v2.task") + "/moatc-dind-" + id
+	for _, p := range engineRunProcs(func(argv []string) bool {
+		base := filepath.Base(argv[0])
+		return (base == "runsc" || base == "runc") && slices.Contains(argv, "create")
+	}) {
+		if _, rest, ok := strings.Cut(p, tasks); ok {
+			ns, _, _ := strings.Cut("moatc-dind-"+id+rest, "/")
+			return ns
+		}
+	}
+	return ""
+}
+
+// engineRunNames: argv names namespace ns or run id (its container, its logs).
+func engineRunNames(ns, id string) func([]string) bool {
+	return func(argv []string) bool {
+		return slices.ContainsFunc(argv, func(a string) bool { return strings.Contains(a, ns) || strings.Contains(a, id) })
+	}
+}
+
+// engineRunProcs lists the live processes (pid and command line) whose command line matches.
+func engineRunProcs(match func([]string) bool) []string {
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil || e.Name() == strconv.Itoa(os.Getpid()) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if match(argv) {
+			out = append(out, e.Name()+": "+strings.Join(argv, " "))
+		}
+	}
+	return out
 }

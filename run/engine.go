@@ -240,11 +240,20 @@ func (m *Manager) awaitEngineEnd(id string) {
 func (m *Manager) removeEngineLeftovers(ctx context.Context, id string) error {
 	m.awaitEngineEnd(id)
 	os.RemoveAll(m.engineStateDir(id))
+	ns := DindNamespace(id)
 	if !m.daemonReachable() {
-		return nil
+		return m.sweepDind(ctx, ns)
 	}
-	if err := m.destroyDind(ctx, DindNamespace(id)); err != nil {
-		return err
+	// containerd first, for what it knows; then the host, for what it lost (and what held
+	// the namespace's snapshots, if that is why containerd could not remove them).
+	err := m.destroyDind(ctx, ns)
+	if serr := m.sweepDind(ctx, ns); serr != nil {
+		return errors.Join(err, serr)
+	}
+	if err != nil {
+		if err = m.destroyDind(ctx, ns); err != nil {
+			return err
+		}
 	}
 	return m.removeHostContainers(ctx, id)
 }
@@ -276,13 +285,7 @@ func (m *Manager) destroyDind(ctx context.Context, ns string) error {
 		return err
 	}
 	defer c.Close()
-	if err := c.DestroyNamespace(ctx, snapshot.Default()); err != nil {
-		return err
-	}
-	if g, ok := m.Runtime(state.Spec{Docker: DockerDind}).(ctrd.GVisor); ok {
-		os.Remove(filepath.Join(g.StateRoot(), ns)) // empty once its sandboxes are gone
-	}
-	return nil
+	return c.DestroyNamespace(ctx, snapshot.Default())
 }
 
 // removeHostContainers removes run id's containers from the shared docker:host namespace:
@@ -316,6 +319,15 @@ func (m *Manager) cleanEngines(ctx context.Context, rep *CleanReport, active map
 	names, err := m.namespaces(ctx)
 	if err != nil {
 		return err
+	}
+	// A namespace containerd no longer has may still have sandboxes on the host (their runsc
+	// state is below the home's root, by namespace).
+	if ents, err := os.ReadDir(m.sandboxScope().Root); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "moatc-dind-") && !slices.Contains(names, e.Name()) {
+				names = append(names, e.Name())
+			}
+		}
 	}
 	for _, ns := range names {
 		id, ok := strings.CutPrefix(ns, "moatc-dind-")

@@ -104,6 +104,52 @@ func (m *Manager) SweepSandboxes(ctx context.Context, dry bool) ([]string, error
 	return removed, err
 }
 
+// sweepDind removes every sandbox and shim of dind namespace ns found on the host, and the
+// mounts left in its task directory. The namespace is its run's alone and the run is over, so
+// all of it goes, with what containerd lost track of: an engine killed while it started a
+// container leaves a shim that makes the sandbox for nobody, and DestroyNamespace, asking
+// containerd, never sees it.
+func (m *Manager) sweepDind(ctx context.Context, ns string) error {
+	sc := m.sandboxScope()
+	sc.Namespace = ns
+	if sc.TaskDir != "" {
+		sc.TaskDir = m.Conn.Daemon.TaskDir(ns)
+	}
+	found, err := ctrd.FindSandboxes(sc)
+	if err != nil {
+		return err
+	}
+	var gone []*ctrd.HostSandbox
+	for _, s := range found {
+		if !s.Empty() && s.Proven {
+			gone = append(gone, s)
+		}
+	}
+	if _, err := ctrd.RemoveSandboxes(ctx, sc, gone); err != nil {
+		return fmt.Errorf("removing the sandboxes of %s: %w", ns, err)
+	}
+	if sc.TaskDir != "" {
+		if err := ctrd.UnmountUnder(sc.TaskDir); err != nil {
+			return fmt.Errorf("removing the sandboxes of %s: %w", ns, err)
+		}
+	}
+	os.Remove(filepath.Join(sc.Root, ns)) // empty once its sandboxes are gone
+	// The namespace's cgroups (containerd's default path, /NAMESPACE/ID), which a runc create
+	// killed half-way leaves empty: rmdir only, so one still holding anything stays.
+	cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", ns))
+	for _, d := range append(cgs, filepath.Join("/sys/fs/cgroup", ns)) {
+		if ents, err := os.ReadDir(d); err == nil {
+			for _, e := range ents {
+				if e.IsDir() {
+					os.Remove(filepath.Join(d, e.Name()))
+				}
+			}
+		}
+		os.Remove(d)
+	}
+	return nil
+}
+
 // sandboxScope says where this home's sandboxes are: its runsc root, its containerd.
 func (m *Manager) sandboxScope() ctrd.SandboxScope {
 	g := ctrd.GVisor{Prefix: m.Prefix, Dir: filepath.Join(m.Dir, "runsc")}
