@@ -4,10 +4,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"github.com/distribution/reference"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/distribution/reference"
 
 	"gopkg.in/yaml.v3"
 
