@@ -14,23 +14,12 @@ import (
 // always in the gVisor build sandbox).
 func TestEngineBuild(t *testing.T) {
 	requireStack(t)
-	docker := filepath.Join(prefix, "bin", "docker")
-	if _, err := os.Stat(docker); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("the Docker CLI is not installed in %s (run `make setup`): %v", prefix, err)
-		}
-		t.Skipf("the Docker CLI is not installed in %s (never skipped in CI): %v", prefix, err)
-	}
+	docker := requireDockerCLI(t)
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			eng := startEngine(t, rt, "moatc-engine-build-e2e-"+rt, true)
-			t.Cleanup(func() {
-				eng.stop(t)
-				if t.Failed() {
-					t.Logf("the engine's stderr:\n%s", eng.stderr)
-				}
-			})
-			d := &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + t.TempDir()}}
+			eng.stopAtCleanup(t)
+			d := eng.cli(t, docker)
 
 			dir := t.TempDir()
 			buildWrite(t, dir, "Dockerfile", `FROM busybox AS a

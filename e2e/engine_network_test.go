@@ -24,13 +24,7 @@ import (
 // `moatc clean`. The real Docker CLI, under both runtimes.
 func TestEngineNetwork(t *testing.T) {
 	requireStack(t)
-	docker := filepath.Join(prefix, "bin", "docker")
-	if _, err := os.Stat(docker); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("the Docker CLI is not installed in %s (run `make setup`): %v", prefix, err)
-		}
-		t.Skipf("the Docker CLI is not installed in %s (never skipped in CI): %v", prefix, err)
-	}
+	docker := requireDockerCLI(t)
 	// A service of the host, on all its addresses: closed to runs and so to their containers.
 	hostL, err := net.Listen("tcp4", "0.0.0.0:0")
 	if err != nil {
@@ -60,7 +54,7 @@ func TestEngineNetwork(t *testing.T) {
 			ns := "moatc-engnet-e2e-" + rt
 			eng := netEngineStart(t, rt, ns, runID)
 			t.Cleanup(func() { eng.stop(t) })
-			d := &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + t.TempDir()}}
+			d := eng.cli(t, docker)
 
 			var gw netip.Addr
 			t.Run("network ls", func(t *testing.T) {

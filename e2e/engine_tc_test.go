@@ -18,20 +18,9 @@ import (
 func tcEngine(t *testing.T, rt, ns string) (*engineProc, *dockerCLI) {
 	t.Helper()
 	requireStack(t)
-	docker := filepath.Join(prefix, "bin", "docker")
-	if _, err := os.Stat(docker); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("the Docker CLI is not installed in %s (run `make setup`): %v", prefix, err)
-		}
-		t.Skipf("the Docker CLI is not installed in %s (run `make setup`; never skipped in CI): %v", prefix, err)
-	}
+	docker := requireDockerCLI(t)
 	eng := tcStartEngine(t, rt, ns)
-	t.Cleanup(func() {
-		eng.stop(t)
-		if t.Failed() {
-			t.Logf("the engine's stderr:\n%s", eng.stderr)
-		}
-	})
+	eng.stopAtCleanup(t)
 	return eng, &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + tcDockerConfig(t)}}
 }
 

@@ -25,13 +25,7 @@ import (
 // namespace and everything in it must be gone.
 func TestEngine(t *testing.T) {
 	requireStack(t)
-	docker := filepath.Join(prefix, "bin", "docker")
-	if _, err := os.Stat(docker); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("the Docker CLI is not installed in %s (run `make setup`): %v", prefix, err)
-		}
-		t.Skipf("the Docker CLI is not installed in %s (run `make setup`; never skipped in CI): %v", prefix, err)
-	}
+	docker := requireDockerCLI(t)
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ns := "moatc-engine-e2e-" + rt
@@ -405,6 +399,35 @@ func startEngine(t *testing.T, rt, ns string, ephemeral bool) *engineProc {
 		args = append(args, "--ephemeral")
 	}
 	return launchEngine(t, filepath.Join(home, "engine-"+rt+".sock"), args...)
+}
+
+// stopAtCleanup stops the engine when the test ends, and shows its stderr if the test failed.
+func (e *engineProc) stopAtCleanup(t *testing.T) {
+	t.Cleanup(func() {
+		e.stop(t)
+		if t.Failed() {
+			t.Logf("the engine's stderr:\n%s", e.stderr)
+		}
+	})
+}
+
+// cli is the Docker CLI pointed at the engine, with a configuration of its own.
+func (e *engineProc) cli(t *testing.T, docker string) *dockerCLI {
+	return &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + e.sock, "DOCKER_CONFIG=" + t.TempDir()}}
+}
+
+// requireDockerCLI is the Docker CLI `make setup` builds into the prefix; a test without it
+// fails in CI and is skipped elsewhere.
+func requireDockerCLI(t *testing.T) string {
+	t.Helper()
+	docker := filepath.Join(prefix, "bin", "docker")
+	if _, err := os.Stat(docker); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("the Docker CLI is not installed in %s (run `make setup`): %v", prefix, err)
+		}
+		t.Skipf("the Docker CLI is not installed in %s (run `make setup`; never skipped in CI): %v", prefix, err)
+	}
+	return docker
 }
 
 // launchEngine starts `moatc _engine --socket SOCK ARGS...` and waits until it answers /_ping.

@@ -13,13 +13,7 @@ import (
 // the real Docker CLI against `moatc _engine --mount /workspace=DIR`, under both runtimes.
 func TestEngineVolumes(t *testing.T) {
 	requireStack(t)
-	docker := filepath.Join(prefix, "bin", "docker")
-	if _, err := os.Stat(docker); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("the Docker CLI is not installed in %s (run `make setup`): %v", prefix, err)
-		}
-		t.Skipf("the Docker CLI is not installed in %s (run `make setup`; never skipped in CI): %v", prefix, err)
-	}
+	docker := requireDockerCLI(t)
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			ws := t.TempDir()
@@ -35,13 +29,8 @@ func TestEngineVolumes(t *testing.T) {
 				t.Fatal(err)
 			}
 			eng := volStartEngine(t, rt, "moatc-engine-vol-e2e-"+rt, "--mount", "/workspace="+ws, "--mount", "/ro="+filepath.Join(ws, "sub")+":ro", "--socket-target", "/var/run/docker.sock")
-			t.Cleanup(func() {
-				eng.stop(t)
-				if t.Failed() {
-					t.Logf("the engine's stderr:\n%s", eng.stderr)
-				}
-			})
-			d := &dockerCLI{t: t, bin: docker, env: []string{"DOCKER_HOST=unix://" + eng.sock, "DOCKER_CONFIG=" + t.TempDir()}}
+			eng.stopAtCleanup(t)
+			d := eng.cli(t, docker)
 			since := time.Now().Add(-time.Second).Unix()
 
 			t.Run("volume", func(t *testing.T) {
