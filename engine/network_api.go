@@ -237,20 +237,26 @@ func networkPrune(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, rep)
 }
 
+// connectTarget finds the container and the network of a connect or disconnect request.
+func (e *Engine) connectTarget(r *http.Request, container string) (c *ctr, name, id string, err error) {
+	if c, err = e.lookup(container); err != nil {
+		return nil, "", "", err
+	}
+	e.nw.mu.Lock()
+	defer e.nw.mu.Unlock()
+	if name, _, err = e.findNetwork(r.PathValue("id")); err != nil {
+		return nil, "", "", err
+	}
+	return c, name, e.netID(name), nil
+}
+
 // networkConnect is POST /networks/{id}/connect.
 func networkConnect(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	var req network.ConnectRequest
 	if err := decodeJSON(w, r, &req, false); err != nil {
 		return err
 	}
-	c, err := e.lookup(req.Container)
-	if err != nil {
-		return err
-	}
-	e.nw.mu.Lock()
-	name, _, err := e.findNetwork(r.PathValue("id"))
-	id := e.netID(name)
-	e.nw.mu.Unlock()
+	c, name, id, err := e.connectTarget(r, req.Container)
 	if err != nil {
 		return err
 	}
@@ -276,14 +282,7 @@ func networkDisconnect(e *Engine, w http.ResponseWriter, r *http.Request) error 
 	if err := decodeJSON(w, r, &req, false); err != nil {
 		return err
 	}
-	c, err := e.lookup(req.Container)
-	if err != nil {
-		return err
-	}
-	e.nw.mu.Lock()
-	name, _, err := e.findNetwork(r.PathValue("id"))
-	id := e.netID(name)
-	e.nw.mu.Unlock()
+	c, name, id, err := e.connectTarget(r, req.Container)
 	if err != nil {
 		return err
 	}
