@@ -65,30 +65,7 @@ func (m *Manager) attachConfList(r *record, key string) ([]byte, error) {
 	if key == PortsKey {
 		start[3], end[3] = 254, 254
 	}
-	conf := map[string]any{
-		"cniVersion": cniVersion,
-		"name":       netName(r.RunID),
-		"plugins": []any{map[string]any{
-			"type":        "bridge",
-			"bridge":      bridgeName(r.RunID),
-			"isGateway":   true,
-			"ipMasq":      false,
-			"hairpinMode": false,
-			"ipam": map[string]any{
-				"type":    "host-local",
-				"dataDir": filepath.Join(m.runDir(r.RunID), "ipam"),
-				"ranges": []any{[]any{map[string]string{
-					"subnet": r.Subnet.String(), "rangeStart": netip.AddrFrom4(start).String(),
-					"rangeEnd": netip.AddrFrom4(end).String(), "gateway": r.Gateway.String(),
-				}}},
-				"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
-			},
-		}},
-	}
-	if r.MTU > 0 {
-		conf["plugins"].([]any)[0].(map[string]any)["mtu"] = r.MTU
-	}
-	return json.MarshalIndent(conf, "", "  ")
+	return bridgeConfList(r, filepath.Join(m.runDir(r.RunID), "ipam"), netip.AddrFrom4(start), netip.AddrFrom4(end))
 }
 
 // Attach puts a new network namespace on run runID's network (made by Setup) and returns it.

@@ -62,34 +62,37 @@ func (m *Manager) checkPlugins() error {
 // IPAM handing out exactly one address (.2) from the run's /24, leases kept under StateDir.
 // ipMasq is off: moatc adds its own masquerade rule (see firewall.go).
 func (m *Manager) confList(r *record) ([]byte, error) {
+	return bridgeConfList(r, m.ipamDir(), r.IP, rangeEnd(r))
+}
+
+// bridgeConfList is a conflist on run r's bridge whose IPAM hands out first..last, with its
+// leases in ipamDir.
+func bridgeConfList(r *record, ipamDir string, first, last netip.Addr) ([]byte, error) {
 	type ipRange struct {
 		Subnet     string `json:"subnet"`
 		RangeStart string `json:"rangeStart"`
 		RangeEnd   string `json:"rangeEnd"`
 		Gateway    string `json:"gateway"`
 	}
-	conf := map[string]any{
-		"cniVersion": cniVersion,
-		"name":       netName(r.RunID),
-		"plugins": []any{map[string]any{
-			"type":        "bridge",
-			"bridge":      bridgeName(r.RunID),
-			"isGateway":   true,
-			"ipMasq":      false,
-			"hairpinMode": false,
-			"ipam": map[string]any{
-				"type":    "host-local",
-				"dataDir": m.ipamDir(),
-				"ranges": [][]ipRange{{{
-					Subnet: r.Subnet.String(), RangeStart: r.IP.String(), RangeEnd: rangeEnd(r).String(), Gateway: r.Gateway.String(),
-				}}},
-				"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
-			},
-		}},
+	bridge := map[string]any{
+		"type":        "bridge",
+		"bridge":      bridgeName(r.RunID),
+		"isGateway":   true,
+		"ipMasq":      false,
+		"hairpinMode": false,
+		"ipam": map[string]any{
+			"type":    "host-local",
+			"dataDir": ipamDir,
+			"ranges": [][]ipRange{{{
+				Subnet: r.Subnet.String(), RangeStart: first.String(), RangeEnd: last.String(), Gateway: r.Gateway.String(),
+			}}},
+			"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
+		},
 	}
 	if r.MTU > 0 {
-		conf["plugins"].([]any)[0].(map[string]any)["mtu"] = r.MTU
+		bridge["mtu"] = r.MTU
 	}
+	conf := map[string]any{"cniVersion": cniVersion, "name": netName(r.RunID), "plugins": []any{bridge}}
 	return json.MarshalIndent(conf, "", "  ")
 }
 
