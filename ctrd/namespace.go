@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
@@ -75,7 +78,29 @@ func (c *Client) DestroyNamespace(ctx context.Context, snapshotters ...string) e
 	if err := c.NamespaceService().Delete(ctx, c.Namespace); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("destroying namespace %s: %w", c.Namespace, err)
 	}
+	RemoveNamespaceDirs(c.Namespace)
 	return nil
+}
+
+// RemoveNamespaceDirs removes what the runtimes leave on the host for a namespace once its
+// containers are gone: its cgroups (containerd's default path, /NAMESPACE/ID; empty ones
+// only, with rmdir, so one still holding a process stays) and runc's state root for it.
+func RemoveNamespaceDirs(ns string) {
+	if ns == "" || ns == DefaultNamespace || strings.ContainsAny(ns, "/*?[") {
+		return
+	}
+	cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", ns))
+	for _, d := range append(cgs, filepath.Join("/sys/fs/cgroup", ns)) {
+		if ents, err := os.ReadDir(d); err == nil {
+			for _, e := range ents {
+				if e.IsDir() {
+					os.Remove(filepath.Join(d, e.Name()))
+				}
+			}
+		}
+		os.Remove(d)
+	}
+	os.Remove(filepath.Join("/run/containerd/runc", ns))
 }
 
 // removeSnapshots removes every snapshot, children before their parents.

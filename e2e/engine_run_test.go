@@ -25,6 +25,7 @@ func TestEngineRun(t *testing.T) {
 		t.Run(rt, func(t *testing.T) {
 			args := append(append([]string{"run"}, sandboxArgs(rt)...), "--dind-image", "busybox", ws, "--", "sh", "-c",
 				`echo DH=$DOCKER_HOST TC=$TESTCONTAINERS_HOST_OVERRIDE SO=$TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE; docker version && docker run --rm busybox echo hi-from-sibling`)
+			dirsBefore := engineRunHostDirs()
 			res := moatcRun(t, opts{}, args...)
 			if res.code != 0 {
 				t.Fatalf("exit %d\n%s\n%s", res.code, res.stdout, res.stderr)
@@ -39,6 +40,12 @@ func TestEngineRun(t *testing.T) {
 			}
 			if leftover := engineRunNamespaces(t); len(leftover) > 0 {
 				t.Errorf("dind namespaces left after the run ended: %v", leftover)
+			}
+			// Nor its cgroups or runc's state root on the host.
+			for _, d := range engineRunHostDirs() {
+				if !slices.Contains(dirsBefore, d) {
+					t.Errorf("left on the host after the dind run ended: %s", d)
+				}
 			}
 
 			// A detached dind run with a sibling running; a second run cannot see it.
@@ -437,4 +444,14 @@ func engineRunProcs(match func([]string) bool) []string {
 		}
 	}
 	return out
+}
+
+// engineRunHostDirs are the host directories of dind namespaces: cgroups and runc state roots.
+func engineRunHostDirs() []string {
+	var all []string
+	for _, g := range []string{"/sys/fs/cgroup/*/moatc-dind-*", "/sys/fs/cgroup/moatc-dind-*", "/run/containerd/runc/moatc-dind-*"} {
+		m, _ := filepath.Glob(g)
+		all = append(all, m...)
+	}
+	return all
 }

@@ -134,19 +134,7 @@ func (m *Manager) sweepDind(ctx context.Context, ns string) error {
 		}
 	}
 	os.Remove(filepath.Join(sc.Root, ns)) // empty once its sandboxes are gone
-	// The namespace's cgroups (containerd's default path, /NAMESPACE/ID), which a runc create
-	// killed half-way leaves empty: rmdir only, so one still holding anything stays.
-	cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", ns))
-	for _, d := range append(cgs, filepath.Join("/sys/fs/cgroup", ns)) {
-		if ents, err := os.ReadDir(d); err == nil {
-			for _, e := range ents {
-				if e.IsDir() {
-					os.Remove(filepath.Join(d, e.Name()))
-				}
-			}
-		}
-		os.Remove(d)
-	}
+	ctrd.RemoveNamespaceDirs(ns)          // cgroups and runc state a runc create killed half-way leaves
 	return nil
 }
 
