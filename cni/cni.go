@@ -203,6 +203,10 @@ func checkRunID(id string) error {
 
 var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$`)
 
+// ValidHostname reports whether h may be a name in a hosts file: letters, digits, '-', '_'
+// and '.', at most 253 of them (no blank, '#' or newline that would add entries of its own).
+func ValidHostname(h string) bool { return len(h) <= 253 && hostnameRE.MatchString(h) }
+
 // Options are what a run asks of its network.
 type Options struct {
 	Hostname  string     // the run's name in its hosts file; "" means the run id
@@ -292,7 +296,7 @@ func (m *Manager) checkSetup(runID string, o Options) (string, []Port, error) {
 	if hostname == "" {
 		hostname = runID
 	}
-	if len(hostname) > 253 || !hostnameRE.MatchString(hostname) {
+	if !ValidHostname(hostname) {
 		return "", nil, fmt.Errorf("hostname %q: use letters, digits, '-', '_' and '.', at most 253 of them", hostname)
 	}
 	ports, err := normalizePorts(o.Ports)

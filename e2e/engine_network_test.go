@@ -88,6 +88,21 @@ func TestEngineNetwork(t *testing.T) {
 						t.Errorf("wget http://%s/ from n1: %q", host, out)
 					}
 				}
+				// Names go into other containers' hosts files: one that carries names or a line of
+				// its own (a blank, a newline) is refused, and web's file is unchanged. (The CLI
+				// cuts --alias at a newline, so connect's is sent with a blank.)
+				for _, args := range [][]string{
+					{"network", "connect", "--alias", "x 10.9.9.9", "n1", "web"},
+					{"run", "--rm", "--network", "n1", "--network-alias", "y\n10.9.9.9 web", "busybox", "true"},
+					{"run", "--rm", "--network", "n1", "--hostname", "z\n10.9.9.9 web", "busybox", "true"},
+				} {
+					if r := d.run("", args...); r.code == 0 || !strings.Contains(r.stderr, "invalid") {
+						t.Errorf("docker %q: a name with a newline must be refused: %+v", args, r)
+					}
+				}
+				if out := d.ok("exec", "web", "cat", "/etc/hosts"); strings.Contains(out, "10.9.9.9") {
+					t.Errorf("a refused name reached web's hosts file:\n%s", out)
+				}
 				// A container made later is resolved in a running container's /etc/hosts too: the
 				// rewrite in place is seen through the bind mount.
 				d.ok("run", "-d", "--network", "n1", "--name", "watcher", "busybox", "sh", "-c",

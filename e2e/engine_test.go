@@ -197,6 +197,17 @@ func TestEngine(t *testing.T) {
 				d.t = t
 				testEngineEvents(t, d)
 			})
+			t.Run("pull-confined", func(t *testing.T) {
+				d.t = t
+				// Pulls leave from the host, not the run: a registry on the host or an internal
+				// network is refused before containerd is asked.
+				for _, ref := range []string{"127.0.0.1:5000/x:y", "localhost:5000/x:y", "169.254.169.254/x:y", "10.0.0.1/x:y", "[::1]:5000/x:y"} {
+					r := d.run("", "pull", ref)
+					if r.code == 0 || !strings.Contains(r.stderr, "moatc refuses to pull from") {
+						t.Errorf("docker pull %s: must be refused: %+v", ref, r)
+					}
+				}
+			})
 			t.Run("missing-image", func(t *testing.T) {
 				d.t = t
 				r := d.run("", "run", "--rm", "moatc-e2e/no-such-image:1", "true")

@@ -62,10 +62,13 @@ type ctr struct {
 	// since the engine started: a run is in progress while exits < starts.
 	starts, exits int
 	starting      bool
-	removing      bool
-	removed       bool
-	task          containerd.Task
-	watchDone     chan struct{} // closed when the run's watcher is done with it
+	// copying counts the copies from or into the stopped container's mounted rootfs: no
+	// start while one goes on (the workload could change the tree under the engine's walk).
+	copying   int
+	removing  bool
+	removed   bool
+	task      containerd.Task
+	watchDone chan struct{} // closed when the run's watcher is done with it
 	// stdin is the writer end of the running (or next) task's stdin, for containers with
 	// OpenStdin; stdinR is its reader end, which the next task takes.
 	stdin  *io.PipeWriter

@@ -263,6 +263,20 @@ func (e *Engine) withRootfs(ctx context.Context, c *ctr, readOnly bool, fn func(
 		return notImplemented("moatc does not support copying files of a stopped container in rootless mode yet: start it first")
 	}
 	ctx = context.WithoutCancel(ctx) // never leave the mount behind
+	// Stopped it stays until fn is done: a start now would let the workload change the tree
+	// the engine walks as root.
+	e.mu.Lock()
+	if c.running() || c.starting || c.removing || c.removed {
+		e.mu.Unlock()
+		return conflict("container %s was started or removed meanwhile: copy again", c.rec.Name)
+	}
+	c.copying++
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		c.copying--
+		e.mu.Unlock()
+	}()
 	cc, err := e.cfg.Client.LoadContainer(ctx, c.rec.ID)
 	if err != nil {
 		return err

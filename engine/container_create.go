@@ -126,6 +126,17 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 	} else if other, err := e.lookupName(name); err == nil {
 		return "", nil, conflict("Conflict. The container name \"/%s\" is already in use by container \"%s\". You have to remove (or rename) that container to be able to reuse that name.", name, other.rec.ID)
 	}
+	var aliases []string
+	if nc := req.NetworkingConfig; nc != nil {
+		for _, ep := range nc.EndpointsConfig {
+			if ep != nil {
+				aliases = append(aliases, ep.Aliases...)
+			}
+		}
+	}
+	if err := checkNames(cfg.Hostname, aliases); err != nil {
+		return "", nil, err
+	}
 	id := newID()
 	if cfg.Hostname == "" {
 		cfg.Hostname = id[:12]

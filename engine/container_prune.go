@@ -2,8 +2,6 @@ package engine
 
 import (
 	"net/http"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
@@ -58,28 +56,12 @@ func containerPrune(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, report)
 }
 
-// pruneUntil reads Docker's until= filter: a Unix time (with fractional seconds), an
-// RFC 3339 time, or a duration before now ("24h", "10m").
+// pruneUntil reads Docker's until= filter: a time as events' since and until take it (Unix
+// seconds, RFC 3339, a date, or a duration before now such as 24h); it may not be empty.
 func pruneUntil(s string, now time.Time) (time.Time, error) {
-	if d, err := time.ParseDuration(s); err == nil {
-		return now.Add(-d), nil
+	t, err := eventTime(s, now)
+	if s == "" || err != nil {
+		return time.Time{}, invalid("invalid until filter %q: a Unix time, an RFC 3339 time or a duration like 24h", s)
 	}
-	if sec, frac, ok := strings.Cut(s, "."); ok || sec != "" {
-		if n, err := strconv.ParseInt(sec, 10, 64); err == nil {
-			ns := int64(0)
-			if ok {
-				f := (frac + "000000000")[:9]
-				if ns, err = strconv.ParseInt(f, 10, 64); err != nil {
-					return time.Time{}, invalid("invalid until filter %q", s)
-				}
-			}
-			return time.Unix(n, ns), nil
-		}
-	}
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {
-		if t, err := time.Parse(layout, s); err == nil {
-			return t, nil
-		}
-	}
-	return time.Time{}, invalid("invalid until filter %q: a Unix time, an RFC 3339 time or a duration like 24h", s)
+	return t, nil
 }

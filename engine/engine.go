@@ -71,6 +71,11 @@ type Config struct {
 	SocketTarget string
 	// VolumeDir holds named volumes; default StateDir/volumes. docker:host runs share one.
 	VolumeDir string
+	// Strict: the run's egress policy is strict, and its engine pulls nothing (image_registry.go).
+	Strict bool
+	// PrivateRegistries lets pulls reach registries on the host or internal networks, which
+	// are closed to runs (`moatc _engine --allow-private-registry`, for development and tests).
+	PrivateRegistries bool
 	// ReaperExe is moatc-reaper, made into testcontainers' reaper image on demand (reaper.go);
 	// default: next to LoggerExe.
 	ReaperExe string

@@ -74,6 +74,9 @@ func imageCreate(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if done, err := e.pullReaperImage(w, r, named); done || err != nil {
 		return err
 	}
+	if err := e.checkRegistry(r.Context(), reference.Domain(named)); err != nil {
+		return err
+	}
 	creds, err := registryCreds(r.Header.Get(registry.AuthHeader))
 	if err != nil {
 		return err

@@ -40,6 +40,9 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 	case c.starting:
 		e.mu.Unlock()
 		return conflict("container %s is already being started", c.rec.Name)
+	case c.copying > 0:
+		e.mu.Unlock()
+		return conflict("container %s is being copied from or into (docker cp): start it when the copy is done", c.rec.Name)
 	}
 	c.starting = true
 	cfg := c.rec.Config
@@ -301,6 +304,9 @@ func (e *Engine) removeContainer(ctx context.Context, c *ctr, force bool) error 
 	case c.removing:
 		e.mu.Unlock()
 		return conflict("removal of container %s is already in progress", c.rec.ID)
+	case c.copying > 0:
+		e.mu.Unlock()
+		return conflict("container %s is being copied from or into (docker cp): remove it when the copy is done", c.rec.Name)
 	case (c.running() || c.starting) && !force:
 		e.mu.Unlock()
 		return conflict("cannot remove container \"/%s\": container is running: stop the container before removing or force remove", c.rec.Name)

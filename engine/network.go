@@ -371,7 +371,10 @@ func (e *Engine) disconnect(c *ctr, name string) error {
 	e.nw.mu.Lock()
 	defer e.nw.mu.Unlock()
 	cn := e.nw.ctrs[c.rec.ID]
-	if _, ok := cn.Networks[name]; cn == nil || !ok {
+	if cn == nil {
+		return forbidden("container %s is not connected to network %s", c.rec.Name, name)
+	}
+	if _, ok := cn.Networks[name]; !ok {
 		return forbidden("container %s is not connected to network %s", c.rec.Name, name)
 	}
 	delete(cn.Networks, name)
@@ -379,6 +382,26 @@ func (e *Engine) disconnect(c *ctr, name string) error {
 		return err
 	}
 	e.writeHostsLocked()
+	return nil
+}
+
+// maxAliases bounds a container's aliases on a network: each is a line in its peers' hosts files.
+const maxAliases = 64
+
+// checkNames refuses a hostname or aliases that are not names: they are written into the hosts
+// files of other containers, where a blank, '#' or a newline would add entries of their own.
+func checkNames(hostname string, aliases []string) error {
+	if hostname != "" && !cni.ValidHostname(hostname) {
+		return invalid("invalid hostname %q: use letters, digits, '-', '_' and '.', at most 253 of them", hostname)
+	}
+	if len(aliases) > maxAliases {
+		return invalid("too many aliases (%d): at most %d a network", len(aliases), maxAliases)
+	}
+	for _, a := range aliases {
+		if !cni.ValidHostname(a) {
+			return invalid("invalid alias %q: use letters, digits, '-', '_' and '.', at most 253 of them", a)
+		}
+	}
 	return nil
 }
 

@@ -256,16 +256,19 @@ func networkConnect(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, &req, false); err != nil {
 		return err
 	}
+	var aliases []string
+	if req.EndpointConfig != nil {
+		aliases = req.EndpointConfig.Aliases
+	}
+	if err := checkNames("", aliases); err != nil {
+		return err
+	}
 	c, name, id, err := e.connectTarget(r, req.Container)
 	if err != nil {
 		return err
 	}
 	if name == network.NetworkHost || name == network.NetworkNone {
 		return forbidden("container cannot be connected to network %s: moatc keeps every container on the run's network", name)
-	}
-	var aliases []string
-	if req.EndpointConfig != nil {
-		aliases = req.EndpointConfig.Aliases
 	}
 	if err := e.connect(c, name, aliases); err != nil {
 		return err
