@@ -104,6 +104,7 @@ func TestPolicyKeys(t *testing.T) {
 		{"container:\n  pids: 100000\n", []string{"container.pids@2"}},
 		{"dependencies:\n  - git\n  - docker:host\n", []string{"dependencies@3"}},
 		{"dependencies: [docker:dind]\n", nil},
+		{"dependencies: [docker:dind]\ndocker_images:\n  - busybox\n", []string{"docker_images@3"}},
 		{"grants:\n  - github\n", []string{"grants@2"}},
 		// A strict policy and its allow list only narrow the default (permissive).
 		{"network:\n  policy: strict\n  allow: [api.example.com, \"*.example.org:443\"]\n", nil},

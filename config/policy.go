@@ -68,8 +68,16 @@ func (f *File) classify(k, v *yaml.Node) {
 				add(v.Content[j+1], "container.pids")
 			}
 		}
+	case "docker_images":
+		// Images of moatc's store copied into the run's engine: the store holds the person's
+		// images (private ones pulled with their credentials, other workspaces' dependency
+		// images), which the workload could then read or `docker save`.
+		if len(f.DockerImages) > 0 {
+			add(v, "docker_images")
+		}
 	case "dependencies":
-		// docker:host hands the workload an engine socket that reaches the host's containers.
+		// docker:host hands the workload an engine socket shared with the person's other
+		// docker:host runs, whose images it can then read and replace.
 		for _, c := range v.Content {
 			if strings.HasPrefix(strings.TrimSpace(c.Value), "docker:host") {
 				add(c, "dependencies")

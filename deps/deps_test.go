@@ -119,7 +119,7 @@ func TestParseErrors(t *testing.T) {
 		want []string // substrings of the message
 	}{
 		{"", ErrSyntax, []string{"empty"}},
-		{"docker", ErrUnsupported, []string{"docker:host", "docker:dind", "full host access", "privileged"}},
+		{"docker", ErrUnsupported, []string{"docker:host", "docker:dind", "shared by docker:host runs", "the run's alone", "moatc trust"}},
 		{"docker:yes", ErrSyntax, []string{"host or dind"}},
 		{"docker@host", ErrSyntax, []string{"docker:host"}},
 		{"jqq", ErrUnknown, []string{`did you mean "jq"`, "moatc deps list", "apt:NAME"}},

@@ -231,8 +231,9 @@ func (p *Plan) writeRuntimes(w writer, runtimes []Item) {
 	for _, it := range runtimes {
 		links := it.info.Links
 		if it.Kind == KindDocker {
-			w("\n# docker:%s (%s): %s may use the Docker socket.\n", it.Version, shortSource(it.info.Source), User)
-			w("RUN if getent group docker >/dev/null; then usermod -aG docker %s; fi\n", User)
+			// Nothing to install: moatc mounts its CLI and the engine's socket (open to every
+			// user of the container) when the run starts.
+			w("\n# docker:%s (%s): mounted by moatc when the run starts.\n", it.Version, shortSource(it.info.Source))
 			continue
 		}
 		if len(it.ver.Files) == 0 && len(links) == 0 {

@@ -69,7 +69,7 @@ func (r *Registry) Parse(entries []Entry) ([]Dep, error) {
 
 var prefixes = []string{"apt", "docker", "go", "npm", "pip"}
 
-const dockerModes = `docker:host mounts moatc's Docker API socket into the container (the container can then start containers on the host: that is full host access); docker:dind runs a separate Docker daemon inside the container, which must then be privileged (slower start, no image cache between runs)`
+const dockerModes = `docker:dind gives the run a Docker API socket of its own, served by moatc on containerd (its containers, images, networks and volumes are the run's alone and go with it); docker:host gives a socket onto one engine namespace shared by docker:host runs, whose images outlive the run (a policy key: it needs moatc trust)`
 
 func (r *Registry) parseOne(e Entry) (Dep, error) {
 	text := strings.TrimSpace(e.Text)

@@ -41,6 +41,11 @@ func TestEngineRun(t *testing.T) {
 			if leftover := engineRunNamespaces(t); len(leftover) > 0 {
 				t.Errorf("dind namespaces left after the run ended: %v", leftover)
 			}
+			// The socket is any user's of the container (dependency images run unprivileged).
+			asUser := moatcRun(t, opts{}, append(append([]string{"run", "-u", "1000:1000"}, sandboxArgs(rt)...), ws, "--", "sh", "-c", "id -u; docker ps -q; echo ok")...)
+			if asUser.code != 0 || !strings.Contains(asUser.stdout, "1000\n") || !strings.Contains(asUser.stdout, "ok") {
+				t.Errorf("docker as uid 1000 in a dind run: exit %d\n%s\n%s", asUser.code, asUser.stdout, asUser.stderr)
+			}
 			// Nor its cgroups or runc's state root on the host.
 			for _, d := range engineRunHostDirs() {
 				if !slices.Contains(dirsBefore, d) {
@@ -129,6 +134,16 @@ func TestEngineRun(t *testing.T) {
 		res := moatcRun(t, opts{}, "run", wsh, "--", "true")
 		if res.code == 0 || !strings.Contains(res.stderr, "moatc trust") || !strings.Contains(res.stderr, "docker:host") {
 			t.Errorf("an untrusted docker:host was not refused with the trust hint: exit %d\n%s", res.code, res.stderr)
+		}
+	})
+	// docker_images reads moatc's store (the person's images): an untrusted moatc.yaml may not
+	// copy them into its engine; --dind-image, the person's flag, may.
+	t.Run("images-untrusted", func(t *testing.T) {
+		wsi := workspace(t)
+		os.WriteFile(filepath.Join(wsi, "moatc.yaml"), []byte("dependencies:\n  - docker:dind\ndocker_images:\n  - busybox\n"), 0o644)
+		res := moatcRun(t, opts{}, "run", "--no-sandbox", wsi, "--", "true")
+		if res.code == 0 || !strings.Contains(res.stderr, "moatc trust") || !strings.Contains(res.stderr, "docker_images") {
+			t.Errorf("an untrusted docker_images was not refused with the trust hint: exit %d\n%s", res.code, res.stderr)
 		}
 	})
 }

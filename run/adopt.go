@@ -126,11 +126,11 @@ func (m *Manager) Adopt(ctx context.Context, id string) error {
 	}
 	if r.Spec.Docker != "" {
 		// The engine died with the supervisor: served again here, it takes its containers over.
-		e, err := m.startEngine(bg, r, r.Spec.Network != "none")
+		e, err := m.startEngine(bg, r, r.Spec.Network != "none", false)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "moatc: warning: the Docker engine of run %s could not be served again: %v\n", r.Name, err)
 		} else {
-			defer e.(*runEngine).end(bg)
+			defer e.end(bg)
 		}
 	}
 	statusC, err := task.Wait(bg)

@@ -73,7 +73,7 @@ func (m *Manager) Restart(ctx context.Context, ref string, grace time.Duration) 
 		}
 	}
 	// Whatever a crash left of the previous task goes first: the container id is reused.
-	if err := m.removeLeftovers(ctx, r.ID, r.ContainerID); err != nil {
+	if err := m.removeLeftovers(ctx, r.ID, r.ContainerID, r.Spec.Docker); err != nil {
 		return nil, fmt.Errorf("restarting run %s: %w", r.Name, err)
 	}
 	r, err = m.Store.Update(r.ID, func(r *state.Run) error {

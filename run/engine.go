@@ -17,6 +17,7 @@ import (
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/internal/lockfile"
+	"github.com/moatc/moatc/policy"
 	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"
@@ -62,6 +63,8 @@ type EngineSpec struct {
 	InitBinary   string
 	Prefix       string
 	LogMax       int64
+	// Strict: the run's egress policy is strict (its engine pulls nothing).
+	Strict bool
 	// Build and HoldBuild carry out docker build on the runs' buildkitd (Manager.HoldBuilder).
 	Build     *builder.Daemon
 	HoldBuild func(ctx context.Context) (end func(), err error)
@@ -93,15 +96,14 @@ func (m *Manager) engineStateDir(id string) string { return filepath.Join(m.Stor
 // DockerCLITarget is where a docker-mode run finds moatc's own Docker CLI.
 const DockerCLITarget = "/usr/local/bin/docker"
 
-// dockerMounts are a docker-mode run's engine socket and, when the stack has it, moatc's own
-// static Docker CLI (read-only: any base image, busybox too, gets a CLI that matches the
-// engine, and no Docker daemon comes with it).
+// dockerMounts are a docker-mode run's engine socket and moatc's own static Docker CLI
+// (read-only: any base image, busybox too, gets a CLI that matches the engine, and no Docker
+// daemon comes with it; dockerMode made sure it is installed).
 func (m *Manager) dockerMounts(id string) []specs.Mount {
-	mts := []specs.Mount{{Destination: DockerSocketTarget, Type: "bind", Source: m.engineSocket(id), Options: []string{"rbind", "rw", "nosuid", "nodev", "noexec"}}}
-	if cli := filepath.Join(m.Prefix, "bin", "docker"); isFile(cli) {
-		mts = append(mts, specs.Mount{Destination: DockerCLITarget, Type: "bind", Source: cli, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+	return []specs.Mount{
+		{Destination: DockerSocketTarget, Type: "bind", Source: m.engineSocket(id), Options: []string{"rbind", "rw", "nosuid", "nodev", "noexec"}},
+		{Destination: DockerCLITarget, Type: "bind", Source: filepath.Join(m.Prefix, "bin", "docker"), Options: []string{"rbind", "ro", "nosuid", "nodev"}},
 	}
-	return mts
 }
 
 func isFile(p string) bool {
@@ -119,8 +121,9 @@ func dockerEnv(nw *cni.Network) []string {
 }
 
 // startEngine starts run r's engine in this process (the run's supervisor), answering on its
-// socket before the workload starts. A dind run first gets the images it asked for.
-func (m *Manager) startEngine(ctx context.Context, r *state.Run, netUp bool) (DockerEngine, error) {
+// socket before the workload starts. At the run's launch (first) a dind run first gets the
+// images it asked for; an adopting supervisor finds them (or what the workload made of them).
+func (m *Manager) startEngine(ctx context.Context, r *state.Run, netUp, first bool) (*runEngine, error) {
 	if m.StartEngine == nil {
 		return nil, errors.New("starting the run's Docker engine: this moatc has no engine")
 	}
@@ -144,7 +147,7 @@ func (m *Manager) startEngine(ctx context.Context, r *state.Run, netUp bool) (Do
 	if src == "" {
 		src = ctrd.DefaultNamespace
 	}
-	if r.Spec.Docker == DockerDind {
+	if first && r.Spec.Docker == DockerDind {
 		for _, ref := range r.Spec.DindImages {
 			if _, err := c.CopyImage(ctx, src, ref, snapshot.Default()); err != nil {
 				c.Close()
@@ -170,7 +173,7 @@ func (m *Manager) startEngine(ctx context.Context, r *state.Run, netUp bool) (Do
 		Client: c, Runtime: m.Runtime(r.Spec), Rootless: rootless.Enabled(), RunID: r.ID,
 		StateDir: m.engineStateDir(r.ID), Socket: m.engineSocket(r.ID), SocketTarget: DockerSocketTarget,
 		VolumeDir: volumes, Mounts: mts, LoggerExe: exe, InitBinary: initBin, Prefix: m.Prefix, LogMax: r.Spec.LogMax,
-		Build: m.BuildDaemon(), HoldBuild: m.HoldBuilder,
+		Build: m.BuildDaemon(), HoldBuild: m.HoldBuilder, Strict: r.Spec.Policy == policy.Strict,
 	}
 	if netUp {
 		spec.Net, spec.NetRun = m.Net, r.ID
@@ -237,9 +240,15 @@ func (m *Manager) awaitEngineEnd(id string) {
 // removeEngineLeftovers removes what run id's engine left (a supervisor killed with -9): a
 // dind run's namespace with all in it; a docker:host run's containers in the shared
 // namespace; the engine's state. Nothing happens when there was no engine.
-func (m *Manager) removeEngineLeftovers(ctx context.Context, id string) error {
+func (m *Manager) removeEngineLeftovers(ctx context.Context, id, docker string) error {
 	m.awaitEngineEnd(id)
 	os.RemoveAll(m.engineStateDir(id))
+	if docker == DockerHost {
+		if !m.daemonReachable() {
+			return nil
+		}
+		return m.removeHostContainers(ctx, id)
+	}
 	ns := DindNamespace(id)
 	if !m.daemonReachable() {
 		return m.sweepDind(ctx, ns)
@@ -251,11 +260,9 @@ func (m *Manager) removeEngineLeftovers(ctx context.Context, id string) error {
 		return errors.Join(err, serr)
 	}
 	if err != nil {
-		if err = m.destroyDind(ctx, ns); err != nil {
-			return err
-		}
+		return m.destroyDind(ctx, ns)
 	}
-	return m.removeHostContainers(ctx, id)
+	return nil
 }
 
 // namespaces lists containerd's namespaces.
@@ -336,7 +343,7 @@ func (m *Manager) cleanEngines(ctx context.Context, rep *CleanReport, active map
 		}
 		rep.Namespaces = append(rep.Namespaces, ns)
 		if !dry {
-			if err := m.removeEngineLeftovers(ctx, id); err != nil {
+			if err := m.removeEngineLeftovers(ctx, id, DockerDind); err != nil {
 				return err
 			}
 		}
@@ -388,11 +395,14 @@ func (m *Manager) dockerMode(req *Request) error {
 		}
 		req.Spec.Docker = plan.Docker
 	}
-	if plan := req.Spec; plan.Docker != DockerDind && len(req.Spec.DindImages) > 0 {
+	if req.Spec.Docker != DockerDind && len(req.Spec.DindImages) > 0 {
 		return fmt.Errorf("--dind-image and docker_images need docker:dind in the dependencies")
 	}
 	if req.Spec.Docker != "" && m.StartEngine == nil {
 		return errors.New("this moatc cannot serve a Docker engine to runs")
+	}
+	if cli := filepath.Join(m.Prefix, "bin", "docker"); req.Spec.Docker != "" && !isFile(cli) {
+		return fmt.Errorf("docker:%s gives the run moatc's Docker CLI, %s, which is not installed: run `make setup`", req.Spec.Docker, cli)
 	}
 	return nil
 }

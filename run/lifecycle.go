@@ -272,7 +272,7 @@ func (m *Manager) Destroy(ctx context.Context, ref string, force bool) (*state.R
 	if errors.Is(err, state.ErrNotFound) {
 		// A run whose creation failed half-way has a directory but no record: by its id.
 		if half, _ := m.Store.Incomplete(0); slices.Contains(half, ref) {
-			if err := m.removeLeftovers(ctx, ref, "moatc-"+ref); err != nil {
+			if err := m.removeLeftovers(ctx, ref, "moatc-"+ref, ""); err != nil {
 				return nil, err
 			}
 			return &state.Run{ID: ref}, m.Store.Remove(ref)
@@ -289,23 +289,26 @@ func (m *Manager) Destroy(ctx context.Context, ref string, force bool) (*state.R
 			return nil, err
 		}
 	}
-	if err := m.removeLeftovers(ctx, r.ID, r.ContainerID); err != nil {
+	if err := m.removeLeftovers(ctx, r.ID, r.ContainerID, r.Spec.Docker); err != nil {
 		return nil, err
 	}
 	return r, m.Store.Remove(r.ID)
 }
 
-// removeLeftovers removes a finished run's container and snapshot if a crash left them.
-func (m *Manager) removeLeftovers(ctx context.Context, id, containerID string) error {
+// removeLeftovers removes a finished run's container and snapshot if a crash left them, and
+// what its engine left when the run had one (docker: its docker mode, or "").
+func (m *Manager) removeLeftovers(ctx context.Context, id, containerID, docker string) error {
 	if err := mounts.Unpin(m.pinDir(id)); err != nil {
 		return err
 	}
 	if err := m.Net.Teardown(ctx, id); err != nil {
 		return err
 	}
-	// A dind engine killed with its supervisor leaves its namespace.
-	if err := m.removeEngineLeftovers(ctx, id); err != nil {
-		return err
+	// An engine killed with its supervisor leaves its namespace (dind) or containers (host).
+	if docker != "" {
+		if err := m.removeEngineLeftovers(ctx, id, docker); err != nil {
+			return err
+		}
 	}
 	if !m.daemonReachable() {
 		return nil
@@ -404,7 +407,7 @@ func (m *Manager) cleanRuns(ctx context.Context, rep *CleanReport, dry bool) (ma
 		}
 		rep.Runs = append(rep.Runs, r.ID)
 		if !dry {
-			if err := m.removeLeftovers(ctx, r.ID, r.ContainerID); err != nil {
+			if err := m.removeLeftovers(ctx, r.ID, r.ContainerID, r.Spec.Docker); err != nil {
 				return nil, err
 			}
 			if err := m.Store.Remove(r.ID); err != nil {
@@ -421,7 +424,7 @@ func (m *Manager) cleanRuns(ctx context.Context, rep *CleanReport, dry bool) (ma
 	for _, id := range half {
 		rep.Runs = append(rep.Runs, id)
 		if !dry {
-			if err := m.removeLeftovers(ctx, id, "moatc-"+id); err != nil {
+			if err := m.removeLeftovers(ctx, id, "moatc-"+id, ""); err != nil {
 				return nil, err
 			}
 			if err := m.Store.Remove(id); err != nil {

@@ -318,12 +318,12 @@ func (m *Manager) launch(ctx context.Context, r *state.Run, img containerd.Image
 	}
 	if r.Spec.Docker != "" {
 		// Before the task: the socket answers the workload's first instruction.
-		e, err := m.startEngine(ctx, r, l.nw != nil)
+		e, err := m.startEngine(ctx, r, l.nw != nil, true)
 		if err != nil {
 			c.RemoveContainer(l.bg, r.ContainerID)
 			return l.failed(err, nil)
 		}
-		l.engine = e.(*runEngine)
+		l.engine = e
 	}
 	if err := l.openOutput(); err != nil {
 		c.RemoveContainer(l.bg, r.ContainerID)

@@ -58,15 +58,8 @@ func (m *Manager) Top(ctx context.Context, ref string) (*Top, error) {
 	}
 	t := &Top{Run: r.ID, Runtime: string(r.Spec.Runtime)}
 	if r.Spec.Runtime == "runc" {
-		pids, err := task.Pids(ctx)
-		if err != nil {
+		if t.Processes, err = TaskProcesses(ctx, task, "", ""); err != nil {
 			return nil, fmt.Errorf("listing the processes of run %s: %w", r.ID, err)
-		}
-		for _, p := range pids {
-			// A process may end between the listing and the read: it is simply left out.
-			if pr, err := hostProcess("/proc", int(p.Pid)); err == nil {
-				t.Processes = append(t.Processes, pr)
-			}
 		}
 	} else {
 		if t.Processes, err = m.sandboxProcesses(ctx, r); err != nil {

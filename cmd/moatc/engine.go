@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,7 +23,7 @@ import (
 )
 
 // engineCommand is `moatc _engine`: the Docker Engine API on a socket, served from the
-// managed containerd, for tests and development until runs serve it (docker:host, docker:dind).
+// managed containerd, for tests and development (runs serve it themselves: docker:host, docker:dind).
 func engineCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "_engine",
@@ -39,6 +38,7 @@ func engineCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "image", Usage: "make image `REF` of moatc's store available to the engine (copied by reference); repeatable"},
 			&cli.StringSliceFlag{Name: "mount", Usage: "give the engine a run mount `TARGET=SOURCE[:ro]`: binds of TARGET/... map to SOURCE/... on the host; repeatable"},
 			&cli.StringFlag{Name: "socket-target", Usage: "where the workload sees the engine's socket (`PATH`, e.g. /var/run/docker.sock): binding it gives a container the same engine"},
+			&cli.BoolFlag{Name: "allow-private-registry", Usage: "let pulls reach registries on the host or internal networks (closed to runs; for tests)"},
 			&cli.BoolFlag{Name: "no-network", Usage: "give the engine's containers loopback only (default: a network of the engine's run, as a run's)"},
 			&cli.BoolFlag{Name: "ephemeral", Usage: "remove the namespace and all in it when the engine stops (as docker:dind will)"},
 			jsonFlag,
@@ -109,7 +109,8 @@ func engineAction(c *cli.Context) error {
 		Client: client, Runtime: rt, Rootless: rootless.Enabled(), RunID: runID, StateDir: dir,
 		Snapshotter: snapshot.Default(), LoggerExe: self(), InitBinary: initBin, Prefix: prefix, Version: version,
 		Mounts: mounts, Socket: sock, SocketTarget: c.String("socket-target"),
-		Builder: &engine.Builder{Daemon: mgr.BuildDaemon(), Hold: mgr.HoldBuilder},
+		Builder:           &engine.Builder{Daemon: mgr.BuildDaemon(), Hold: mgr.HoldBuilder},
+		PrivateRegistries: c.Bool("allow-private-registry"),
 	}
 	if !c.Bool("no-network") {
 		// The engine's run gets a network as a run does; its containers join it.
@@ -185,26 +186,13 @@ func engineMounts(flags []string) ([]engine.Mount, error) {
 	return out, nil
 }
 
-// engineNetworks is the cni.Manager of runs, as setup makes it (see main.go).
+// engineNetworks is the cni.Manager of runs, as setup makes it.
 func engineNetworks(home, prefix string, kit *rootless.Kit) (*cni.Manager, error) {
 	cfg, err := config.LoadSettings(filepath.Join(home, "config.yaml"))
 	if err != nil {
 		return nil, err
 	}
-	nc := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
-		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }, Kit: kit}
-	if cfg.CNIPluginDir != "" {
-		nc.PluginDirs = []string{cfg.CNIPluginDir}
-	}
-	if cfg.CNIConfDir != "" {
-		nc.ConfDir = cfg.CNIConfDir
-	}
-	if cfg.Pool != "" {
-		if nc.Pool, err = netip.ParsePrefix(cfg.Pool); err != nil {
-			return nil, fmt.Errorf("%s: pool %q is not an IPv4 prefix such as 10.213.0.0/16", filepath.Join(home, "config.yaml"), cfg.Pool)
-		}
-	}
-	return cni.New(nc)
+	return runNetworks(home, prefix, cfg, kit)
 }
 
 // startRunEngine serves a docker-mode run's engine from the moatc process that supervises it.
@@ -218,7 +206,7 @@ func startRunEngine(ctx context.Context, s run.EngineSpec) (run.DockerEngine, er
 		Snapshotter: snapshot.Default(), LoggerExe: s.LoggerExe, InitBinary: s.InitBinary, Prefix: s.Prefix,
 		Version: version, LogMax: s.LogMax, Net: s.Net, NetRun: s.NetRun, Mounts: mts,
 		Socket: s.Socket, SocketTarget: s.SocketTarget, VolumeDir: s.VolumeDir,
-		Builder: &engine.Builder{Daemon: s.Build, Hold: s.HoldBuild},
+		Builder: &engine.Builder{Daemon: s.Build, Hold: s.HoldBuild}, Strict: s.Strict,
 	})
 	if err != nil {
 		return nil, err
@@ -227,6 +215,13 @@ func startRunEngine(ctx context.Context, s run.EngineSpec) (run.DockerEngine, er
 	if err != nil {
 		eng.Close()
 		return nil, err
+	}
+	// Every user of the container may use it, as Docker's group would allow (the image runs as
+	// an unprivileged user); on the host it stays in the run's directory, which is 0700.
+	if err := os.Chmod(s.Socket, 0o666); err != nil {
+		eng.Close()
+		l.Close()
+		return nil, fmt.Errorf("opening the engine's socket to the run: %w", err)
 	}
 	go eng.Serve(l)
 	return eng, nil

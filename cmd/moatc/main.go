@@ -219,20 +219,7 @@ func setup(c *cli.Context) (*env, error) {
 			return nil, err
 		}
 	}
-	netCfg := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
-		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }, Kit: kit}
-	if cfg.CNIPluginDir != "" {
-		netCfg.PluginDirs = []string{cfg.CNIPluginDir}
-	}
-	if cfg.CNIConfDir != "" {
-		netCfg.ConfDir = cfg.CNIConfDir
-	}
-	if cfg.Pool != "" {
-		if netCfg.Pool, err = netip.ParsePrefix(cfg.Pool); err != nil {
-			return nil, fmt.Errorf("%s: pool %q is not an IPv4 prefix such as 10.213.0.0/16", filepath.Join(home, "config.yaml"), cfg.Pool)
-		}
-	}
-	nets, err := cni.New(netCfg)
+	nets, err := runNetworks(home, prefix, cfg, kit)
 	if err != nil {
 		return nil, err
 	}
@@ -267,4 +254,24 @@ func addressFlag(c *cli.Context) (string, error) {
 // signalContext is cancelled by SIGINT/SIGTERM for commands that do not forward signals.
 func signalContext(c *cli.Context) (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+}
+
+// runNetworks is the cni.Manager of runs: the home's CNI state, config.yaml's overrides, and
+// rootlesskit's namespace when moatc is rootless.
+func runNetworks(home, prefix string, cfg *config.Settings, kit *rootless.Kit) (*cni.Manager, error) {
+	nc := cni.Config{Prefix: prefix, ConfDir: filepath.Join(home, "cni", "conf"), StateDir: filepath.Join(home, "cni", "state"),
+		DeleteLinkCommand: func(name string) []string { return []string{self(), linkDelCommand, name} }, Kit: kit}
+	if cfg.CNIPluginDir != "" {
+		nc.PluginDirs = []string{cfg.CNIPluginDir}
+	}
+	if cfg.CNIConfDir != "" {
+		nc.ConfDir = cfg.CNIConfDir
+	}
+	if cfg.Pool != "" {
+		var err error
+		if nc.Pool, err = netip.ParsePrefix(cfg.Pool); err != nil {
+			return nil, fmt.Errorf("%s: pool %q is not an IPv4 prefix such as 10.213.0.0/16", filepath.Join(home, "config.yaml"), cfg.Pool)
+		}
+	}
+	return cni.New(nc)
 }

@@ -83,8 +83,7 @@ fi
 exec "$@"
 EOF
 
-# docker:host (moatc's own Docker CLI 29.9.3): moatc may use the Docker socket.
-RUN if getent group docker >/dev/null; then usermod -aG docker moatc; fi
+# docker:host (moatc's own Docker CLI 29.9.3): mounted by moatc when the run starts.
 
 # go 1.26.11 (Go module proxy).
 RUN --mount=type=secret,id=moatc-ca,target=/run/secrets/moatc-ca.crt,required=false \
