@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -68,6 +70,8 @@ CMD ["sh", "-c", "cat /out.txt; ls /ctx"]
 				t.Errorf("docker build of a failing RUN does not show its output and exit code:\n%s", all)
 			}
 
+			buildSources(t, d, eng, rt)
+
 			// The build's temporary name in moatc's store (BuildKit's worker namespace) is gone.
 			if out, err := exec.Command(moatc, "image", "ls").CombinedOutput(); err != nil || strings.Contains(string(out), "moatc-engine-build") {
 				t.Errorf("moatc image ls (%v) shows the engine's build:\n%s", err, out)
@@ -121,5 +125,73 @@ func buildWrite(t *testing.T, dir, name, text string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// buildSources: a build reads images from the engine's namespace only. An image the engine
+// tagged is a FROM; one only moatc's store has (debian:bookworm-slim, from the base images)
+// is pulled as `docker pull` would, never read from the store; what a Dockerfile names past
+// FROM and COPY --from, ADD of a URL and a `# syntax=` frontend are refused or ignored without
+// a connection leaving buildkitd; cache mounts are the engine's own.
+func buildSources(t *testing.T, d *dockerCLI, eng *engineProc, rt string) {
+	d.ok("tag", "busybox", "onlyhere:1")
+	dir := t.TempDir()
+	buildWrite(t, dir, "Dockerfile", "# syntax=docker/dockerfile:1\nARG BASE=onlyhere:1\nFROM $BASE\nRUN echo from-the-engine > /o\n")
+	if r := d.run("", "build", "-t", "fromengine:1", dir); r.code != 0 {
+		t.Errorf("docker build FROM an image the engine tagged: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	} else if out := d.ok("run", "--rm", "fromengine:1", "cat", "/o"); out != "from-the-engine\n" {
+		t.Errorf("the build FROM the engine's image: %q", out)
+	}
+
+	store := t.TempDir()
+	buildWrite(t, store, "Dockerfile", "FROM debian:bookworm-slim\nRUN true\n")
+	r := d.run("", "build", store)
+	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "pulling debian:bookworm-slim for the build") {
+		t.Errorf("docker build FROM an image only moatc's store has: exit %d; want a pull (that fails here)\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			c.Close()
+		}
+	}()
+	for name, df := range map[string]string{
+		"ADD of a URL":          "FROM busybox\nADD http://" + ln.Addr().String() + "/x /x\n",
+		"a git source":          "FROM busybox\nADD git://" + ln.Addr().String() + "/x.git /x\n",
+		"a mount from an image": "FROM busybox\nRUN --mount=type=bind,from=" + ln.Addr().String() + "/img:1,target=/m true\n",
+	} {
+		bad := t.TempDir()
+		buildWrite(t, bad, "Dockerfile", df)
+		r := d.run("", "build", bad)
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "denied by policy") || !strings.Contains(r.stdout+r.stderr, "docker pull") {
+			t.Errorf("docker build with %s: exit %d; want refused by the source policy, with the hint\n%s\n%s", name, r.code, r.stdout, r.stderr)
+		}
+	}
+	if n := conns.Load(); n != 0 {
+		t.Errorf("buildkitd connected %d times to the address the refused builds named", n)
+	}
+
+	// A cache mount written by this engine's build is not another engine's.
+	cache := t.TempDir()
+	buildWrite(t, cache, "Dockerfile", "FROM busybox\nARG V\nRUN --mount=type=cache,id=shared,target=/c echo $V > /c/f; cat /c/f > /seen\n")
+	d.ok("build", "--build-arg", "V=first-"+rt, "-t", "cache:1", cache)
+	other := launchEngine(t, filepath.Join(home, "engine-other-"+rt+".sock"), append([]string{"--namespace", "moatc-engine-build-other-" + rt, "--image", "busybox", "--ephemeral"}, sandboxArgs(rt)...)...)
+	defer other.stop(t)
+	o := other.cli(t, d.bin)
+	buildWrite(t, cache, "Dockerfile", "FROM busybox\nRUN --mount=type=cache,id=shared,target=/c cat /c/f > /seen 2>&1 || echo none > /seen\n")
+	o.ok("build", "-t", "cache:2", cache)
+	if out := o.ok("run", "--rm", "cache:2", "cat", "/seen"); strings.Contains(out, "first-"+rt) {
+		t.Errorf("another engine's build read this engine's cache mount: %q", out)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
@@ -49,6 +50,7 @@ type buildOptions struct {
 	tags       []string
 	attrs      map[string]string
 	quiet      bool
+	pull       bool // pull the Dockerfile's images even when the engine has them
 }
 
 func parseBuildOptions(r *http.Request) (buildOptions, error) {
@@ -95,9 +97,7 @@ func parseBuildOptions(r *http.Request) (buildOptions, error) {
 	if boolParam(r, "nocache") {
 		o.attrs["no-cache"] = ""
 	}
-	if boolParam(r, "pull") {
-		o.attrs["image-resolve-mode"] = "pull"
-	}
+	o.pull = boolParam(r, "pull")
 	if p := q.Get("platform"); p != "" {
 		o.attrs["platform"] = p
 	}
@@ -227,9 +227,35 @@ func (e *Engine) build(ctx context.Context, b *Builder, ctxDir string, opts buil
 	if err != nil {
 		return "", err
 	}
-	attrs := map[string]string{"filename": path.Base(opts.dockerfile)}
+	df, err := os.ReadFile(filepath.Join(ctxDir, filepath.FromSlash(opts.dockerfile)))
+	if err != nil {
+		return "", fmt.Errorf("reading the Dockerfile: %w", err)
+	}
+	buildArgs := map[string]string{}
+	for k, v := range opts.attrs {
+		if name, ok := strings.CutPrefix(k, "build-arg:"); ok {
+			buildArgs[name] = v
+		}
+	}
+	if err := e.pullBaseImages(ctx, baseImages(df, buildArgs), opts.pull, out); err != nil {
+		return "", err
+	}
+	attrs, err := e.namedContexts(ctx)
+	if err != nil {
+		return "", err
+	}
+	attrs["filename"] = path.Base(opts.dockerfile)
 	for k, v := range opts.attrs {
 		attrs[k] = v
+	}
+	// The builtin frontend, never one a `# syntax=` line names (an image from a registry).
+	attrs["cmdline"] = ""
+	// Cache mounts are the engine's own: a build may not read or poison the cache of another
+	// engine's builds or of moatc's dependency builds on the same buildkitd.
+	attrs["build-arg:BUILDKIT_CACHE_MOUNT_NS"] = "moatc-engine/" + e.cfg.Client.Namespace
+	if e.cfg.Strict {
+		// The build network's rules are not the run's strict ones: RUN steps get none.
+		attrs["force-network-mode"] = "none"
 	}
 	tmp := "docker.io/moatc-engine-build/" + newID()[:24] + ":latest"
 	// The temporary name goes even when the build fails half-way through exporting.
@@ -238,6 +264,8 @@ func (e *Engine) build(ctx context.Context, b *Builder, ctxDir string, opts buil
 		Frontend:      "dockerfile.v0",
 		FrontendAttrs: attrs,
 		LocalMounts:   map[string]fsutil.FS{"context": ctxFS, "dockerfile": dfFS},
+		OCIStores:     map[string]content.Store{buildStoreID: engineStore{Store: e.cfg.Client.ContentStore(), ns: e.cfg.Client.Namespace}},
+		SourcePolicy:  buildPolicy(),
 		Exports: []bkclient.ExportEntry{{
 			Type:  bkclient.ExporterImage,
 			Attrs: map[string]string{"name": tmp},
@@ -256,7 +284,11 @@ func (e *Engine) build(ctx context.Context, b *Builder, ctxDir string, opts buil
 	_, err = c.Solve(ctx, nil, opt, ch) // closes ch
 	<-done
 	if err != nil {
-		return "", fmt.Errorf("%s", buildErrorMessage(err))
+		msg := buildErrorMessage(err)
+		if strings.Contains(msg, "denied by policy") {
+			msg += ": " + deniedHint
+		}
+		return "", fmt.Errorf("%s", msg)
 	}
 
 	cl := e.cfg.Client

@@ -7,8 +7,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
+
+	spb "github.com/moby/buildkit/sourcepolicy/pb"
 )
 
 type tarEntry struct {
@@ -132,5 +136,52 @@ func TestParseBuildOptions(t *testing.T) {
 	}
 	if _, err := parseBuildOptions(httptest.NewRequest("POST", "/build?networkmode=host", nil)); statusOf(err) != 403 {
 		t.Errorf("networkmode=host: status %d; want 403", statusOf(err))
+	}
+}
+
+func TestBaseImages(t *testing.T) {
+	cases := []struct {
+		name, df string
+		args     map[string]string
+		want     []string
+	}{
+		{"stages and scratch", "FROM busybox AS a\nRUN true\nFROM scratch\nCOPY --from=a /x /x\nFROM a\n", nil, []string{"busybox"}},
+		{"copy from an image", "FROM busybox\nCOPY --from=alpine:3 /etc/os-release /x\nCOPY --from=0 /x /y\n", nil, []string{"busybox", "alpine:3"}},
+		{"meta args", "ARG BASE=debian\nARG TAG\nFROM ${BASE}:${TAG:-12}\n", nil, []string{"debian:12"}},
+		{"build args win", "ARG BASE=debian\nFROM $BASE\n", map[string]string{"BASE": "ubuntu"}, []string{"ubuntu"}},
+		{"stage names are case-insensitive", "FROM busybox AS Build\nFROM build\n", nil, []string{"busybox"}},
+		{"unset arg", "FROM $NOPE\n", nil, nil},
+		{"not a Dockerfile", "FROM\n", nil, nil},
+	}
+	for _, c := range cases {
+		if got := baseImages([]byte(c.df), c.args); !slices.Equal(got, c.want) {
+			t.Errorf("%s: baseImages = %q, want %q", c.name, got, c.want)
+		}
+	}
+}
+
+func TestBuildPolicyRules(t *testing.T) {
+	p := buildPolicy()
+	verdict := func(id string) spb.PolicyAction {
+		a := spb.PolicyAction_ALLOW
+		for _, r := range p.Rules {
+			if regexp.MustCompile(r.Selector.Identifier).MatchString(id) {
+				a = r.Action
+			}
+		}
+		return a
+	}
+	for id, want := range map[string]spb.PolicyAction{
+		"local://context":    spb.PolicyAction_ALLOW,
+		"local://dockerfile": spb.PolicyAction_ALLOW,
+		"oci-layout://docker.io/library/busybox@sha256:00": spb.PolicyAction_ALLOW,
+		"local://other": spb.PolicyAction_DENY,
+		"docker-image://docker.io/library/busybox:latest": spb.PolicyAction_DENY,
+		"https://example.com/x":                           spb.PolicyAction_DENY,
+		"git://example.com/x.git":                         spb.PolicyAction_DENY,
+	} {
+		if got := verdict(id); got != want {
+			t.Errorf("%s: %v, want %v", id, got, want)
+		}
 	}
 }
