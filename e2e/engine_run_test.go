@@ -470,3 +470,31 @@ func engineRunHostDirs() []string {
 	}
 	return all
 }
+
+// TestEngineRunStrict: a strict dind run's engine pulls nothing, and its builds' RUN steps get
+// no network (the build network's rules are not the run's strict ones). A permissive run's
+// build, the control, reaches the same server.
+func TestEngineRunStrict(t *testing.T) {
+	requireStack(t)
+	requireDockerCLI(t)
+	ws := workspace(t)
+	os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte("dependencies:\n  - docker:dind\n"), 0o644)
+	os.MkdirAll(filepath.Join(ws, "ctx"), 0o755)
+	os.WriteFile(filepath.Join(ws, "ctx", "Dockerfile"), []byte("FROM busybox\nRUN if wget -q -T 5 -O /dev/null http://deb.debian.org/debian/; then echo NET=REACHED; else echo NET=NONE; fi\n"), 0o644)
+	for _, pol := range []string{"permissive", "strict"} {
+		res := moatcRun(t, opts{}, "run", "--policy", pol, "--dind-image", "busybox", ws, "--", "sh", "-c",
+			`docker pull example.com/x:1 2>&1; echo PULL=$?; docker build --no-cache /workspace/ctx 2>&1; echo BUILD=$?`)
+		if res.code != 0 {
+			t.Fatalf("%s: exit %d\n%s\n%s", pol, res.code, res.stdout, res.stderr)
+		}
+		want := []string{"BUILD=0", "NET=REACHED"}
+		if pol == "strict" {
+			want = []string{"PULL=1", "egress policy is strict", "BUILD=0", "NET=NONE"}
+		}
+		for _, w := range want {
+			if !strings.Contains(res.stdout, w) {
+				t.Errorf("%s run: output lacks %q:\n%s", pol, w, res.stdout)
+			}
+		}
+	}
+}
