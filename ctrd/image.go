@@ -5,6 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http/httpproxy"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
@@ -114,6 +121,9 @@ func (c *Client) Pull(ctx context.Context, ref, snapshotter string, progress fun
 		o(&po)
 	}
 	hostOpts := []docker.RegistryOpt{docker.WithPlainHTTP(docker.MatchLocalhost)}
+	if po.dialCheck != nil {
+		hostOpts = append(hostOpts, docker.WithClient(checkedClient(po.dialCheck)))
+	}
 	if po.creds != nil {
 		hostOpts = append(hostOpts, docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(po.creds))))
 	}
@@ -144,7 +154,33 @@ func (c *Client) Pull(ctx context.Context, ref, snapshotter string, progress fun
 type PullOpt func(*pullOptions)
 
 type pullOptions struct {
-	creds func(host string) (string, string, error)
+	creds     func(host string) (string, string, error)
+	dialCheck func(netip.Addr) error
+}
+
+// WithDialCheck has Pull ask check before each connection it opens, with the address it is
+// about to connect to (after name resolution and on every redirect): a registry name that
+// resolves anew, or a blob redirect, cannot take the pull where check refuses.
+func WithDialCheck(check func(netip.Addr) error) PullOpt {
+	return func(o *pullOptions) { o.dialCheck = check }
+}
+
+// checkedClient is an HTTP client whose every connection is first put to check.
+func checkedClient(check func(netip.Addr) error) *http.Client {
+	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second,
+		Control: func(_, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return fmt.Errorf("connecting to %s: %w", address, err)
+			}
+			return check(ap.Addr())
+		}}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	if p := httpproxy.FromEnvironment(); p.HTTPSProxy != "" || p.HTTPProxy != "" {
+		return &http.Client{Transport: t} // the proxy chooses where a pull goes; only its address would be seen here
+	}
+	t.DialContext = d.DialContext
+	return &http.Client{Transport: t}
 }
 
 // WithCredentials gives Pull the registry's user and secret for a host (an identity token

@@ -137,7 +137,7 @@ func (e *Engine) pullBaseImages(ctx context.Context, refs []string, always bool,
 			return fmt.Errorf("pulling %s for the build: %w", reference.FamiliarString(named), err)
 		}
 		out.Write([]byte("pulling " + reference.FamiliarString(named) + " for the build\n"))
-		if _, err := e.cfg.Client.Pull(ctx, named.String(), e.cfg.Snapshotter, nil); err != nil {
+		if _, err := e.cfg.Client.Pull(ctx, named.String(), e.cfg.Snapshotter, nil, e.pullOpts()...); err != nil {
 			return fmt.Errorf("pulling %s for the build: %w", reference.FamiliarString(named), unwrapPull(err))
 		}
 		e.emit(events.ImageEventType, events.ActionPull, reference.FamiliarString(named), map[string]string{"name": reference.FamiliarString(named)})

@@ -89,7 +89,7 @@ func imageCreate(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	go p.poll(ctx)
-	var opts []ctrd.PullOpt
+	opts := e.pullOpts()
 	if creds != nil {
 		opts = append(opts, ctrd.WithCredentials(creds))
 	}

@@ -2,9 +2,12 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/moatc/moatc/ctrd"
 )
 
 // Pulls run in containerd, on the host's network, not the run's: the run's rules do not apply
@@ -70,4 +73,19 @@ func (e *Engine) checkRegistry(ctx context.Context, domain string) error {
 		}
 	}
 	return nil
+}
+
+// pullOpts are the options of every pull of the engine: unless private registries are allowed,
+// each connection is checked as it is made, so a registry name that resolves anew (DNS
+// rebinding) or a redirect to an internal address does not get past checkRegistry.
+func (e *Engine) pullOpts() []ctrd.PullOpt {
+	if e.cfg.PrivateRegistries {
+		return nil
+	}
+	return []ctrd.PullOpt{ctrd.WithDialCheck(func(a netip.Addr) error {
+		if internalAddr(a) {
+			return fmt.Errorf("moatc refuses to connect to %s for a pull: an address on the host or an internal network is closed to runs", a)
+		}
+		return nil
+	})}
 }
