@@ -4,12 +4,17 @@ import (
 	"archive/tar"
 	"bufio"
 	"compress/gzip"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path"
 	"strings"
 )
+
+// contextLimits bound what a build context may write under moatc's home (a workload's tar
+// must not fill the host's disk or its inodes): the bytes of its files and its entries.
+var contextLimits = struct{ bytes, entries int64 }{bytes: 4 << 30, entries: 500_000}
 
 // extractContext unpacks a build context (a tar, plain or gzipped) into dir. Every write goes
 // through an os.Root on dir: no name, and no symlink the tar made, reaches outside it.
@@ -31,6 +36,7 @@ func extractContext(body io.Reader, dir string) error {
 	}
 	defer root.Close()
 	tr := tar.NewReader(r)
+	var written, entries int64
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -45,6 +51,9 @@ func extractContext(body io.Reader, dir string) error {
 		}
 		if name == "." {
 			continue
+		}
+		if entries++; entries > contextLimits.entries {
+			return invalid("the build context has over %d files (moatc's limit): leave out what the image does not need with .dockerignore", contextLimits.entries)
 		}
 		if dir := path.Dir(name); dir != "." {
 			if err := root.MkdirAll(dir, 0o755); err != nil {
@@ -64,9 +73,18 @@ func extractContext(body io.Reader, dir string) error {
 			if err != nil {
 				return invalid("extracting the build context: %v", err)
 			}
-			_, err = io.Copy(f, tr)
+			var n int64
+			n, err = io.Copy(f, io.LimitReader(tr, contextLimits.bytes-written+1))
+			written += n
+			if err == nil && written > contextLimits.bytes {
+				err = invalid("the build context is over %d GiB (moatc's limit): leave out what the image does not need with .dockerignore", contextLimits.bytes>>30)
+			}
 			if cerr := f.Close(); err == nil {
 				err = cerr
+			}
+			var ae *apiError
+			if errors.As(err, &ae) {
+				return err
 			}
 			if err != nil {
 				return fmt.Errorf("extracting the build context: %w", err)

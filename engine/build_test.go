@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -183,5 +184,31 @@ func TestBuildPolicyRules(t *testing.T) {
 		if got := verdict(id); got != want {
 			t.Errorf("%s: %v, want %v", id, got, want)
 		}
+	}
+}
+
+// TestExtractContextLimits: a context over the byte or file limit is 400, and what was written
+// stops at the limit.
+func TestExtractContextLimits(t *testing.T) {
+	saved := contextLimits
+	t.Cleanup(func() { contextLimits = saved })
+	contextLimits.bytes, contextLimits.entries = 1000, 5
+	big := makeTar(t, []tarEntry{{name: "a", body: strings.Repeat("x", 600), typ: tar.TypeReg}, {name: "b", body: strings.Repeat("y", 600), typ: tar.TypeReg}})
+	dir := t.TempDir()
+	if err := extractContext(bytes.NewReader(big), dir); statusOf(err) != 400 || !strings.Contains(fmt.Sprint(err), "moatc's limit") {
+		t.Errorf("a context over the byte limit: %v (status %d); want 400 naming the limit", err, statusOf(err))
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "b")); err == nil && fi.Size() > 401 {
+		t.Errorf("b was written past the limit: %d bytes", fi.Size())
+	}
+	var many []tarEntry
+	for i := range 6 {
+		many = append(many, tarEntry{name: fmt.Sprintf("f%d", i), body: "", typ: tar.TypeReg})
+	}
+	if err := extractContext(bytes.NewReader(makeTar(t, many)), t.TempDir()); statusOf(err) != 400 || !strings.Contains(fmt.Sprint(err), "over 5 files") {
+		t.Errorf("a context over the file limit: %v; want 400", err)
+	}
+	if err := extractContext(bytes.NewReader(makeTar(t, many[:5])), t.TempDir()); err != nil {
+		t.Errorf("a context at the limits: %v", err)
 	}
 }
