@@ -117,7 +117,7 @@ func TestParseBuildOptions(t *testing.T) {
 	if strings.Join(o.tags, ",") != "docker.io/library/x:latest,reg.example/y:1" {
 		t.Errorf("tags %v", o.tags)
 	}
-	want := map[string]string{"build-arg:A": "1", "label:l": "v", "target": "a", "no-cache": "", "image-resolve-mode": "pull",
+	want := map[string]string{"build-arg:A": "1", "label:l": "v", "target": "a", "no-cache": "",
 		"force-network-mode": "none", "build-arg:BUILDKIT_SANDBOX_HOSTNAME": "moatc-build"}
 	for k, v := range want {
 		if got, ok := o.attrs[k]; !ok || got != v {
@@ -126,6 +126,9 @@ func TestParseBuildOptions(t *testing.T) {
 	}
 	if _, ok := o.attrs["build-arg:B"]; ok {
 		t.Error("a null build arg is passed")
+	}
+	if !o.pull {
+		t.Error("pull=1 is not kept")
 	}
 	if o.dockerfile != "sub/Dfile" || !o.quiet {
 		t.Errorf("dockerfile %q quiet %v", o.dockerfile, o.quiet)

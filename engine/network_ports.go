@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	"github.com/vishvananda/netns"
@@ -38,6 +39,10 @@ type portBinding struct {
 	Port     string // network.Port's text: "80/tcp"
 	HostPort uint16
 }
+
+// maxPorts bounds the ports an engine has published at once: each is a socket and a proxy in
+// moatc's process, and `-P` of an image exposing 1-65535 must not take it down.
+const maxPorts = 1024
 
 // planPorts is what a container asks to publish: PortBindings, and with PublishAllPorts every
 // exposed port; 0 is a free port picked when it opens.
@@ -74,6 +79,9 @@ func planPorts(hc hostPorts, exposed network.PortSet) ([]portBinding, error) {
 			}
 		}
 	}
+	if len(out) > maxPorts {
+		return nil, invalid("the container publishes %d ports; moatc publishes at most %d for an engine", len(out), maxPorts)
+	}
 	return out, nil
 }
 
@@ -104,6 +112,13 @@ func (e *Engine) openPorts(id string) error {
 	}
 	if ps.ctr[id] != nil {
 		return nil
+	}
+	open := 0
+	for _, cs := range ps.ctr {
+		open += len(cs)
+	}
+	if open+len(plan) > maxPorts {
+		return fmt.Errorf("publishing %d ports of the container: the engine has %d open, and publishes at most %d: %w", len(plan), open, maxPorts, errdefs.ErrInvalidArgument)
 	}
 	if ps.ns == nil {
 		a, err := e.cfg.Net.Attach(e.bg, e.cfg.NetRun, cni.PortsKey)

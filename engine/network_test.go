@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -38,5 +40,19 @@ func TestPlanPorts(t *testing.T) {
 	}
 	if _, err := planPorts(hostPorts{PortBindings: network.PortMap{network.MustParsePort("80/sctp"): {{}}}}, nil); !errdefs.IsNotImplemented(err) {
 		t.Errorf("sctp: %v", err)
+	}
+}
+
+func TestPlanPortsCap(t *testing.T) {
+	exposed := network.PortSet{}
+	for i := 1; i <= maxPorts+1; i++ {
+		exposed[network.MustParsePort(fmt.Sprintf("%d/tcp", i))] = struct{}{}
+	}
+	if _, err := planPorts(hostPorts{PublishAll: true}, exposed); statusOf(err) != 400 || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("-P of %d exposed ports: %v; want 400", len(exposed), err)
+	}
+	delete(exposed, network.MustParsePort("1/tcp"))
+	if got, err := planPorts(hostPorts{PublishAll: true}, exposed); err != nil || len(got) != maxPorts {
+		t.Errorf("-P of %d exposed ports: %d planned, %v", len(exposed), len(got), err)
 	}
 }
