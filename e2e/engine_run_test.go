@@ -222,7 +222,8 @@ func TestEngineRunHost(t *testing.T) {
 			}
 
 			// Two runs at once: a detached one with a sibling, and one that sees only its own.
-			first := run([]string{"-d"}, "sh", "-c", "docker run -d --name hostsib "+tag+" sleep 1000 && sleep 1000")
+			vol := "e2e-shared-" + rt
+			first := run([]string{"-d"}, "sh", "-c", "docker run -d --name hostsib -v "+vol+":/data "+tag+" sleep 1000 && sleep 1000")
 			if first.code != 0 {
 				t.Fatalf("detached run: exit %d\n%s", first.code, first.stderr)
 			}
@@ -231,12 +232,21 @@ func TestEngineRunHost(t *testing.T) {
 			if st := moatcRun(t, opts{}, "status", "--json", id); !strings.Contains(st.stdout, `"name": "hostsib"`) {
 				t.Errorf("moatc status does not list the engine's container hostsib:\n%s", st.stdout)
 			}
-			second := run(nil, "sh", "-c", "docker run --rm "+tag+" echo hi-second && docker ps -a --format 'ps:{{.Names}}'; echo end")
+			second := run(nil, "sh", "-c", "docker run --rm "+tag+" echo hi-second && docker ps -a --format 'ps:{{.Names}}'; docker volume prune -a -f; docker volume rm "+vol+" 2>&1; echo RM=$?; echo end")
 			if second.code != 0 || !strings.Contains(second.stdout, "hi-second") || !strings.Contains(second.stdout, "end") {
 				t.Errorf("the second docker:host run failed (exit %d):\n%s\n%s", second.code, second.stdout, second.stderr)
 			}
 			if strings.Contains(second.stdout, "hostsib") {
 				t.Errorf("the second docker:host run saw the first's containers:\n%s", second.stdout)
+			}
+			// The volume the first run's container uses is in use for the second run too.
+			// The first run's container outlived the second run's engine (which once removed
+			// every container of the namespace without a record of its own).
+			if res := moatcRun(t, opts{}, "status", "--json", id); !strings.Contains(res.stdout, `"name": "hostsib"`) || !strings.Contains(res.stdout, `"state": "running"`) {
+				t.Errorf("the first docker:host run's container is gone or stopped after a second run:\n%s", res.stdout)
+			}
+			if !strings.Contains(second.stdout, "volume is in use") || !strings.Contains(second.stdout, "RM=1") {
+				t.Errorf("the second docker:host run removed (or pruned) a volume the first's container uses:\n%s", second.stdout)
 			}
 
 			if res := moatcRun(t, opts{}, "destroy", "--force", id); res.code != 0 {
@@ -244,6 +254,9 @@ func TestEngineRunHost(t *testing.T) {
 			}
 			if left := engineHostContainers(t, id); len(left) > 0 {
 				t.Errorf("run %s's containers left in moatc-docker after destroy: %v", id, left)
+			}
+			if res := run(nil, "docker", "volume", "rm", vol); res.code != 0 {
+				t.Errorf("docker volume rm %s once its user's run is gone: exit %d\n%s\n%s", vol, res.code, res.stdout, res.stderr)
 			}
 
 			// A foreground run's moatc killed with -9; its record ended (gVisor) or gone (runc).

@@ -136,8 +136,9 @@ func (e *Engine) load(ctx context.Context) error {
 			}
 		}
 	}
-	// Containers of this engine's kind without a record: a create that died between the two.
-	owned, err := e.cfg.Client.Containers(ctx, fmt.Sprintf("labels.%q==%s", ctrd.LabelRole, Role))
+	// Containers of this engine's run without a record: a create that died between the two.
+	// Only this run's: docker:host runs share the namespace, and the others' are theirs.
+	owned, err := e.cfg.Client.Containers(ctx, fmt.Sprintf("labels.%q==%s,labels.%q==%s", ctrd.LabelRole, Role, ctrd.LabelRunID, e.cfg.RunID))
 	if err != nil {
 		return fmt.Errorf("listing the engine's containers: %w", err)
 	}

@@ -172,7 +172,16 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 		spec.Runtime = socketRuntime(e.cfg.Runtime)
 	}
 	for k, v := range req.Labels {
-		spec.Labels[k] = v
+		// moatc's own labels (the name's, the volumes') are never the workload's to set; it
+		// sees its labels in the engine's record, not in containerd's.
+		if !strings.HasPrefix(k, "moatc.") {
+			spec.Labels[k] = v
+		}
+	}
+	for _, m := range ms {
+		if m.Kind == kindVolume {
+			spec.Labels[labelVolume+m.Source] = "1"
+		}
 	}
 	switch {
 	case hc.NanoCPUs > 0:

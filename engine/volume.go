@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -140,12 +141,37 @@ func (e *Engine) volumeUsers() map[string][]string {
 	return users
 }
 
+// labelVolume+NAME is on the containerd container of each engine container mounting volume
+// NAME: engines sharing VolumeDir (docker:host runs) see each other's users by it.
+const labelVolume = "moatc.volume."
+
+// sharedVolumeUsers are the containers of other engines in the namespace that mount volume
+// name (those not in known). A failed listing counts as in use: nothing shared is removed
+// on a guess.
+func (e *Engine) sharedVolumeUsers(name string, known []string) []string {
+	cs, err := e.cfg.Client.Containers(e.bg, fmt.Sprintf("labels.%q", labelVolume+name))
+	if err != nil {
+		return []string{"(containers of other runs could not be listed: " + err.Error() + ")"}
+	}
+	var ids []string
+	for _, c := range cs {
+		if !slices.Contains(known, c.ID()) {
+			ids = append(ids, c.ID())
+		}
+	}
+	return ids
+}
+
 // removeVolume removes a volume not in use. Call with e.volMu held.
 func (e *Engine) removeVolume(name string) error {
 	if _, err := e.getVolume(name); err != nil {
 		return err
 	}
-	if ids := e.volumeUsers()[name]; len(ids) > 0 {
+	ids := e.volumeUsers()[name]
+	if e.cfg.VolumeDir != "" {
+		ids = append(ids, e.sharedVolumeUsers(name, ids)...)
+	}
+	if len(ids) > 0 {
 		return conflict("remove %s: volume is in use - [%s]", name, strings.Join(ids, ", "))
 	}
 	dir := filepath.Join(e.volumeRoot(), name)
