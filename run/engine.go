@@ -96,14 +96,23 @@ func (m *Manager) engineStateDir(id string) string { return filepath.Join(m.Stor
 // DockerCLITarget is where a docker-mode run finds moatc's own Docker CLI.
 const DockerCLITarget = "/usr/local/bin/docker"
 
+// DockerComposeTarget is where a docker-mode run finds moatc's compose plugin: a directory
+// the Docker CLI searches for plugins by itself.
+const DockerComposeTarget = "/usr/local/lib/docker/cli-plugins/docker-compose"
+
 // dockerMounts are a docker-mode run's engine socket and moatc's own static Docker CLI
 // (read-only: any base image, busybox too, gets a CLI that matches the engine, and no Docker
-// daemon comes with it; dockerMode made sure it is installed).
+// daemon comes with it; dockerMode made sure it is installed), and its compose plugin when
+// `make setup` could build it (optional).
 func (m *Manager) dockerMounts(id string) []specs.Mount {
-	return []specs.Mount{
+	mts := []specs.Mount{
 		{Destination: DockerSocketTarget, Type: "bind", Source: m.engineSocket(id), Options: []string{"rbind", "rw", "nosuid", "nodev", "noexec"}},
 		{Destination: DockerCLITarget, Type: "bind", Source: filepath.Join(m.Prefix, "bin", "docker"), Options: []string{"rbind", "ro", "nosuid", "nodev"}},
 	}
+	if compose := filepath.Join(m.Prefix, "lib", "docker", "cli-plugins", "docker-compose"); isFile(compose) {
+		mts = append(mts, specs.Mount{Destination: DockerComposeTarget, Type: "bind", Source: compose, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+	}
+	return mts
 }
 
 func isFile(p string) bool {
