@@ -55,6 +55,13 @@ func gvisorHardening(c Container) []oci.SpecOpts {
 			return sc.Action == specs.ActErrno && slices.Equal(sc.Names, []string{"clone3"})
 		})
 		s.Linux.Seccomp.Syscalls = append(s.Linux.Seccomp.Syscalls, specs.LinuxSyscall{Names: []string{"clone3"}, Action: specs.ActAllow})
+		// runsc drops the names its Sentry does not know (fchmodat2, ...), so the profile's
+		// default answered them with EPERM, not the Sentry's ENOSYS: programs that fall back
+		// on ENOSYS (the Docker CLI's cp, glibc's lchmod) failed. Denying every Linux name
+		// after the profile's rules (runsc takes the first rule that matches) and allowing by
+		// default keeps each call the Sentry has as the profile says, and lets the Sentry answer
+		// the ones it has not.
+		gvisorDefaultDeny(s.Linux.Seccomp)
 		return nil
 	}}
 	if c.Pids > 0 {
@@ -88,4 +95,14 @@ func ParseCapability(s string) (string, error) {
 		return "", fmt.Errorf("%q is not a Linux capability: write a name such as NET_ADMIN or SYS_PTRACE (see capabilities(7))", s)
 	}
 	return "CAP_" + n, nil
+}
+
+// gvisorDefaultDeny turns profile p's errno default into an explicit rule, last, for every
+// Linux system call name, with allow as the default (see gvisorHardening).
+func gvisorDefaultDeny(p *specs.LinuxSeccomp) {
+	if p.DefaultAction != specs.ActErrno {
+		return
+	}
+	p.Syscalls = append(p.Syscalls, specs.LinuxSyscall{Names: slices.Clone(linuxSyscalls), Action: specs.ActErrno, ErrnoRet: p.DefaultErrnoRet})
+	p.DefaultAction, p.DefaultErrnoRet = specs.ActAllow, nil
 }

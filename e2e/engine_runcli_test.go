@@ -353,14 +353,9 @@ func TestEngineRunCLI(t *testing.T) {
 }
 
 // runcliKnownFaults are the steps that fail today, by runtime, with what they print (see
-// docs/engine-api.md, In runs). Under gVisor the CLI's own unpacking of `docker cp CTR:PATH
-// LOCAL` sets modes with fchmodat2, which gVisor does not implement; the OCI seccomp profile the
-// Sentry enforces drops rules for system calls gVisor does not know, so the call gets the
-// profile's default EPERM, not ENOSYS, and the CLI does not fall back. Not the engine's: its
-// archive answer is checked by the cp step (`docker cp CTR:PATH -`).
-var runcliKnownFaults = map[string]map[string]string{
-	"gvisor": {"cp_extract": "fchmodat2 out.txt: operation not permitted"},
-}
+// docs/engine-api.md, In runs). None now: `docker cp CTR:PATH LOCAL` under gVisor failed on
+// fchmodat2's EPERM until gVisor runs' seccomp profiles let the Sentry answer ENOSYS.
+var runcliKnownFaults = map[string]map[string]string{}
 
 // runcliStepOutput is step s's lines of the script's output (its STEP line and what follows
 // it up to the next step).
