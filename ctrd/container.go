@@ -75,7 +75,7 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 		containerd.WithImage(s.Image),
 		containerd.WithSnapshotter(s.Snapshotter),
 		containerd.WithNewSnapshot(s.ID, s.Image, snapshots.WithLabels(labels)),
-		containerd.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(s.Image)}, spec...)...),
+		containerd.WithNewSpec(append([]oci.SpecOpts{checkUserFiles(s.Image), oci.WithImageConfig(s.Image)}, spec...)...),
 	}, rtOpts...)
 	lctx, done, err := c.OwnedLease(ctx)
 	if err != nil {
@@ -124,7 +124,7 @@ func (s Container) specOpts() ([]oci.SpecOpts, error) {
 		spec = append(spec, oci.WithProcessCwd(s.Cwd))
 	}
 	if s.User != "" {
-		spec = append(spec, oci.WithUser(s.User))
+		spec = append(spec, WithUser(s.User))
 	}
 	if s.TTY {
 		spec = append(spec, oci.WithTTY)

@@ -71,6 +71,7 @@ CMD ["sh", "-c", "cat /out.txt; ls /ctx"]
 			}
 
 			buildSources(t, d, eng, rt)
+			buildUserFiles(t, d, rt)
 
 			// The build's temporary name in moatc's store (BuildKit's worker namespace) is gone.
 			if out, err := exec.Command(moatc, "image", "ls").CombinedOutput(); err != nil || strings.Contains(string(out), "moatc-engine-build") {
@@ -193,5 +194,27 @@ func buildSources(t *testing.T, d *dockerCLI, eng *engineProc, rt string) {
 	o.ok("build", "-t", "cache:2", cache)
 	if out := o.ok("run", "--rm", "cache:2", "cat", "/seen"); strings.Contains(out, "first-"+rt) {
 		t.Errorf("another engine's build read this engine's cache mount: %q", out)
+	}
+}
+
+// buildUserFiles: an image (or a runc container) whose /etc/passwd is a FIFO does not hang the
+// engine when a user name is resolved: the create or exec is refused, and the engine answers.
+func buildUserFiles(t *testing.T, d *dockerCLI, rt string) {
+	dir := t.TempDir()
+	buildWrite(t, dir, "Dockerfile", "FROM busybox\nRUN rm /etc/passwd && mkfifo /etc/passwd\nUSER nobody\n")
+	d.ok("build", "-t", "fifo-passwd:1", dir)
+	r := d.run("", "run", "--rm", "fifo-passwd:1", "id")
+	if r.code == 0 || !strings.Contains(r.stderr, "/etc/passwd is not a regular file") {
+		t.Errorf("docker run of an image whose /etc/passwd is a FIFO: exit %d; want refused\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if rt != "runc" {
+		return // under gVisor what the container writes stays in its sandbox
+	}
+	d.ok("run", "-d", "--name", "fifo-exec", "busybox", "sleep", "300")
+	defer d.run("", "rm", "-f", "fifo-exec")
+	d.ok("exec", "fifo-exec", "sh", "-c", "rm /etc/passwd && mkfifo /etc/passwd")
+	r = d.run("", "exec", "-u", "nobody", "fifo-exec", "id")
+	if r.code == 0 || !strings.Contains(r.stderr, "/etc/passwd is not a regular file") {
+		t.Errorf("docker exec -u nobody in a container whose /etc/passwd became a FIFO: exit %d; want refused\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -198,6 +199,40 @@ func TestEngineExec(t *testing.T) {
 						t.Errorf("%s: a ../ entry escaped: %s", name, found)
 					}
 					d.ok("rm", "-f", name)
+				}
+			})
+
+			// Execs created and never started are bounded; a removed container's go with it.
+			t.Run("exec-bounds", func(t *testing.T) {
+				d.t = t
+				d.ok("run", "-d", "--name", "xb", "busybox", "sleep", "300")
+				var first string
+				made, refused := 0, false
+				for range 1100 {
+					r := httpDo(t, eng.sock, "POST", "/v1.44/containers/xb/exec", "application/json", strings.NewReader(`{"Cmd":["true"]}`))
+					if r.code == 409 && strings.Contains(r.body, "moatc's limit") {
+						refused = true
+						break
+					}
+					if r.code != 201 {
+						t.Fatalf("exec create %d: %d %s %v", made, r.code, r.body, r.err)
+					}
+					if made == 0 {
+						var resp struct{ Id string }
+						json.Unmarshal([]byte(r.body), &resp)
+						first = resp.Id
+					}
+					made++
+				}
+				if !refused || made < 1000 {
+					t.Errorf("%d execs created, refused %v; want refused at 1024 pending", made, refused)
+				}
+				if r := engineGet(t, eng.sock, "/v1.44/exec/"+first+"/json"); r.code != 200 {
+					t.Errorf("exec inspect of a pending exec: %d %s", r.code, r.body)
+				}
+				d.ok("rm", "-f", "xb")
+				if r := engineGet(t, eng.sock, "/v1.44/exec/"+first+"/json"); r.code != 404 {
+					t.Errorf("exec inspect after its container was removed: %d %s; want 404", r.code, r.body)
 				}
 			})
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,10 @@ func init() {
 // execsKept bounds the ended execs kept for inspection: Docker keeps them until the container
 // goes; a workload that execs in a loop must not grow the engine without end.
 const execsKept = 256
+
+// execsPending bounds the execs created and not started yet: a workload that creates them in
+// a loop must not grow the engine without end either.
+const execsPending = 1024
 
 // execTable holds the execs made through the engine, by id.
 type execTable struct {
@@ -91,6 +96,16 @@ func execCreate(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	e.execs.mu.Lock()
 	if e.execs.all == nil {
 		e.execs.all = map[string]*execInst{}
+	}
+	pending := 0
+	for _, o := range e.execs.all {
+		if !o.started {
+			pending++
+		}
+	}
+	if pending >= execsPending {
+		e.execs.mu.Unlock()
+		return conflict("the engine holds %d execs created and not started (moatc's limit): start them, or remove their containers", pending)
 	}
 	e.execs.all[x.id] = x
 	e.execs.mu.Unlock()
@@ -365,4 +380,16 @@ func (l *lossyWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// forget drops the execs of container c, which is gone: Docker's go with their container.
+func (t *execTable) forget(c *ctr) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, x := range t.all {
+		if x.c == c {
+			delete(t.all, id)
+		}
+	}
+	t.ended = slices.DeleteFunc(t.ended, func(id string) bool { _, ok := t.all[id]; return !ok })
 }

@@ -341,6 +341,7 @@ func (e *Engine) removeContainer(ctx context.Context, c *ctr, force bool) error 
 	e.notify()
 	gone := c.rec
 	e.mu.Unlock()
+	e.execs.forget(c)
 	e.containerEvent(events.ActionDestroy, gone, nil)
 	if err != nil {
 		return fmt.Errorf("removing the state of container %s: %w", c.rec.ID, err)

@@ -12,10 +12,10 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/state"
 )
 
@@ -188,7 +188,7 @@ func ExecProcessSpec(ctx context.Context, client *containerd.Client, ctr contain
 		tmp := *spec
 		tmp.Process = &p
 		p.User.AdditionalGids = nil
-		if err := oci.WithUser(o.User)(ctx, client, &containers.Container{ID: info.ID, Snapshotter: info.Snapshotter, SnapshotKey: info.SnapshotKey}, &tmp); err != nil {
+		if err := ctrd.WithUser(o.User)(ctx, client, &containers.Container{ID: info.ID, Snapshotter: info.Snapshotter, SnapshotKey: info.SnapshotKey}, &tmp); err != nil {
 			return nil, fmt.Errorf("user %q: %w", o.User, err)
 		}
 	}
