@@ -193,6 +193,15 @@ func TestEngineNetwork(t *testing.T) {
 				if out := d.ok("ps", "--filter", "name=pub$", "--format", "{{.Ports}}"); !strings.Contains(out, ports.String()+":8080->80/tcp") {
 					t.Errorf("ps ports: %q", out)
 				}
+				// --add-host: host-gateway is the ports address, where pub answers.
+				out := d.ok("run", "--rm", "--add-host", "db.local:10.1.2.3", "--add-host", "host.docker.internal:host-gateway", "busybox", "sh", "-c",
+					"cat /etc/hosts; wget -q -T 10 -O- http://host.docker.internal:8080/")
+				if !strings.Contains(out, "10.1.2.3\tdb.local\n") || !strings.Contains(out, ports.String()+"\thost.docker.internal\n") || !strings.Contains(out, "hello-pub\n") {
+					t.Errorf("--add-host: %q", out)
+				}
+				if r := d.run("", "run", "--rm", "--add-host", "evil\n1.2.3.4 x:1.2.3.4", "busybox", "true"); r.code == 0 || !strings.Contains(r.stderr, "invalid extra host") {
+					t.Errorf("--add-host with a newline: %+v", r)
+				}
 				d.ok("rm", "-f", "pub", "pubany")
 				if _, err := httpGetText("http://" + ports.String() + ":8080/"); err == nil {
 					t.Errorf("the published port still answers after its container is gone")

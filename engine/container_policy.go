@@ -74,8 +74,8 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 	if !hc.RestartPolicy.IsNone() {
 		warnings = append(warnings, fmt.Sprintf("moatc does not apply restart policies yet: --restart %s is ignored", hc.RestartPolicy.Name))
 	}
-	if len(hc.DNS) > 0 || len(hc.DNSSearch) > 0 || len(hc.DNSOptions) > 0 || len(hc.ExtraHosts) > 0 {
-		warnings = append(warnings, "moatc's engine ignores --dns and --add-host: containers get the run's resolver and the engine's hosts file")
+	if len(hc.DNS) > 0 || len(hc.DNSSearch) > 0 || len(hc.DNSOptions) > 0 {
+		warnings = append(warnings, "moatc's engine ignores --dns: containers get the run's resolver")
 	}
 	if cfg.Healthcheck != nil && len(cfg.Healthcheck.Test) > 0 && cfg.Healthcheck.Test[0] != "NONE" {
 		warnings = append(warnings, "moatc does not run health checks yet")

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -67,6 +68,8 @@ type ctrNet struct {
 	// Ports are the published ports (HostPort 0: picked when they open); Asked as requested.
 	Ports []portBinding `json:",omitempty"`
 	Asked []portBinding `json:",omitempty"`
+	// Extra are --add-host's names, each "IP NAME".
+	Extra []string `json:",omitempty"`
 }
 
 func (e *Engine) networksDir() string { return filepath.Join(e.cfg.StateDir, "networks") }
@@ -207,6 +210,9 @@ func (e *Engine) networkMounts(ctx context.Context, id, ctrName, dir, hostname s
 		e.cfg.Net.Detach(context.WithoutCancel(ctx), e.cfg.NetRun, a.Key)
 		return "", nil, err
 	}
+	if cn.Extra, err = extraHosts(hc.ExtraHosts, cni.PortsAddr(a.Subnet)); err != nil {
+		return fail(err)
+	}
 	resolv, err := os.ReadFile(e.nw.run.ResolvPath)
 	if err != nil {
 		return fail(fmt.Errorf("reading the run's resolv.conf: %w", err))
@@ -267,6 +273,9 @@ func (e *Engine) writeHostsLocked() {
 		b.WriteString("# written by moatc's engine: this container and those sharing a network with it\n")
 		b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 		fmt.Fprintf(&b, "%s\t%s\n", cn.IP, strings.Join(uniq(append([]string{cn.Hostname, names[id]}, allAliases(cn)...)), " "))
+		for _, x := range cn.Extra {
+			b.WriteString(x + "\n")
+		}
 		others := make([]string, 0, len(e.nw.ctrs))
 		for oid := range e.nw.ctrs {
 			others = append(others, oid)
@@ -482,4 +491,35 @@ func (e *Engine) ensureAttached(ctx context.Context, id string) error {
 	}
 	e.writeHostsLocked()
 	return nil
+}
+
+// hostName is a name --add-host may give: nothing that could start another line or field of
+// the hosts file.
+var hostName = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9._-]{0,252})$`)
+
+// extraHosts turns --add-host's NAME:IP (or NAME=IP) entries into hosts file lines.
+// host-gateway is the run's ports address, where the engine's published ports are (the
+// host itself is closed to runs).
+func extraHosts(entries []string, gateway netip.Addr) ([]string, error) {
+	var out []string
+	for _, x := range entries {
+		name, ip, ok := strings.Cut(x, "=")
+		if !ok {
+			name, ip, ok = strings.Cut(x, ":")
+		}
+		if !ok || !hostName.MatchString(name) {
+			return nil, invalid("invalid extra host %q: write NAME:IP, e.g. db.local:10.0.0.5 or host.docker.internal:host-gateway", x)
+		}
+		ip = strings.TrimSuffix(strings.TrimPrefix(ip, "["), "]")
+		addr := gateway
+		if ip != "host-gateway" {
+			a, err := netip.ParseAddr(ip)
+			if err != nil {
+				return nil, invalid("invalid IP address in extra host %q: %v", x, err)
+			}
+			addr = a
+		}
+		out = append(out, addr.String()+"\t"+name)
+	}
+	return out, nil
 }

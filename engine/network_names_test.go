@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -41,5 +43,19 @@ func TestDisconnectWithoutNetwork(t *testing.T) {
 	c := &ctr{rec: record{ID: "abc", Name: "quiet"}}
 	if err := e.disconnect(c, "bridge"); !errdefs.IsPermissionDenied(err) {
 		t.Errorf("disconnect of a container without a network: %v", err)
+	}
+}
+
+func TestExtraHosts(t *testing.T) {
+	gw := netip.MustParseAddr("10.88.3.254")
+	got, err := extraHosts([]string{"db.local:10.0.0.5", "v6=::1", "host.docker.internal:host-gateway", "b:[fe80::1]"}, gw)
+	want := []string{"10.0.0.5\tdb.local", "::1\tv6", "10.88.3.254\thost.docker.internal", "fe80::1\tb"}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("extraHosts = %q, %v; want %q", got, err, want)
+	}
+	for _, bad := range []string{"nohost", "a b:1.2.3.4", "x\n1.2.3.4 evil:1.2.3.4", "-x:1.2.3.4", "x:notanip", ":1.2.3.4"} {
+		if _, err := extraHosts([]string{bad}, gw); statusOf(err) != 400 {
+			t.Errorf("%q: %v; want 400", bad, err)
+		}
 	}
 }
