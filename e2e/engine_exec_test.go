@@ -236,6 +236,46 @@ func TestEngineExec(t *testing.T) {
 				}
 			})
 
+			// Restart policies: on-failure:2 restarts twice, always until stopped; --rm with one is 400.
+			t.Run("restart-policy", func(t *testing.T) {
+				d.t = t
+				state := func(name string) string {
+					return strings.TrimSpace(d.ok("inspect", "-f", "{{.RestartCount}} {{.State.Status}}", name))
+				}
+				await := func(name string, ok func(string) bool) string {
+					var st string
+					for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+						if st = state(name); ok(st) {
+							return st
+						}
+					}
+					t.Fatalf("%s never reached the state wanted; last %q", name, st)
+					return st
+				}
+				d.ok("run", "-d", "--name", "rp", "--restart", "on-failure:2", "busybox", "sh", "-c", "echo ran; exit 3")
+				await("rp", func(s string) bool { return s == "2 exited" })
+				time.Sleep(2 * time.Second)
+				if st := state("rp"); st != "2 exited" {
+					t.Errorf("on-failure:2 after its retries: %q", st)
+				}
+				if n := strings.Count(d.ok("logs", "rp"), "ran\n"); n != 3 {
+					t.Errorf("on-failure:2 ran %d times, want 3", n)
+				}
+				d.ok("run", "-d", "--name", "ra", "--restart", "always", "busybox", "sh", "-c", "sleep 1")
+				await("ra", func(s string) bool { return !strings.HasPrefix(s, "0 ") && strings.HasSuffix(s, "running") })
+				d.ok("stop", "-t", "1", "ra")
+				time.Sleep(2 * time.Second)
+				before := state("ra")
+				time.Sleep(2 * time.Second)
+				if after := state("ra"); !strings.HasSuffix(after, "exited") || after != before {
+					t.Errorf("--restart always after docker stop: %q then %q; want it to stay exited", before, after)
+				}
+				if r := d.run("", "run", "--rm", "--restart", "always", "busybox", "true"); r.code == 0 || !strings.Contains(r.stderr, "conflicting options") {
+					t.Errorf("--rm with --restart: %+v", r)
+				}
+				d.ok("rm", "-f", "rp", "ra")
+			})
+
 			t.Run("rename", func(t *testing.T) {
 				d.t = t
 				d.ok("create", "--name", "rn-a", "busybox", "true")

@@ -50,6 +50,10 @@ type state struct {
 	Error      string
 	StartedAt  time.Time
 	FinishedAt time.Time
+	// RestartCount counts the restarts of its restart policy; ManuallyStopped is a stop or
+	// kill through the API, which the policy does not undo.
+	RestartCount    int  `json:",omitempty"`
+	ManuallyStopped bool `json:",omitempty"`
 }
 
 // ctr is a container the engine knows: its record and what is going on with it now. Fields
@@ -62,6 +66,7 @@ type ctr struct {
 	// since the engine started: a run is in progress while exits < starts.
 	starts, exits int
 	starting      bool
+	restartStreak int // restarts by its policy in a row (restart_policy.go)
 	// copying counts the copies from or into the stopped container's mounted rootfs: no
 	// start while one goes on (the workload could change the tree under the engine's walk).
 	copying   int

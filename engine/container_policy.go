@@ -71,8 +71,8 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 		return nil, notImplemented("moatc does not support --runtime: every container of its engine runs under the run's runtime")
 	}
 	// The network mode names a network: create checks it (networkMounts).
-	if !hc.RestartPolicy.IsNone() {
-		warnings = append(warnings, fmt.Sprintf("moatc does not apply restart policies yet: --restart %s is ignored", hc.RestartPolicy.Name))
+	if err := checkRestartPolicy(hc); err != nil {
+		return nil, err
 	}
 	if len(hc.DNS) > 0 || len(hc.DNSSearch) > 0 || len(hc.DNSOptions) > 0 {
 		warnings = append(warnings, "moatc's engine ignores --dns: containers get the run's resolver")

@@ -21,6 +21,7 @@ func containerStart(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if r.URL.Query().Get("checkpoint") != "" {
 		return notImplemented("moatc does not support checkpoints")
 	}
+	e.setManuallyStopped(c, false)
 	if err := e.startContainer(r.Context(), c); err != nil {
 		return err
 	}
@@ -39,9 +40,11 @@ func containerRestart(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	e.setManuallyStopped(c, true) // the stop's end is not the policy's to restart
 	if err := e.stopContainer(r.Context(), c, sig, timeout); err != nil && err != errNotModified {
 		return err
 	}
+	e.setManuallyStopped(c, false)
 	if err := e.startContainer(r.Context(), c); err != nil && err != errNotModified {
 		return err
 	}

@@ -38,6 +38,7 @@ func containerStop(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	e.setManuallyStopped(c, true)
 	if err := e.stopContainer(r.Context(), c, sig, timeout); err != nil {
 		return err
 	}
@@ -67,6 +68,7 @@ func containerKill(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if !running || task == nil {
 		return conflict("Container %s is not running", c.rec.ID)
 	}
+	e.setManuallyStopped(c, true)
 	if err := task.Kill(r.Context(), sig); err != nil {
 		if errdefs.IsNotFound(err) {
 			return conflict("Container %s is not running", c.rec.ID)

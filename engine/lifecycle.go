@@ -285,6 +285,7 @@ func (e *Engine) watch(c *ctr, task containerd.Task, statusC <-chan containerd.E
 	e.closePorts(ended.ID)
 	e.containerEvent(events.ActionDie, ended, map[string]string{"exitCode": strconv.Itoa(int(st.ExitCode()))})
 	close(c.watchDone)
+	e.maybeRestart(c, int(st.ExitCode()), ended.State.FinishedAt.Sub(ended.State.StartedAt))
 	if autoRemove && e.bg.Err() == nil {
 		if err := e.removeWithVolumes(e.bg, c, true, true); err != nil {
 			fmt.Fprintf(os.Stderr, "moatc engine: warning: removing %s (AutoRemove): %v\n", c.rec.ID, err)
