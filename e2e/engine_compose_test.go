@@ -8,15 +8,23 @@ import (
 	"time"
 )
 
-// composeFile is two services: web serves a page, client fetches it by web's service name
-// over the project's network and logs what it got.
+// composeFile is two services: web serves a page and has a health check (and a restart
+// policy); client starts once web is healthy, fetches the page by web's service name over the
+// project's network and logs what it got.
 const composeFile = `services:
   web:
     image: busybox
+    restart: unless-stopped
     command: ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://localhost:8080/index.html"]
+      interval: 500ms
+      retries: 20
   client:
     image: busybox
-    depends_on: [web]
+    depends_on:
+      web:
+        condition: service_healthy
     command: ["sh", "-c", "until wget -q -O - http://web:8080/index.html; do sleep 0.5; done; exec sleep 600"]
 `
 
@@ -51,9 +59,9 @@ func TestEngineCompose(t *testing.T) {
 			})
 			compose("up", "-d")
 
-			ps := compose("ps", "--format", "{{.Service}} {{.State}}")
-			if !strings.Contains(ps, "web running") || !strings.Contains(ps, "client running") {
-				t.Errorf("docker compose ps:\n%s", ps)
+			ps := compose("ps", "--format", "{{.Service}} {{.State}} {{.Health}}")
+			if !strings.Contains(ps, "web running healthy") || !strings.Contains(ps, "client running") {
+				t.Errorf("docker compose ps (web must be healthy: client waited for it):\n%s", ps)
 			}
 			for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 				logs := compose("logs", "client")

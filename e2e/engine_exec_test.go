@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -274,6 +275,41 @@ func TestEngineExec(t *testing.T) {
 					t.Errorf("--rm with --restart: %+v", r)
 				}
 				d.ok("rm", "-f", "rp", "ra")
+			})
+
+			// Health checks: starting, then healthy when the test passes, unhealthy after
+			// Retries failures; ps shows it, the health filter and events see it.
+			t.Run("health", func(t *testing.T) {
+				d.t = t
+				since := time.Now().Add(-time.Second).Unix()
+				d.ok("run", "-d", "--name", "hc", "--health-cmd", "test -f /tmp/ok", "--health-interval", "300ms",
+					"--health-retries", "2", "busybox", "sleep", "300")
+				health := func() string { return strings.TrimSpace(d.ok("inspect", "-f", "{{.State.Health.Status}}", "hc")) }
+				await := func(want string) {
+					for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+						if health() == want {
+							return
+						}
+					}
+					t.Fatalf("health never became %s: %s", want, d.ok("inspect", "-f", "{{json .State.Health}}", "hc"))
+				}
+				await("unhealthy")
+				d.ok("exec", "hc", "touch", "/tmp/ok")
+				await("healthy")
+				if out := d.ok("ps", "--filter", "health=healthy", "--format", "{{.Names}} {{.Status}}"); !strings.Contains(out, "hc Up") || !strings.Contains(out, "(healthy)") {
+					t.Errorf("ps --filter health=healthy: %q", out)
+				}
+				if out := d.ok("inspect", "-f", "{{range .State.Health.Log}}{{.ExitCode}} {{end}}", "hc"); !strings.Contains(out, "1 ") || !strings.HasSuffix(strings.TrimSpace(out), "0") {
+					t.Errorf("health log exit codes: %q", out)
+				}
+				ev := d.ok("events", "--since", fmt.Sprint(since), "--until", fmt.Sprint(time.Now().Unix()+1), "--filter", "container=hc", "--format", "{{.Action}}")
+				if !strings.Contains(ev, "health_status: unhealthy") || !strings.Contains(ev, "health_status: healthy") {
+					t.Errorf("events lack the health status changes:\n%s", ev)
+				}
+				d.ok("rm", "-f", "hc")
+				if r := d.run("", "run", "--rm", "--health-cmd", "true", "--health-interval", "1us", "busybox", "true"); r.code == 0 {
+					t.Errorf("a health interval of 1us: %+v; want refused", r)
+				}
 			})
 
 			t.Run("rename", func(t *testing.T) {

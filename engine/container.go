@@ -54,6 +54,8 @@ type state struct {
 	// kill through the API, which the policy does not undo.
 	RestartCount    int  `json:",omitempty"`
 	ManuallyStopped bool `json:",omitempty"`
+	// Health is the health check's state while it runs (health.go); nil without one.
+	Health *container.Health `json:",omitempty"`
 }
 
 // ctr is a container the engine knows: its record and what is going on with it now. Fields

@@ -107,6 +107,10 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 	if err != nil {
 		return "", nil, err
 	}
+	cfg.Healthcheck = mergeHealthcheck(cfg.Healthcheck, e.imageHealthcheck(ctx, img))
+	if err := checkHealthcheck(cfg.Healthcheck); err != nil {
+		return "", nil, err
+	}
 	if hc.NetworkMode == "" {
 		hc.NetworkMode = network.NetworkDefault
 	}

@@ -45,6 +45,7 @@ func (e *Engine) inspect(rec record, dir string) container.InspectResponse {
 			Error:      st.Error,
 			StartedAt:  dockerTime(st.StartedAt),
 			FinishedAt: dockerTime(st.FinishedAt),
+			Health:     st.Health,
 		},
 		Image:        rec.ImageID,
 		RestartCount: st.RestartCount,

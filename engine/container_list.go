@@ -29,7 +29,12 @@ func containerList(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	for _, k := range []string{"before", "since", "health", "publish", "expose", "is-task", "annotation"} {
+	for _, s := range f["health"] {
+		if container.ValidateHealthStatus(container.HealthStatus(s)) != nil {
+			return invalid("unrecognized filter value for health: %s", s)
+		}
+	}
+	for _, k := range []string{"before", "since", "publish", "expose", "is-task", "annotation"} {
 		if len(f[k]) > 0 {
 			return notImplemented("moatc does not support the container filter %q yet", k)
 		}
@@ -91,7 +96,16 @@ func matchContainer(f filters, exited []int, rec record) bool {
 	return f.matchAny("name", func(v string) bool { return matchRegexp(v, "/"+rec.Name) }) &&
 		f.matchAny("status", func(v string) bool { return v == string(rec.State.Status) }) &&
 		f.matchAny("id", func(v string) bool { return strings.HasPrefix(rec.ID, v) }) &&
-		f.matchAny("ancestor", func(v string) bool { return matchImage(v, rec) })
+		f.matchAny("ancestor", func(v string) bool { return matchImage(v, rec) }) &&
+		f.matchAny("health", func(v string) bool { return v == string(healthStatus(rec.State)) })
+}
+
+// healthStatus is what the health filter matches: none without a health check.
+func healthStatus(st state) container.HealthStatus {
+	if st.Health == nil {
+		return container.NoHealthcheck
+	}
+	return st.Health.Status
 }
 
 // matchImage reports whether ref names rec's image: by name (busybox is
@@ -132,6 +146,13 @@ func summary(rec record) container.Summary {
 func statusText(st state, now time.Time) string {
 	switch st.Status {
 	case container.StateRunning:
+		if st.Health != nil {
+			h := string(st.Health.Status)
+			if st.Health.Status == container.Starting {
+				h = "health: starting"
+			}
+			return "Up " + units.HumanDuration(now.Sub(st.StartedAt)) + " (" + h + ")"
+		}
 		return "Up " + units.HumanDuration(now.Sub(st.StartedAt))
 	case container.StateExited:
 		if st.FinishedAt.IsZero() {

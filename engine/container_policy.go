@@ -77,8 +77,8 @@ func checkHostConfig(hc *container.HostConfig, cfg *container.Config) (warnings 
 	if len(hc.DNS) > 0 || len(hc.DNSSearch) > 0 || len(hc.DNSOptions) > 0 {
 		warnings = append(warnings, "moatc's engine ignores --dns: containers get the run's resolver")
 	}
-	if cfg.Healthcheck != nil && len(cfg.Healthcheck.Test) > 0 && cfg.Healthcheck.Test[0] != "NONE" {
-		warnings = append(warnings, "moatc does not run health checks yet")
+	if err := checkHealthcheck(cfg.Healthcheck); err != nil {
+		return nil, err
 	}
 	return warnings, nil
 }

@@ -145,8 +145,10 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 	c.starting = false
 	c.starts++
 	c.task = task
-	c.rec.State = state{Status: container.StateRunning, Pid: int(task.Pid()), StartedAt: time.Now().UTC()}
+	c.rec.State = state{Status: container.StateRunning, Pid: int(task.Pid()), StartedAt: time.Now().UTC(),
+		RestartCount: c.rec.State.RestartCount, Health: newHealth(c.rec.Config)}
 	c.watchDone = make(chan struct{})
+	seq := c.starts
 	serr := e.save(c)
 	e.notify()
 	rec0 := c.rec
@@ -158,6 +160,9 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 	}
 	e.workers.Add(1)
 	go e.watch(c, task, statusC, rec)
+	if rec0.State.Health != nil {
+		go e.healthLoop(c, cc, task, seq)
+	}
 	if serr != nil {
 		// Followed all the same: the record is written again at the end.
 		fmt.Fprintf(os.Stderr, "moatc engine: warning: %v\n", serr)
