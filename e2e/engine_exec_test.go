@@ -316,6 +316,12 @@ func TestEngineExec(t *testing.T) {
 				d.t = t
 				d.ok("create", "--name", "rn-a", "busybox", "true")
 				d.ok("create", "--name", "rn-b", "busybox", "true")
+				if out := d.ok("ps", "-a", "--filter", "since=rn-a", "--format", "{{.Names}}"); !strings.Contains(out, "rn-b") || strings.Contains(out, "rn-a") {
+					t.Errorf("ps --filter since=rn-a: %q", out)
+				}
+				if out := d.ok("ps", "-a", "--filter", "before=rn-b", "--format", "{{.Names}}"); !strings.Contains(out, "rn-a") || strings.Contains(out, "rn-b") {
+					t.Errorf("ps --filter before=rn-b: %q", out)
+				}
 				if r := d.run("", "rename", "rn-a", "rn-b"); r.code == 0 || !strings.Contains(r.stderr, "already in use") {
 					t.Errorf("rename onto a name in use: %+v", r)
 				}

@@ -34,7 +34,18 @@ func containerList(e *Engine, w http.ResponseWriter, r *http.Request) error {
 			return invalid("unrecognized filter value for health: %s", s)
 		}
 	}
-	for _, k := range []string{"before", "since", "publish", "expose", "is-task", "annotation"} {
+	// before= and since= name a container: those created before (after) it.
+	var before, since time.Time
+	for k, at := range map[string]*time.Time{"before": &before, "since": &since} {
+		for _, v := range f[k] {
+			c, err := e.lookup(v)
+			if err != nil {
+				return err
+			}
+			*at = c.rec.Created
+		}
+	}
+	for _, k := range []string{"publish", "expose", "is-task", "annotation"} {
 		if len(f[k]) > 0 {
 			return notImplemented("moatc does not support the container filter %q yet", k)
 		}
@@ -65,7 +76,7 @@ func containerList(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		if !all && rec.State.Status != container.StateRunning {
 			continue
 		}
-		if !matchContainer(f, exited, rec) {
+		if !matchContainer(f, exited, rec) || (!before.IsZero() && !rec.Created.Before(before)) || (!since.IsZero() && !rec.Created.After(since)) {
 			continue
 		}
 		s := summary(rec)
