@@ -90,6 +90,23 @@ func TestEngineVolumes(t *testing.T) {
 					t.Errorf("volume create --opt: %+v", r)
 				}
 			})
+
+			// An empty volume is filled from the image's files at its mount path (mode kept),
+			// not with nocopy, and not once it has content.
+			t.Run("copy-up", func(t *testing.T) {
+				d.t = t
+				if out := d.ok("run", "--rm", "-v", "cu-etc:/etc", "-v", "cu-tmp:/tmp", "busybox", "sh", "-c", "head -1 /etc/passwd; stat -c %a /tmp"); out != "root:x:0:0:root:/root:/bin/sh\n1777\n" {
+					t.Errorf("a new volume over /etc and /tmp: %q; want busybox's passwd and /tmp's mode 1777", out)
+				}
+				if out := d.ok("run", "--rm", "-v", "cu-no:/etc:nocopy", "busybox", "ls", "-A", "/etc"); out != "" {
+					t.Errorf("a nocopy volume: %q; want empty", out)
+				}
+				d.ok("run", "--rm", "-v", "cu-etc:/etc", "busybox", "sh", "-c", "rm -f /etc/group")
+				if out := d.ok("run", "--rm", "-v", "cu-etc:/etc", "busybox", "ls", "/etc"); strings.Contains(out, "group") {
+					t.Errorf("a volume with content was filled again: %q", out)
+				}
+				d.ok("volume", "rm", "cu-etc", "cu-tmp", "cu-no")
+			})
 			t.Run("bind", func(t *testing.T) {
 				d.t = t
 				out := d.ok("run", "--rm", "-v", "/workspace/sub:/data", "busybox", "sh", "-c", "cat /data/hello; echo from-container > /data/new")

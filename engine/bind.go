@@ -48,6 +48,7 @@ type ctrMount struct {
 	NonRecursive bool   `json:",omitempty"`
 	Subpath      string `json:",omitempty"` // a volume's
 	Propagation  string `json:",omitempty"`
+	NoCopy       bool   `json:",omitempty"` // a volume's: not filled from the image (copyUp)
 }
 
 // parseMounts reads a create request's binds, mounts and the image's volumes into the
@@ -119,6 +120,7 @@ func parseMounts(hc *container.HostConfig, cfg *container.Config) ([]ctrMount, [
 			}
 			m := ctrMount{Kind: kindVolume, Source: mt.Source, Dest: mt.Target, ReadOnly: mt.ReadOnly, Anonymous: mt.Source == ""}
 			if o := mt.VolumeOptions; o != nil {
+				m.NoCopy = o.NoCopy
 				if o.DriverConfig != nil && o.DriverConfig.Name != "" && o.DriverConfig.Name != "local" {
 					return nil, nil, notImplemented("moatc does not support volume driver %s: its volumes are local directories", o.DriverConfig.Name)
 				}
@@ -196,7 +198,9 @@ func parseBind(b string) (ctrMount, error) {
 				switch o {
 				case "ro":
 					m.ReadOnly = true
-				case "rw", "z", "Z", "nocopy", "":
+				case "nocopy":
+					m.NoCopy = true
+				case "rw", "z", "Z", "":
 				case "private", "rprivate", "shared", "rshared", "slave", "rslave":
 					m.Propagation = o
 				default:

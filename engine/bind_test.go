@@ -111,7 +111,7 @@ func TestParseBind(t *testing.T) {
 		"/workspace/a:/data:ro,Z":    {Kind: kindBind, Source: "/workspace/a", Dest: "/data", ReadOnly: true},
 		"/workspace/a:/d:rshared":    {Kind: kindBind, Source: "/workspace/a", Dest: "/d", Propagation: "rshared"},
 		"vol:/data":                  {Kind: kindVolume, Source: "vol", Dest: "/data"},
-		"vol:/data:rw,nocopy":        {Kind: kindVolume, Source: "vol", Dest: "/data"},
+		"vol:/data:rw,nocopy":        {Kind: kindVolume, Source: "vol", Dest: "/data", NoCopy: true},
 		"/only":                      {Kind: kindVolume, Dest: "/only", Anonymous: true},
 		"/var/run/docker.sock:/s.sk": {Kind: kindBind, Source: "/var/run/docker.sock", Dest: "/s.sk"},
 	} {

@@ -228,11 +228,17 @@ func (e *Engine) create(ctx context.Context, name string, req *container.CreateR
 		return "", nil, err
 	}
 	spec.NetNS, spec.Mounts = netns, append(spec.Mounts, netMounts...)
-	if _, err := e.cfg.Client.CreateContainer(ctx, spec); err != nil {
+	cc, err := e.cfg.Client.CreateContainer(ctx, spec)
+	if err != nil {
 		e.detachContainer(ctx, id)
 		os.RemoveAll(c.dir)
 		e.dropNewAnonymous(ms)
 		return "", nil, fmt.Errorf("creating container: %w", err)
+	}
+	if err := e.copyUp(ctx, cc, ms); err != nil {
+		// The container stays (Docker's create would have failed; a volume left half filled
+		// is worse than a warning): the volume is what the copy made of it.
+		warnings = append(warnings, err.Error())
 	}
 	e.mu.Lock()
 	e.ctrs[id] = c
