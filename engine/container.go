@@ -271,3 +271,11 @@ func newID() string {
 		}
 	}
 }
+
+// recOf is a copy of c's record, taken under the engine's lock (rename, the watcher and
+// starts change it while requests read it).
+func (e *Engine) recOf(c *ctr) record {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return c.rec
+}

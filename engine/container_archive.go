@@ -76,7 +76,7 @@ func archiveGet(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		}
 		w.Header().Set("Content-Type", "application/x-tar")
 		w.WriteHeader(http.StatusOK)
-		e.containerEvent(events.ActionArchivePath, c.rec, map[string]string{"path": p})
+		e.containerEvent(events.ActionArchivePath, e.recOf(c), map[string]string{"path": p})
 		// Headers are out: a failure now can only cut the stream short.
 		run.WriteTar(w, src, base)
 		return nil
@@ -127,7 +127,7 @@ func (e *Engine) archiveGetRunning(w http.ResponseWriter, r *http.Request, c *ct
 	}
 	w.Header().Set("Content-Type", "application/x-tar")
 	w.WriteHeader(http.StatusOK)
-	e.containerEvent(events.ActionArchivePath, c.rec, map[string]string{"path": p})
+	e.containerEvent(events.ActionArchivePath, e.recOf(c), map[string]string{"path": p})
 	w.Write(got.Bytes())
 	if _, err := io.Copy(w, pr); err != nil {
 		pr.CloseWithError(err) // the client is gone: tar stops on the broken pipe
@@ -188,7 +188,7 @@ func archivePut(e *Engine, w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	e.containerEvent(events.ActionExtractToDir, c.rec, map[string]string{"path": p})
+	e.containerEvent(events.ActionExtractToDir, e.recOf(c), map[string]string{"path": p})
 	w.WriteHeader(http.StatusOK)
 	return nil
 }

@@ -109,7 +109,7 @@ func execCreate(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	}
 	e.execs.all[x.id] = x
 	e.execs.mu.Unlock()
-	e.containerEvent(execAction(events.ActionExecCreate, req.Cmd), c.rec, map[string]string{"execID": x.id})
+	e.containerEvent(execAction(events.ActionExecCreate, req.Cmd), e.recOf(c), map[string]string{"execID": x.id})
 	return writeJSON(w, http.StatusCreated, container.ExecCreateResponse{ID: x.id})
 }
 
@@ -257,7 +257,7 @@ func (e *Engine) execProcess(ctx context.Context, cc containerd.Container, task 
 		e.execs.mu.Lock()
 		x.proc, x.running, x.pid = proc, true, int(proc.Pid())
 		e.execs.mu.Unlock()
-		e.containerEvent(execAction(events.ActionExecStart, o.Args), x.c.rec, map[string]string{"execID": x.id})
+		e.containerEvent(execAction(events.ActionExecStart, o.Args), e.recOf(x.c), map[string]string{"execID": x.id})
 	}
 	var st containerd.ExitStatus
 	select {
@@ -303,7 +303,7 @@ func (e *Engine) execEnded(x *execInst, code int) {
 		t.ended = append(t.ended[:0], t.ended[len(t.ended)-execsKept:]...)
 	}
 	e.execs.mu.Unlock()
-	e.containerEvent(events.ActionExecDie, x.c.rec, map[string]string{"execID": x.id, "exitCode": strconv.Itoa(code)})
+	e.containerEvent(events.ActionExecDie, e.recOf(x.c), map[string]string{"execID": x.id, "exitCode": strconv.Itoa(code)})
 }
 
 // execInspect is GET /exec/{id}/json.

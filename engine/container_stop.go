@@ -42,7 +42,7 @@ func containerStop(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if err := e.stopContainer(r.Context(), c, sig, timeout); err != nil {
 		return err
 	}
-	e.containerEvent(events.ActionStop, c.rec, nil)
+	e.containerEvent(events.ActionStop, e.recOf(c), nil)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -75,7 +75,7 @@ func containerKill(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		}
 		return err
 	}
-	e.containerEvent(events.ActionKill, c.rec, map[string]string{"signal": strconv.Itoa(int(sig))})
+	e.containerEvent(events.ActionKill, e.recOf(c), map[string]string{"signal": strconv.Itoa(int(sig))})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
