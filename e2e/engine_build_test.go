@@ -1,6 +1,12 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -199,13 +205,26 @@ func buildSources(t *testing.T, d *dockerCLI, eng *engineProc, rt string) {
 
 // buildUserFiles: an image (or a runc container) whose /etc/passwd is a FIFO does not hang the
 // engine when a user name is resolved: the create or exec is refused, and the engine answers.
+// The image is busybox with a layer of its own added (a gVisor build sandbox keeps a FIFO a
+// RUN step makes inside the sandbox: it never reaches the layer).
 func buildUserFiles(t *testing.T, d *dockerCLI, rt string) {
 	dir := t.TempDir()
-	buildWrite(t, dir, "Dockerfile", "FROM busybox\nRUN rm /etc/passwd && mkfifo /etc/passwd\nUSER nobody\n")
-	d.ok("build", "-t", "fifo-passwd:1", dir)
-	r := d.run("", "run", "--rm", "fifo-passwd:1", "id")
-	if r.code == 0 || !strings.Contains(r.stderr, "/etc/passwd is not a regular file") {
-		t.Errorf("docker run of an image whose /etc/passwd is a FIFO: exit %d; want refused\n%s\n%s", r.code, r.stdout, r.stderr)
+	d.ok("save", "-o", filepath.Join(dir, "bb.tar"), "busybox")
+	fifo := &bytes.Buffer{}
+	tw := tar.NewWriter(fifo)
+	tw.WriteHeader(&tar.Header{Name: "etc/passwd", Typeflag: tar.TypeFifo, Mode: 0o644})
+	tw.Close()
+	engineAddLayer(t, filepath.Join(dir, "bb.tar"), filepath.Join(dir, "fifo.tar"), "fifo-passwd:1", fifo.Bytes(), "nobody")
+	d.ok("load", "-i", filepath.Join(dir, "fifo.tar"))
+	done := make(chan result, 1)
+	go func() { done <- d.run("", "run", "--rm", "fifo-passwd:1", "id") }()
+	select {
+	case r := <-done:
+		if r.code == 0 || !strings.Contains(r.stderr, "/etc/passwd is not a regular file") {
+			t.Errorf("docker run of an image whose /etc/passwd is a FIFO: exit %d; want refused\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("docker run of an image whose /etc/passwd is a FIFO hangs")
 	}
 	if rt != "runc" {
 		return // under gVisor what the container writes stays in its sandbox
@@ -213,8 +232,74 @@ func buildUserFiles(t *testing.T, d *dockerCLI, rt string) {
 	d.ok("run", "-d", "--name", "fifo-exec", "busybox", "sleep", "300")
 	defer d.run("", "rm", "-f", "fifo-exec")
 	d.ok("exec", "fifo-exec", "sh", "-c", "rm /etc/passwd && mkfifo /etc/passwd")
-	r = d.run("", "exec", "-u", "nobody", "fifo-exec", "id")
+	r := d.run("", "exec", "-u", "nobody", "fifo-exec", "id")
 	if r.code == 0 || !strings.Contains(r.stderr, "/etc/passwd is not a regular file") {
 		t.Errorf("docker exec -u nobody in a container whose /etc/passwd became a FIFO: exit %d; want refused\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// engineAddLayer writes to out the image of `docker save` archive in with one more
+// (uncompressed) layer and USER user, named tag, as a docker-archive (manifest.json) tar.
+func engineAddLayer(t *testing.T, in, out, tag string, layer []byte, user string) {
+	t.Helper()
+	f, err := os.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	files := map[string][]byte{}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			b, _ := io.ReadAll(tr)
+			files[h.Name] = b
+		}
+	}
+	var manifest []struct {
+		Config string
+		Layers []string
+	}
+	if err := json.Unmarshal(files["manifest.json"], &manifest); err != nil || len(manifest) != 1 {
+		t.Fatalf("the saved archive's manifest.json: %v %s", err, files["manifest.json"])
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(files[manifest[0].Config], &cfg); err != nil {
+		t.Fatal(err)
+	}
+	sum := func(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
+	lsum := sum(layer)
+	rootfs := cfg["rootfs"].(map[string]any)
+	rootfs["diff_ids"] = append(rootfs["diff_ids"].([]any), "sha256:"+lsum)
+	cfg["config"].(map[string]any)["User"] = user
+	delete(cfg, "history")
+	cb, _ := json.Marshal(cfg)
+	csum := sum(cb)
+	mb, _ := json.Marshal([]map[string]any{{"Config": "blobs/sha256/" + csum, "RepoTags": []string{tag},
+		"Layers": append(manifest[0].Layers, "blobs/sha256/"+lsum)}})
+	o, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	tw := tar.NewWriter(o)
+	put := func(name string, b []byte) {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg})
+		tw.Write(b)
+	}
+	for _, l := range manifest[0].Layers {
+		put(l, files[l])
+	}
+	put("blobs/sha256/"+lsum, layer)
+	put("blobs/sha256/"+csum, cb)
+	put("manifest.json", mb)
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -195,7 +195,7 @@ func TestEngineNetwork(t *testing.T) {
 				}
 				// --add-host: host-gateway is the ports address, where pub answers.
 				out := d.ok("run", "--rm", "--add-host", "db.local:10.1.2.3", "--add-host", "host.docker.internal:host-gateway", "busybox", "sh", "-c",
-					"cat /etc/hosts; wget -q -T 10 -O- http://host.docker.internal:8080/")
+					"cat /etc/hosts; timeout 10 wget -O /tmp/o http://host.docker.internal:8080/ 2>/dev/null && cat /tmp/o")
 				if !strings.Contains(out, "10.1.2.3\tdb.local\n") || !strings.Contains(out, ports.String()+"\thost.docker.internal\n") || !strings.Contains(out, "hello-pub\n") {
 					t.Errorf("--add-host: %q", out)
 				}
