@@ -161,7 +161,11 @@ func (e *Engine) startContainer(ctx context.Context, c *ctr) error {
 	e.workers.Add(1)
 	go e.watch(c, task, statusC, rec)
 	if rec0.State.Health != nil {
-		go e.healthLoop(c, cc, task, seq)
+		e.workers.Add(1) // while the watcher's count holds the group open
+		go func() {
+			defer e.workers.Done()
+			e.healthLoop(c, cc, task, seq)
+		}()
 	}
 	if serr != nil {
 		// Followed all the same: the record is written again at the end.

@@ -82,7 +82,16 @@ func (e *Engine) maybeRestart(c *ctr, code int, ran time.Duration) {
 	delay := restartDelay(c.restartStreak)
 	c.restartStreak++
 	e.mu.Unlock()
-	time.AfterFunc(delay, func() {
+	// A worker (maybeRestart runs in the watcher, itself one): Close waits for it, and a
+	// restart never starts a task in a namespace being destroyed.
+	e.workers.Add(1)
+	go func() {
+		defer e.workers.Done()
+		select {
+		case <-time.After(delay):
+		case <-e.bg.Done():
+			return
+		}
 		e.mu.Lock()
 		skip := c.removing || c.removed || c.rec.State.ManuallyStopped || c.running() || c.starting || e.bg.Err() != nil
 		if !skip {
@@ -96,5 +105,5 @@ func (e *Engine) maybeRestart(c *ctr, code int, ran time.Duration) {
 		if err := e.startContainer(e.bg, c); err != nil && err != errNotModified {
 			fmt.Fprintf(os.Stderr, "moatc engine: warning: restarting %s (--restart %s): %v\n", c.rec.Name, hc.RestartPolicy.Name, err)
 		}
-	})
+	}()
 }
