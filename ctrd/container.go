@@ -47,6 +47,9 @@ type Container struct {
 	// fails on either there. Memory and CPUs cannot be honoured and are refused; Pids is
 	// kept where it needs no cgroup (gVisor's RLIMIT_NPROC) and dropped under runc.
 	Rootless bool
+
+	// users are the container's passwd and group once read (CreateContainer sets it).
+	users *userFiles
 }
 
 // InitPath is where Container.Init is mounted in the container.
@@ -54,6 +57,7 @@ const InitPath = "/sbin/moatc-init"
 
 // CreateContainer creates the container and its rootfs snapshot, both labelled with the run.
 func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.Container, error) {
+	s.users = &userFiles{}
 	spec, err := s.specOpts()
 	if err != nil {
 		return nil, err
@@ -75,7 +79,7 @@ func (c *Client) CreateContainer(ctx context.Context, s Container) (containerd.C
 		containerd.WithImage(s.Image),
 		containerd.WithSnapshotter(s.Snapshotter),
 		containerd.WithNewSnapshot(s.ID, s.Image, snapshots.WithLabels(labels)),
-		containerd.WithNewSpec(append([]oci.SpecOpts{checkUserFiles(s.Image), oci.WithImageConfig(s.Image)}, spec...)...),
+		containerd.WithNewSpec(append([]oci.SpecOpts{checkUserFiles(s.Image, s.users), oci.WithImageConfig(s.Image)}, spec...)...),
 	}, rtOpts...)
 	lctx, done, err := c.OwnedLease(ctx)
 	if err != nil {
@@ -124,7 +128,7 @@ func (s Container) specOpts() ([]oci.SpecOpts, error) {
 		spec = append(spec, oci.WithProcessCwd(s.Cwd))
 	}
 	if s.User != "" {
-		spec = append(spec, WithUser(s.User))
+		spec = append(spec, withUser(s.User, s.users))
 	}
 	if s.TTY {
 		spec = append(spec, oci.WithTTY)

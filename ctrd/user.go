@@ -27,8 +27,16 @@ const userFileMax = 4 << 20
 // through an os.Root (no link out of the root file system) and only when they are regular
 // files: a FIFO at /etc/passwd would block the open for ever, holding the temporary mount.
 func WithUser(spec string) oci.SpecOpts {
+	return withUser(spec, nil)
+}
+
+// withUser is WithUser reading the files through files (nil: its own).
+func withUser(spec string, files *userFiles) oci.SpecOpts {
+	if files == nil {
+		files = &userFiles{}
+	}
 	return func(ctx context.Context, client oci.Client, c *containers.Container, s *specs.Spec) error {
-		passwd, group, err := readUserFiles(ctx, client, c)
+		passwd, group, err := files.get(ctx, client, c)
 		if err != nil {
 			return err
 		}
@@ -45,6 +53,24 @@ func WithUser(spec string) oci.SpecOpts {
 		}
 		return nil
 	}
+}
+
+// userFiles are a container's /etc/passwd and /etc/group, read once from its snapshot for all
+// the spec options of one create that need them (checkUserFiles, withUser).
+type userFiles struct {
+	read          bool
+	passwd, group []byte
+}
+
+func (u *userFiles) get(ctx context.Context, client oci.Client, c *containers.Container) ([]byte, []byte, error) {
+	if !u.read {
+		p, g, err := readUserFiles(ctx, client, c)
+		if err != nil {
+			return nil, nil, err
+		}
+		u.passwd, u.group, u.read = p, g, true
+	}
+	return u.passwd, u.group, nil
 }
 
 // readUserFiles reads container c's /etc/passwd and /etc/group from its snapshot (see
@@ -74,13 +100,13 @@ func readUserFiles(ctx context.Context, client oci.Client, c *containers.Contain
 // checkUserFiles goes before containerd's oci.WithImageConfig, which resolves the image's
 // USER with containerd's own reading of /etc/passwd and /etc/group: an image whose files
 // are not regular (a FIFO would block that read for ever) is refused first.
-func checkUserFiles(img containerd.Image) oci.SpecOpts {
+func checkUserFiles(img containerd.Image, files *userFiles) oci.SpecOpts {
 	return func(ctx context.Context, client oci.Client, c *containers.Container, _ *specs.Spec) error {
 		cfg, err := img.Spec(ctx)
 		if err != nil || cfg.Config.User == "" {
 			return nil // oci.WithImageConfig reports a config it cannot read
 		}
-		_, _, err = readUserFiles(ctx, client, c)
+		_, _, err = files.get(ctx, client, c)
 		return err
 	}
 }

@@ -333,6 +333,23 @@ func TestEngineExec(t *testing.T) {
 					t.Errorf("container diff must be 501: %+v", r)
 				}
 				d.ok("rm", "rn-b", "rn-c")
+
+				// moatc.* labels are the workload's in its record only: containerd's labels
+				// (the name moatc finds containers by after a restart, the run) stay moatc's.
+				id := strings.TrimSpace(d.ok("create", "--name", "rl", "--label", "moatc.engine.name=evil", "--label", "moatc.run-id=evil", "--label", "mine=1", "busybox", "true"))
+				if out := d.ok("inspect", "-f", "{{index .Config.Labels \"moatc.engine.name\"}}", "rl"); out != "evil\n" {
+					t.Errorf("the record lost the workload's label: %q", out)
+				}
+				info, err := exec.Command(filepath.Join(prefix, "bin", "ctr"), "-a", filepath.Join(home, "containerd", "containerd.sock"), "-n", "moatc-engine-exec-e2e-"+rt, "containers", "info", id).Output()
+				if err != nil {
+					t.Fatalf("ctr containers info %s: %v", id, err)
+				}
+				var ci struct{ Labels map[string]string }
+				decodeJSON(t, string(info), &ci)
+				if ci.Labels["moatc.engine.name"] != "rl" || ci.Labels["moatc.run-id"] == "evil" || ci.Labels["mine"] != "1" {
+					t.Errorf("containerd's labels of a container created with moatc.* labels: %v", ci.Labels)
+				}
+				d.ok("rm", "rl")
 			})
 
 			t.Run("prune", func(t *testing.T) {

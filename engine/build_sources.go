@@ -18,7 +18,6 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
 	spb "github.com/moby/buildkit/sourcepolicy/pb"
-	"github.com/moby/moby/api/types/events"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -114,7 +113,7 @@ func (a argEnv) Get(k string) (string, bool) { v, ok := a[k]; return v, ok }
 func (a argEnv) Keys() []string              { return slices.Collect(maps.Keys(a)) }
 
 // pullBaseImages pulls the images the Dockerfile names that the engine lacks (all of them with
-// `--pull`), as `docker pull` would: through checkRegistry, without credentials.
+// `--pull`), as `docker pull` would (Engine.pull), without credentials.
 func (e *Engine) pullBaseImages(ctx context.Context, refs []string, always bool, out *jsonStream) error {
 	is := e.cfg.Client.ImageService()
 	for _, ref := range refs {
@@ -133,14 +132,10 @@ func (e *Engine) pullBaseImages(ctx context.Context, refs []string, always bool,
 		} else if made {
 			continue
 		}
-		if err := e.checkRegistry(ctx, reference.Domain(named)); err != nil {
-			return fmt.Errorf("pulling %s for the build: %w", reference.FamiliarString(named), err)
-		}
 		out.Write([]byte("pulling " + reference.FamiliarString(named) + " for the build\n"))
-		if _, err := e.cfg.Client.Pull(ctx, named.String(), e.cfg.Snapshotter, nil, e.pullOpts()...); err != nil {
+		if _, err := e.pull(ctx, named, nil, nil); err != nil {
 			return fmt.Errorf("pulling %s for the build: %w", reference.FamiliarString(named), unwrapPull(err))
 		}
-		e.emit(events.ImageEventType, events.ActionPull, reference.FamiliarString(named), map[string]string{"name": reference.FamiliarString(named)})
 	}
 	return nil
 }

@@ -16,12 +16,9 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
-	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/api/types/registry"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
-	"github.com/moatc/moatc/ctrd"
 )
 
 func init() {
@@ -74,9 +71,6 @@ func imageCreate(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	if done, err := e.pullReaperImage(w, r, named); done || err != nil {
 		return err
 	}
-	if err := e.checkRegistry(r.Context(), reference.Domain(named)); err != nil {
-		return err
-	}
 	creds, err := registryCreds(r.Header.Get(registry.AuthHeader))
 	if err != nil {
 		return err
@@ -89,17 +83,17 @@ func imageCreate(e *Engine, w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	go p.poll(ctx)
-	opts := e.pullOpts()
-	if creds != nil {
-		opts = append(opts, ctrd.WithCredentials(creds))
-	}
-	img, err := e.cfg.Client.Pull(ctx, named.String(), e.cfg.Snapshotter, p.seen, opts...)
+	img, err := e.pull(ctx, named, p.seen, creds)
 	cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.done = true
 	if err != nil {
 		if !p.started {
+			var ae *apiError
+			if errors.As(err, &ae) {
+				return ae // refused before any registry was asked
+			}
 			if errdefs.IsNotFound(err) {
 				return notFound("pull access denied for %s, repository does not exist or may require 'docker login': %v", reference.FamiliarName(named), err)
 			}
@@ -123,12 +117,16 @@ func imageCreate(e *Engine, w http.ResponseWriter, r *http.Request) error {
 		status = "Status: Image is up to date for " + reference.FamiliarString(named)
 	}
 	p.send(streamMessage{Status: status})
-	e.emit(events.ImageEventType, events.ActionPull, reference.FamiliarString(named), map[string]string{"name": reference.FamiliarString(named)})
 	return nil
 }
 
-// unwrapPull drops ctrd's "pulling NAME: " in front, as the answer says it already.
+// unwrapPull drops ctrd's "pulling NAME: " in front, as the answer says it already; the
+// engine's own refusals (checkRegistry's) are answers as they are.
 func unwrapPull(err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
 	if u := errors.Unwrap(err); u != nil {
 		return u
 	}

@@ -7,7 +7,11 @@ import (
 	"net/netip"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/distribution/reference"
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moby/moby/api/types/events"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Pulls run in containerd, on the host's network, not the run's: the run's rules do not apply
@@ -75,17 +79,32 @@ func (e *Engine) checkRegistry(ctx context.Context, domain string) error {
 	return nil
 }
 
-// pullOpts are the options of every pull of the engine: unless private registries are allowed,
-// each connection is checked as it is made, so a registry name that resolves anew (DNS
-// rebinding) or a redirect to an internal address does not get past checkRegistry.
-func (e *Engine) pullOpts() []ctrd.PullOpt {
-	if e.cfg.PrivateRegistries {
-		return nil
+// pull fetches named into the engine's namespace as a run's engine may: checkRegistry first,
+// then, unless private registries are allowed, every connection checked as it is made, so a
+// registry name that resolves anew (DNS rebinding) or a redirect to an internal address does
+// not get past it. seen (if set) is told of each blob; creds (if set) answer the registry.
+// Every pull of the engine (docker pull, a build's base images) goes through here.
+func (e *Engine) pull(ctx context.Context, named reference.Named, seen func(ocispec.Descriptor), creds func(string) (string, string, error)) (containerd.Image, error) {
+	if err := e.checkRegistry(ctx, reference.Domain(named)); err != nil {
+		return nil, err
 	}
-	return []ctrd.PullOpt{ctrd.WithDialCheck(func(a netip.Addr) error {
-		if internalAddr(a) {
-			return fmt.Errorf("moatc refuses to connect to %s for a pull: an address on the host or an internal network is closed to runs", a)
-		}
-		return nil
-	})}
+	var opts []ctrd.PullOpt
+	if !e.cfg.PrivateRegistries {
+		opts = append(opts, ctrd.WithDialCheck(func(a netip.Addr) error {
+			if internalAddr(a) {
+				return fmt.Errorf("moatc refuses to connect to %s for a pull: an address on the host or an internal network is closed to runs", a)
+			}
+			return nil
+		}))
+	}
+	if creds != nil {
+		opts = append(opts, ctrd.WithCredentials(creds))
+	}
+	img, err := e.cfg.Client.Pull(ctx, named.String(), e.cfg.Snapshotter, seen, opts...)
+	if err != nil {
+		return nil, err
+	}
+	name := reference.FamiliarString(named)
+	e.emit(events.ImageEventType, events.ActionPull, name, map[string]string{"name": name})
+	return img, nil
 }

@@ -25,7 +25,7 @@ func checkRestartPolicy(hc *container.HostConfig) error {
 	if err := container.ValidateRestartPolicy(hc.RestartPolicy); err != nil {
 		return invalid("%v", err)
 	}
-	if hc.AutoRemove && !hc.RestartPolicy.IsNone() && hc.RestartPolicy.Name != "" {
+	if hc.AutoRemove && !hc.RestartPolicy.IsNone() {
 		return invalid("conflicting options: cannot specify both --restart and --rm")
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -142,6 +143,6 @@ func dirEmpty(dir string) bool {
 func clearDir(dir string) {
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
-		os.RemoveAll(dir + "/" + e.Name())
+		os.RemoveAll(filepath.Join(dir, e.Name()))
 	}
 }

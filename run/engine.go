@@ -311,15 +311,11 @@ func (m *Manager) removeHostContainers(ctx context.Context, id string) error {
 	if err != nil || !slices.Contains(names, HostNamespace) {
 		return err
 	}
-	c, err := ctrd.Connect(ctx, ctrd.Options{Address: m.Conn.Address, Namespace: HostNamespace, Daemon: m.Conn.Daemon})
+	c, owned, err := m.hostContainers(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	owned, err := c.Owned(ctx)
-	if err != nil {
-		return err
-	}
 	for ctr, run := range owned {
 		if run == id {
 			if _, err := c.RemoveContainer(ctx, ctr); err != nil {
@@ -328,6 +324,21 @@ func (m *Manager) removeHostContainers(ctx context.Context, id string) error {
 		}
 	}
 	return nil
+}
+
+// hostContainers connects to the shared docker:host namespace and lists the run each of its
+// containers belongs to. The caller closes the client.
+func (m *Manager) hostContainers(ctx context.Context) (*ctrd.Client, map[string]string, error) {
+	c, err := ctrd.Connect(ctx, ctrd.Options{Address: m.Conn.Address, Namespace: HostNamespace, Daemon: m.Conn.Daemon})
+	if err != nil {
+		return nil, nil, err
+	}
+	owned, err := c.Owned(ctx)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, owned, nil
 }
 
 // cleanEngines removes the dind namespaces of runs that are not active (their record gone).
@@ -366,15 +377,11 @@ func (m *Manager) cleanEngines(ctx context.Context, rep *CleanReport, active map
 // cleanHostContainers removes the containers in the shared docker:host namespace of runs that
 // are not active (a supervisor killed with -9 whose record is gone too); images stay.
 func (m *Manager) cleanHostContainers(ctx context.Context, rep *CleanReport, active map[string]bool, dry bool) error {
-	c, err := ctrd.Connect(ctx, ctrd.Options{Address: m.Conn.Address, Namespace: HostNamespace, Daemon: m.Conn.Daemon})
+	c, owned, err := m.hostContainers(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	owned, err := c.Owned(ctx)
-	if err != nil {
-		return err
-	}
 	for ctr, id := range owned {
 		if active[id] {
 			continue
