@@ -8,16 +8,19 @@ BIN := bin/moatc
 
 all: build
 
-# moatc-reaper (testcontainers' reaper, see docs/engine-api.md) is static: it is an image's
-# only file. The engine finds it next to moatc.
+# moatc-reaper (testcontainers' reaper, see docs/engine-api.md) and moatc-pause (the idle
+# process of a warm pool's sandbox, see docs/performance.md) are static: each is the only file
+# of a root. moatc finds them next to itself.
 build:
 	$(GO) build -o $(BIN) ./cmd/moatc
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/moatc-reaper ./cmd/moatc-reaper
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/moatc-pause ./cmd/moatc-pause
 
 # The moatc binary goes into the prefix too, so one PATH entry finds everything.
 install: build
 	install -m 0755 $(BIN) $(PREFIX)/bin/moatc
 	install -m 0755 bin/moatc-reaper $(PREFIX)/bin/moatc-reaper
+	install -m 0755 bin/moatc-pause $(PREFIX)/bin/moatc-pause
 
 # Installs what is missing into $(PREFIX): Debian packages; containerd, runsc, moatc's gVisor
 # shim and buildkitd built from the Go module proxy at pinned versions. Idempotent.

@@ -309,12 +309,21 @@ func (m *Manager) checkSetup(runID string, o Options) (string, []Port, error) {
 // build makes the kernel side of a run's allocated network: netns, CNI ADD, IPv6 off on the
 // host's side, moatc's own services, the firewall rules.
 func (m *Manager) build(ctx context.Context, fw firewall, rec *record, o Options) (err error) {
-	runID := rec.RunID
 	release, err := fw.hold()
 	if err != nil {
 		return err
 	}
 	defer release()
+	if err := m.link(ctx, rec); err != nil {
+		return err
+	}
+	return m.open(ctx, fw, rec, o)
+}
+
+// link makes the netns of an allocated network and connects it (CNI ADD), IPv6 off on the
+// host's side. Call it between fw.hold and its release.
+func (m *Manager) link(ctx context.Context, rec *record) error {
+	runID := rec.RunID
 	if err := createNetNS(netnsPath(runID)); err != nil {
 		return fmt.Errorf("creating netns %s: %w", netnsPath(runID), err)
 	}
@@ -339,6 +348,12 @@ func (m *Manager) build(ctx context.Context, fw firewall, rec *record, o Options
 			return err
 		}
 	}
+	return nil
+}
+
+// open starts moatc's services for the network and puts its rules in. Call it between
+// fw.hold and its release.
+func (m *Manager) open(ctx context.Context, fw firewall, rec *record, o Options) (err error) {
 	if o.Listen != nil {
 		if rec.Services, err = o.Listen(rec.Gateway); err != nil {
 			return err

@@ -35,9 +35,12 @@ type record struct {
 	// Outside: made by a rootless moatc; what its rules close of the host beyond the namespace.
 	Outside *Outside `json:"outside,omitempty"`
 	// Shared: another program (BuildKit) attaches containers; IPAM hands out .2 to .254.
-	Shared  bool      `json:"shared,omitempty"`
-	Created time.Time `json:"created"`
-	PID     int       `json:"pid"`
+	Shared bool `json:"shared,omitempty"`
+	// Prepared: made ahead of its run (a warm pool's member) and not yet finished for one: it
+	// has no ports, services or rules, and its hostname is its id.
+	Prepared bool      `json:"prepared,omitempty"`
+	Created  time.Time `json:"created"`
+	PID      int       `json:"pid"`
 }
 
 func (m *Manager) runsDir() string             { return filepath.Join(m.cfg.StateDir, "runs") }

@@ -117,7 +117,7 @@ func TestSettingsRefuseTheWrongType(t *testing.T) {
 	}
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	os.WriteFile(p, []byte("address: unix:///run/x.sock\nnamespace: ns\npool: 10.1.0.0/16\n"), 0o600)
-	if s, err := LoadSettings(p); err != nil || s.Address != "/run/x.sock" || s.Namespace != "ns" || s.Pool != "10.1.0.0/16" {
+	if s, err := LoadSettings(p); err != nil || s.Address != "/run/x.sock" || s.Namespace != "ns" || s.NetworkPool != "10.1.0.0/16" {
 		t.Errorf("%+v %v", s, err)
 	}
 	if s, err := LoadSettings(filepath.Join(t.TempDir(), "none.yaml")); err != nil || *s != (Settings{}) {

@@ -18,6 +18,8 @@ const (
 	LabelRole  = "moatc.role"
 	// RoleWorkload is the run's main container.
 	RoleWorkload = "workload"
+	// RolePool is a warm pool's idle gVisor sandbox, booted ahead of the run that takes it.
+	RolePool = "pool"
 	// DefaultNamespace is the containerd namespace moatc works in.
 	DefaultNamespace = "moatc"
 )

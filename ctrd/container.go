@@ -47,6 +47,9 @@ type Container struct {
 	// fails on either there. Memory and CPUs cannot be honoured and are refused; Pids is
 	// kept where it needs no cgroup (gVisor's RLIMIT_NPROC) and dropped under runc.
 	Rootless bool
+	// Sandbox, under gVisor, is a booted sandbox (a warm pool's, see CreateSandbox) that this
+	// container is started in, as its second container, instead of booting one of its own.
+	Sandbox string
 
 	// users are the container's passwd and group once read (CreateContainer sets it).
 	users *userFiles

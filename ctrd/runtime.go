@@ -266,8 +266,14 @@ func (g GVisor) configPath(cfg string) string {
 func (GVisor) SpecOpts(c Container) []oci.SpecOpts {
 	// The shim wires the container's stdio to `runsc create` only for a sandbox container;
 	// without this annotation a non-CRI container's IO is never connected and it hangs.
-	return append([]oci.SpecOpts{oci.WithAnnotations(map[string]string{"io.kubernetes.cri.container-type": "sandbox"})},
-		gvisorHardening(c)...)
+	typ := map[string]string{"io.kubernetes.cri.container-type": "sandbox"}
+	if c.Sandbox != "" {
+		// A second container of a booted sandbox: runsc finds the sandbox by its id in the
+		// state root (the same runsc config, so the same root), and the shim hands the IO to
+		// `runsc start`.
+		typ = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": c.Sandbox}
+	}
+	return append([]oci.SpecOpts{oci.WithAnnotations(typ)}, gvisorHardening(c)...)
 }
 
 // findBinary looks in the prefix's bin, then PATH.

@@ -51,13 +51,19 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	// moatc-reaper goes next to moatc, where the engine finds it (testcontainers' reaper image).
-	reaper := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(home, "moatc-reaper"), "./cmd/moatc-reaper")
-	reaper.Dir, reaper.Env = repo, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := reaper.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building moatc-reaper: %v\n%s", err, out)
-		return 1
+	// moatc-pause too: a warm pool sandbox's only process.
+	for _, name := range []string{"moatc-reaper", "moatc-pause"} {
+		b := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(home, name), "./cmd/"+name)
+		b.Dir, b.Env = repo, append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := b.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", name, err, out)
+			return 1
+		}
 	}
 	moatc = bin
+	// Runs start cold unless a test turns the warm pool on (pool_test.go): the other tests
+	// count what a run leaves, and their homes must not gain background fills.
+	os.Setenv("MOATC_WARM_POOL", "0")
 	os.Setenv("MOATC_HOME", home)
 	os.Setenv("MOATC_PREFIX", prefix)
 	os.Unsetenv("MOATC_CONTAINERD_ADDRESS")

@@ -84,6 +84,7 @@ func (m *Manager) Restart(ctx context.Context, ref string, grace time.Duration) 
 		r.Started, r.Finished, r.Pid, r.IP, r.Gateway, r.Ports = nil, nil, 0, "", "", nil
 		r.Spec.Detach, r.Spec.Interactive, r.Spec.TTY = true, false, false
 		r.Restarts++
+		r.Warm, r.Sandbox = false, "" // the warm sandbox went with the previous task
 		r.Supervisor = state.Self()
 		return nil
 	})

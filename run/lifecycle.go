@@ -83,6 +83,11 @@ func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
+		if r.Sandbox != "" {
+			if err := m.removeSandbox(ctx, r.ID); err != nil {
+				return err
+			}
+		}
 		if err := mounts.Unpin(m.pinDir(r.ID)); err != nil {
 			return err
 		}
@@ -320,6 +325,9 @@ func (m *Manager) removeLeftovers(ctx context.Context, id, containerID, docker s
 	if _, err := c.RemoveContainer(ctx, containerID); err != nil {
 		return err
 	}
+	if err := m.removeSandbox(ctx, id); err != nil {
+		return err
+	}
 	return c.RemoveSnapshot(ctx, snapshot.Default(), containerID)
 }
 
@@ -343,12 +351,19 @@ type CleanReport struct {
 	// killed half-way), and BuildKit's temporary leases once no build runs.
 	Leases      []string `json:"leases"`
 	BuildLeases []string `json:"build_leases"`
+	// Pool lists the warm pool's members removed (no run held them).
+	Pool []string `json:"pool"`
 }
 
 // Clean removes finished runs and whatever moatc created that no run record accounts for.
 func (m *Manager) Clean(ctx context.Context, dry bool) (*CleanReport, error) {
 	rep := &CleanReport{Runs: []string{}, Networks: []string{}, Containers: []string{}, Snapshots: []string{}, Sandboxes: []string{}, Namespaces: []string{},
-		Leases: []string{}, BuildLeases: []string{}}
+		Leases: []string{}, BuildLeases: []string{}, Pool: []string{}}
+	// The warm pool goes first (clean leaves nothing idle behind); the sweeps below then find
+	// what a killed fill left that no member record names.
+	if err := m.drainPool(ctx, rep, dry); err != nil {
+		return rep, err
+	}
 	active, err := m.cleanRuns(ctx, rep, dry)
 	if err != nil {
 		return rep, err

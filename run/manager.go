@@ -28,6 +28,7 @@ import (
 	"github.com/moatc/moatc/ctrd"
 	"github.com/moatc/moatc/internal/atomicfile"
 	mountpin "github.com/moatc/moatc/mounts"
+	"github.com/moatc/moatc/pool"
 	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/snapshot"
 	"github.com/moatc/moatc/state"
@@ -46,6 +47,8 @@ type Manager struct {
 	// StartEngine starts the Docker engine of a docker-mode run (engine.Engine; see
 	// EngineSpec). Nil refuses such runs.
 	StartEngine func(ctx context.Context, s EngineSpec) (DockerEngine, error)
+	// Pool holds warm starts; nil starts every run cold.
+	Pool *pool.Pool
 
 	mu     sync.Mutex
 	client *ctrd.Client
@@ -61,6 +64,8 @@ type Request struct {
 	// Deps, when set, makes the image from declared dependencies (built once per distinct
 	// list); Spec.Image is then ignored.
 	Deps *Deps
+	// Cold starts the run without the warm pool (--cold).
+	Cold bool
 }
 
 // Stdio connects a foreground run to the caller's terminal or pipes. In nil means no stdin.
@@ -167,8 +172,12 @@ func (m *Manager) Start(ctx context.Context, req Request, stdio Stdio) (*state.R
 		return nil, 0, err
 	}
 	req.Spec.Image = img.Name()
-	r, err := m.record(c, req, buildLog)
+	member := m.claim(ctx, req)
+	r, err := m.record(c, req, buildLog, member)
 	if err != nil {
+		if member != nil {
+			m.Pool.GiveBack(member)
+		}
 		return nil, 0, err
 	}
 	if req.Spec.Detach {
@@ -221,13 +230,20 @@ func (m *Manager) check(ctx context.Context, req Request) error {
 	return nil
 }
 
-// record writes the new run's record, picking a free default name.
-func (m *Manager) record(c *ctrd.Client, req Request, buildLog string) (*state.Run, error) {
+// record writes the new run's record, picking a free default name. A run that took a warm
+// pool's member takes its id; the member is the run's from then on.
+func (m *Manager) record(c *ctrd.Client, req Request, buildLog string, member *pool.Member) (*state.Run, error) {
 	id := state.NewID()
+	if member != nil {
+		id = member.ID
+	}
 	r := &state.Run{
 		ID: id, Name: req.Name, Workspace: req.Workspace, Spec: req.Spec, State: state.Created,
 		ContainerID: "moatc-" + id, Namespace: c.Namespace, Address: c.Address,
 		Created: time.Now().UTC(), Supervisor: state.Self(),
+	}
+	if member != nil {
+		r.Warm, r.Sandbox = true, member.Sandbox
 	}
 	var err error
 	// A default name carries 4 digits of the id; when another run has them too, more.
@@ -249,6 +265,12 @@ func (m *Manager) record(c *ctrd.Client, req Request, buildLog string) (*state.R
 	if buildLog != "" {
 		// The run's directory keeps the log of the build that made its image.
 		os.Link(buildLog, filepath.Join(m.Store.Dir(r.ID), "build.log"))
+	}
+	if member != nil {
+		// The run's record now accounts for the member's sandbox and network.
+		if err := m.Pool.Forget(member.ID); err != nil {
+			fmt.Fprintf(os.Stderr, "moatc: warning: %v\n", err)
+		}
 	}
 	return r, nil
 }
@@ -346,10 +368,17 @@ func (m *Manager) launch(ctx context.Context, r *state.Run, img containerd.Image
 		c.RemoveContainer(l.bg, r.ContainerID)
 		return m.stoppedBeforeStart(r.ID, l.notify)
 	}
+	if err := <-l.hostReady; err != nil {
+		l.task.Delete(l.bg, containerd.WithProcessKill)
+		l.o.abort()
+		c.RemoveContainer(l.bg, r.ContainerID)
+		return l.failed(fmt.Errorf("%w; `moatc run --cold` starts without the warm pool", err), nil)
+	}
 	if err := l.start(ctx); err != nil {
 		return 0, err
 	}
 	l.notify(nil)
+	m.refill(r)
 	code, released, err := m.follow(l.bg, r, l.task, l.statusC, stdio.Console, l.o)
 	l.netReleased = released
 	return code, err
@@ -374,6 +403,8 @@ type launching struct {
 	task    containerd.Task
 	statusC <-chan containerd.ExitStatus
 	engine  *runEngine // a docker-mode run's
+	// hostReady says when a warm sandbox has the run's hostname (nil at once when cold).
+	hostReady chan error
 
 	netReleased bool
 }
@@ -396,6 +427,11 @@ func (l *launching) failed(err error, code *int) (int, error) {
 // and the mount pins.
 func (l *launching) cleanup() {
 	l.engine.end(l.bg)
+	if l.r.Sandbox != "" && !l.netReleased {
+		if err := l.m.removeSandbox(l.bg, l.r.ID); err != nil {
+			fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
+		}
+	}
 	if l.netUsed && !l.netReleased {
 		l.m.Net.Teardown(l.bg, l.r.ID)
 	}
@@ -478,12 +514,20 @@ func (l *launching) create(ctx context.Context) error {
 		netReady <- err
 		spec.Env = append(append([]string{}, spec.Env...), dockerEnv(l.nw)...)
 	}
+	l.hostReady = make(chan error, 1)
+	if r.Sandbox != "" {
+		// A warm sandbox has the pool's hostname; every container in it sees the sandbox's.
+		// Set while the container and its task are made; the task starts once it is.
+		go func() { l.hostReady <- l.c.SetHostname(ctx, r.Sandbox, pick(spec.Hostname, r.Name)) }()
+	} else {
+		l.hostReady <- nil
+	}
 	ctr, err := l.c.CreateContainer(ctx, ctrd.Container{
 		ID: r.ContainerID, RunID: r.ID, Role: ctrd.RoleWorkload, Image: l.img, Snapshotter: snapshot.Default(),
 		Runtime: m.Runtime(spec), Args: spec.Command, Env: spec.Env, Cwd: pick(spec.Workdir, "/workspace"), User: spec.User,
 		Mounts: l.specMts, TTY: spec.TTY, Hostname: pick(spec.Hostname, r.Name), Memory: spec.Memory, CPUs: spec.CPUs, Pids: spec.Pids,
 		NetNS: netns, CapAdd: spec.CapAdd, ReadOnly: spec.ReadOnly, Init: initBin, Labels: spec.Labels,
-		Rootless: rootless.Enabled(),
+		Rootless: rootless.Enabled(), Sandbox: r.Sandbox,
 	})
 	if netErr := <-netReady; err == nil && netErr != nil {
 		l.c.RemoveContainer(l.bg, r.ContainerID)
@@ -688,12 +732,20 @@ func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task,
 	// The task is gone: the network and the container are released side by side.
 	netDown := make(chan struct{})
 	go func() {
+		defer close(netDown)
+		if r.Sandbox != "" && m.releaseDetached(r.ID) {
+			return // the sandbox and the network go in a process of their own
+		}
+		if r.Sandbox != "" {
+			if err := m.removeSandbox(bg, r.ID); err != nil {
+				fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
+			}
+		}
 		if r.Spec.Network != "none" {
 			if err := m.Net.Release(bg, r.ID); err != nil {
 				fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
 			}
 		}
-		close(netDown)
 	}()
 	if _, err := c.RemoveContainer(bg, r.ContainerID); err != nil {
 		fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)
@@ -916,7 +968,12 @@ func (m *Manager) setupNetwork(ctx context.Context, r *state.Run, eg *egress) (*
 	if eg != nil {
 		o.Strict, o.Listen = eg.cfg.Policy.Strict, eg.listen
 	}
-	nw, err := m.Net.Setup(ctx, r.ID, o)
+	var nw *cni.Network
+	if r.Warm {
+		nw, err = m.Net.Finish(ctx, r.ID, o) // made ahead by the pool: the run's part only
+	} else {
+		nw, err = m.Net.Setup(ctx, r.ID, o)
+	}
 	if err != nil {
 		return nil, err
 	}

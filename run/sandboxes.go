@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/pool"
 	"github.com/moatc/moatc/state"
 )
 
@@ -19,6 +20,7 @@ import (
 var (
 	runContainerID   = regexp.MustCompile(`^moatc-[0-9a-f]{12}$`)
 	probeContainerID = regexp.MustCompile(`^moatc-probe-[a-z0-9-]+-([0-9]+)$`)
+	poolContainerID  = regexp.MustCompile(`^moatc-pool-[0-9a-f]{12}$`)
 )
 
 // probeGrace is how old a probe's sandbox must be to count as left over: a probe gives up
@@ -69,6 +71,12 @@ func (m *Manager) SweepSandboxes(ctx context.Context, dry bool) ([]string, error
 			continue
 		}
 		switch {
+		case poolContainerID.MatchString(id):
+			// A warm pool's: ready, or being made or used by a live process, it stays.
+			member, _ := pool.IsSandbox(id)
+			if active["moatc-"+member] || (m.Pool != nil && m.Pool.Live(member)) || (!s.Proven && !known["moatc-"+member]) {
+				continue
+			}
 		case runContainerID.MatchString(id):
 			if !s.Proven && !known[id] {
 				continue

@@ -42,6 +42,10 @@ func (m *Manager) StopStack(ctx context.Context, force bool) error {
 	if kit {
 		return m.stopRootless(ctx, runs)
 	}
+	// The warm pool's idle sandboxes would outlive containerd in their shims.
+	if err := m.drainPool(ctx, &CleanReport{}, false); err != nil {
+		return err
+	}
 	if err := m.StopBuilder(ctx, 10*time.Second); err != nil {
 		return err
 	}

@@ -125,6 +125,10 @@ type Run struct {
 	Started     *time.Time `json:"started,omitempty"`
 	Finished    *time.Time `json:"finished,omitempty"`
 	Restarts    int        `json:"restarts,omitempty"` // times `moatc restart` started it again
+	// Warm: the run took a warm pool's member (its network made ahead, and under gVisor its
+	// sandbox booted ahead: Sandbox, the container its own runs in, removed with the run).
+	Warm    bool   `json:"warm,omitempty"`
+	Sandbox string `json:"sandbox,omitempty"`
 	// Output says who writes the run's log: "shim" (its logger, `moatc _log`, started by the
 	// shim: the output outlives every moatc process) or "moatc" (the supervisor, for runs
 	// with stdin or a terminal).

@@ -137,7 +137,7 @@ Examples:
 			eventsCommand(), versionCommand(), completionCommand(),
 			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(),
 			topCommand(), statsCommand(), cpCommand(),
-			engineCommand(),
+			engineCommand(), poolCommand(),
 		}, agentCommands()...),
 		CommandNotFound: commandNotFound,
 	}
@@ -232,6 +232,7 @@ func setup(c *cli.Context) (*env, error) {
 		},
 		StartEngine: startRunEngine,
 	}
+	e.mgr.Pool = warmPool(c, home, prefix, addr, ns, cfg, e.mgr)
 	if err := e.mgr.Reconcile(c.Context); err != nil {
 		return nil, fmt.Errorf("reconciling runs: %w", err)
 	}
@@ -267,10 +268,10 @@ func runNetworks(home, prefix string, cfg *config.Settings, kit *rootless.Kit) (
 	if cfg.CNIConfDir != "" {
 		nc.ConfDir = cfg.CNIConfDir
 	}
-	if cfg.Pool != "" {
+	if cfg.NetworkPool != "" {
 		var err error
-		if nc.Pool, err = netip.ParsePrefix(cfg.Pool); err != nil {
-			return nil, fmt.Errorf("%s: pool %q is not an IPv4 prefix such as 10.213.0.0/16", filepath.Join(home, "config.yaml"), cfg.Pool)
+		if nc.Pool, err = netip.ParsePrefix(cfg.NetworkPool); err != nil {
+			return nil, fmt.Errorf("%s: pool %q is not an IPv4 prefix such as 10.213.0.0/16", filepath.Join(home, "config.yaml"), cfg.NetworkPool)
 		}
 	}
 	return cni.New(nc)

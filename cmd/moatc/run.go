@@ -58,6 +58,7 @@ func runFlags(agent bool) []cli.Flag {
 		&cli.BoolFlag{Name: "tty", Aliases: []string{"t"}, Usage: "give the command a TTY (stdin must be a terminal); -t=false: none, even with -i"},
 		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "run in the background and print the run id"},
 		&cli.BoolFlag{Name: "no-sandbox", Usage: "run under runc instead of gVisor (reduced isolation: the host kernel is shared)"},
+		&cli.BoolFlag{Name: "cold", Usage: "start without the warm pool: boot a sandbox and make a network for this run alone (see 'moatc pool')"},
 		&cli.StringFlag{Name: "sandbox-platform", Usage: "gVisor `PLATFORM`: systrap (default), kvm or ptrace"},
 		&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "run as `UID[:GID]` instead of the workspace owner"},
 		publish,
@@ -194,6 +195,7 @@ func buildRequest(c *cli.Context, agentName string) (run.Request, error) {
 		o.StopTimeout = &v
 	}
 	req, file, err := run.Resolve(o)
+	req.Cold = c.Bool("cold")
 	if err == nil {
 		err = agentRequest(c, &req, &o, file, agentName)
 	}

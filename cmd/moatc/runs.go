@@ -403,13 +403,17 @@ func superviseCommand() *cli.Command {
 		Name:   "_supervise",
 		Hidden: true,
 		Usage:  "supervise a detached run (started by moatc run -d)",
-		Flags:  []cli.Flag{&cli.BoolFlag{Name: "adopt", Usage: "take over a running run whose supervisor died"}},
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "adopt", Usage: "take over a running run whose supervisor died"},
+			&cli.BoolFlag{Name: "release", Usage: "remove the warm sandbox and network of a run that ended"}},
 		Action: func(c *cli.Context) error {
 			e, err := setup(c)
 			if err != nil {
 				return err
 			}
 			defer e.mgr.Close()
+			if c.Bool("release") {
+				return e.mgr.ReleaseWarm(c.Context, c.Args().First())
+			}
 			if c.Bool("adopt") {
 				return e.mgr.Adopt(c.Context, c.Args().First())
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/pool"
 	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/run"
 	"github.com/moatc/moatc/snapshot"
@@ -139,6 +140,9 @@ func systemStatusAction(c *cli.Context) error {
 		fmt.Fprintf(tw, "  pid:\t%d\n", st.Buildkitd.Pid)
 	}
 	fmt.Fprintf(tw, "  version:\t%s\n", st.Buildkitd.Version)
+	fmt.Fprintf(tw, "warm pool:\tkeeps %d; %d ready, %d being made, %d taken by runs (moatc pool status)\n", st.Pool.Want,
+		st.Pool.States[pool.Ready], st.Pool.States[pool.Filling], st.Pool.States[pool.Claimed])
+	fmt.Fprintf(tw, "  idle memory:\t%.1f MB\n", float64(st.Pool.MemoryKB)/1024)
 	return tw.Flush()
 }
 
@@ -183,6 +187,12 @@ type stackStatus struct {
 		Pid     int    `json:"pid,omitempty"`
 		Version string `json:"version"`
 	} `json:"buildkitd"`
+	// Pool is the warm pool: its members by state, and what the ready ones cost idle.
+	Pool struct {
+		Want     int            `json:"want"`
+		States   map[string]int `json:"states"`
+		MemoryKB int64          `json:"memory_kb"`
+	} `json:"pool"`
 }
 
 // rootlessStatus is moatc's rootless mode: the rootlesskit that holds its namespaces.
@@ -257,6 +267,17 @@ func systemStatus(ctx context.Context, e *env) stackStatus {
 		bk.State, bk.Pid = "running", pid
 	}
 	bk.Version = binaryVersion(e.prefix, "buildkitd").Version
+	st.Pool.States = map[string]int{}
+	if p := e.mgr.Pool; p != nil {
+		st.Pool.Want = p.Want()
+		ms, _ := p.Members()
+		for _, m := range ms {
+			st.Pool.States[m.State]++
+			if m.State == pool.Ready {
+				st.Pool.MemoryKB += m.MemoryKB
+			}
+		}
+	}
 	return st
 }
 
