@@ -46,7 +46,7 @@ func DefaultPids() int64 {
 // claim takes a warm member for req, or returns nil: the run starts cold. Whatever goes wrong
 // with the pool is a warning, never the run's failure.
 func (m *Manager) claim(ctx context.Context, req Request) *pool.Member {
-	if m.Pool == nil || req.Cold {
+	if m.Pool == nil || req.Cold || m.Pool.Want() == 0 {
 		return nil
 	}
 	c, ok := PoolClass(req.Spec)

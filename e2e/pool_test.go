@@ -1,0 +1,482 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+)
+
+// The warm pool (issue 14). Every other test runs with MOATC_WARM_POOL=0; these turn the pool
+// on in the shared home's config.yaml for their own duration.
+
+// warm is the environment of a moatc command that sees the pool.
+var warm = opts{env: []string{"MOATC_WARM_POOL="}}
+
+type poolMember struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+	Class struct {
+		Runtime string `json:"runtime"`
+	} `json:"class"`
+	Sandbox  string `json:"sandbox"`
+	MemoryKB int64  `json:"memory_kb"`
+	Health   string `json:"health"`
+}
+
+type warmRecord struct {
+	runRecord
+	Warm       bool   `json:"warm"`
+	Sandbox    string `json:"sandbox"`
+	Supervisor struct {
+		Pid int `json:"pid"`
+	} `json:"supervisor"`
+}
+
+// enablePool turns the pool on with config.yaml's pool: yaml (e.g. "{gvisor: 2, runc: 1}");
+// the pool is drained and config.yaml removed when the test ends.
+func enablePool(t *testing.T, yaml string) {
+	t.Helper()
+	cfg := filepath.Join(home, "config.yaml")
+	if _, err := os.Stat(cfg); err == nil {
+		t.Fatalf("%s exists already; these tests own it", cfg)
+	}
+	if err := os.WriteFile(cfg, []byte("pool: "+yaml+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if r := moatcRun(t, warm, "pool", "drain"); r.code != 0 {
+			t.Errorf("pool drain: %d %s", r.code, r.stderr)
+		}
+		os.Remove(cfg)
+	})
+}
+
+func poolMembers(t *testing.T) []poolMember {
+	t.Helper()
+	var st struct {
+		Members []poolMember `json:"members"`
+	}
+	r := moatcRun(t, warm, "pool", "status", "--json")
+	if r.code != 0 {
+		t.Fatalf("pool status: %d %s", r.code, r.stderr)
+	}
+	decodeJSON(t, r.stdout, &st)
+	return st.Members
+}
+
+// readyOf lists the ready members of runtime rt.
+func readyOf(t *testing.T, rt string) []poolMember {
+	t.Helper()
+	var out []poolMember
+	for _, m := range poolMembers(t) {
+		if m.Class.Runtime == rt && m.State == "ready" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func fillPool(t *testing.T) {
+	t.Helper()
+	if r := moatcRun(t, warm, "pool", "fill", "-q"); r.code != 0 {
+		t.Fatalf("pool fill: %d %s", r.code, r.stderr)
+	}
+}
+
+func warmStatus(t *testing.T, ref string) warmRecord {
+	t.Helper()
+	var r warmRecord
+	decodeJSON(t, mustRun(t, "status", "--json", ref).stdout, &r)
+	return r
+}
+
+// normalize takes out of a run's output what must differ between two runs: their names and
+// the third octet of their addresses (each run has its own /24), and link indexes.
+func normalize(out string, names ...string) string {
+	for _, n := range names {
+		out = strings.ReplaceAll(out, n, "NAME")
+	}
+	out = regexp.MustCompile(`(\d+\.\d+)\.\d+\.(\d+)`).ReplaceAllString(out, "$1.X.$2")
+	// gVisor's mount options name the gofer's descriptors, which differ with what the sandbox
+	// opened before (a warm sandbox ran moatc-pause first).
+	out = regexp.MustCompile(`fdno=\d+`).ReplaceAllString(out, "fdno=N")
+	return regexp.MustCompile(`@if\d+`).ReplaceAllString(out, "@ifN")
+}
+
+// TestPoolWarmRunIsACold: a run started in a pre-booted sandbox (gVisor) or a pre-made network
+// (runc) sees what a cold run of the same command sees, and ends the same way.
+func TestPoolWarmRunIsACold(t *testing.T) {
+	requireStack(t)
+	enablePool(t, "{gvisor: 1, runc: 1}")
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			os.WriteFile(filepath.Join(ws, "in-ws"), []byte("x"), 0o644)
+			os.Chmod(ws, 0o755) // readable by uid 1000 too
+			// run is one run, warm or cold, with its record.
+			run := func(name string, cold bool, extra []string, cmd ...string) (result, warmRecord) {
+				t.Helper()
+				flags := []string{"-n", name}
+				if cold {
+					flags = append(flags, "--cold")
+				} else {
+					fillPool(t)
+				}
+				r := moatcRun(t, warm, busyboxRun(rt, append(flags, extra...), ws, cmd...)...)
+				st := warmStatus(t, name)
+				if st.Warm == cold {
+					t.Fatalf("run %s: warm=%v, want %v (stderr %s)", name, st.Warm, !cold, r.stderr)
+				}
+				if !cold && rt == "gvisor" && !strings.HasPrefix(st.Sandbox, "moatc-pool-") {
+					t.Errorf("warm gVisor run %s: sandbox %q", name, st.Sandbox)
+				}
+				return r, st
+			}
+			view := `id; echo host=$(hostname); cat /etc/hosts /etc/resolv.conf; ip addr | grep -E "inet |mtu"; ` +
+				`mount | grep " /workspace "; ulimit -u; ulimit -n; nproc; head -1 /proc/meminfo; pwd; ls /workspace; echo env=$HOME`
+			for _, user := range []string{"", "1000:1000"} {
+				var extra []string
+				if user != "" {
+					extra = []string{"--user", user, "--memory", "256m"}
+					if rt == "gvisor" {
+						// A gVisor member is booted with its class's limits: another memory
+						// limit is another class, which this pool does not keep.
+						extra = []string{"--user", user}
+					}
+				}
+				w, _ := run(fmt.Sprintf("pw-%s-w%d", rt, len(user)), false, extra, "sh", "-c", view)
+				c, _ := run(fmt.Sprintf("pw-%s-c%d", rt, len(user)), true, extra, "sh", "-c", view)
+				wn := normalize(w.stdout, fmt.Sprintf("pw-%s-w%d", rt, len(user)))
+				cn := normalize(c.stdout, fmt.Sprintf("pw-%s-c%d", rt, len(user)))
+				if w.code != 0 || c.code != 0 || wn != cn || !strings.Contains(wn, "host=NAME") || !strings.Contains(wn, "in-ws") {
+					t.Errorf("user %q: warm (exit %d) and cold (exit %d) differ:\n--- warm\n%s\n--- cold\n%s\nwarm stderr: %s", user, w.code, c.code, wn, cn, w.stderr)
+				}
+			}
+			for i, c := range []struct {
+				cmd  string
+				want int
+			}{{"exit 0", 0}, {"exit 1", 1}, {"sleep 100 & kill -9 $!; wait $!", 137}} {
+				w, _ := run(fmt.Sprintf("pw-%s-x%dw", rt, i), false, nil, "sh", "-c", c.cmd)
+				k, _ := run(fmt.Sprintf("pw-%s-x%dc", rt, i), true, nil, "sh", "-c", c.cmd)
+				if w.code != c.want || k.code != c.want {
+					t.Errorf("%q: warm exit %d, cold exit %d, want %d", c.cmd, w.code, k.code, c.want)
+				}
+			}
+			// SIGTERM to moatc reaches the workload, warm as cold.
+			for _, cold := range []bool{false, true} {
+				name := fmt.Sprintf("pw-%s-sig%v", rt, cold)
+				flags := []string{"-n", name}
+				if cold {
+					flags = append(flags, "--cold")
+				} else {
+					fillPool(t)
+				}
+				fg := exec.Command(moatc, busyboxRun(rt, flags, ws, "sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done")...)
+				fg.Env = append(os.Environ(), warm.env...)
+				if err := fg.Start(); err != nil {
+					t.Fatal(err)
+				}
+				waitLog(t, name, "ready")
+				fg.Process.Signal(syscall.SIGTERM)
+				if err := fg.Wait(); exitCode(err) != 42 {
+					t.Errorf("cold=%v: SIGTERM: moatc exited %v, want 42", cold, err)
+				}
+				if st := warmStatus(t, name); st.Warm == cold {
+					t.Errorf("run %s: warm=%v", name, st.Warm)
+				}
+			}
+			// A TTY, warm as cold.
+			var ttys []string
+			for _, cold := range []bool{false, true} {
+				flags := []string{"-t"}
+				if cold {
+					flags = append(flags, "--cold")
+				} else {
+					fillPool(t)
+				}
+				cmd := exec.Command(moatc, busyboxRun(rt, flags, ws, "sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; tty; stty size; exit 5")...)
+				cmd.Env = append(os.Environ(), warm.env...)
+				f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 33, Cols: 101})
+				if err != nil {
+					t.Fatal(err)
+				}
+				out, _ := io.ReadAll(f) // EIO once moatc has exited
+				f.Close()
+				if err := cmd.Wait(); exitCode(err) != 5 {
+					t.Errorf("cold=%v: TTY run exited %v, want 5; output %q", cold, err, out)
+				}
+				ttys = append(ttys, strings.ReplaceAll(string(out), "\r", ""))
+			}
+			if ttys[0] != ttys[1] || !strings.Contains(ttys[0], "is-a-tty") || !strings.Contains(ttys[0], "33 101") {
+				t.Errorf("TTY: warm %q, cold %q", ttys[0], ttys[1])
+			}
+		})
+	}
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// TestPoolNothingPassesBetweenRuns: a warm run leaves a file and a process behind in its
+// sandbox; the next warm run sees neither, and the first one's sandbox and network are gone.
+func TestPoolNothingPassesBetweenRuns(t *testing.T) {
+	requireStack(t)
+	enablePool(t, "{gvisor: 2, runc: 2}")
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			fillPool(t)
+			a := moatcRun(t, warm, busyboxRun(rt, []string{"-n", "pn-a-" + rt}, ws, "sh", "-c",
+				"echo secret > /tmp/marker; echo secret > /dev/shm/marker; (sleep 1000 &) ; echo left")...)
+			if a.code != 0 || !strings.Contains(a.stdout, "left") {
+				t.Fatalf("first run: %d %s %s", a.code, a.stdout, a.stderr)
+			}
+			first := warmStatus(t, "pn-a-"+rt)
+			b := moatcRun(t, warm, busyboxRun(rt, []string{"-n", "pn-b-" + rt}, ws, "sh", "-c",
+				"ls /tmp/marker /dev/shm/marker 2>&1; ps -o comm | grep -cx sleep; echo done")...)
+			second := warmStatus(t, "pn-b-"+rt)
+			if !first.Warm || !second.Warm {
+				t.Fatalf("warm: first %v, second %v", first.Warm, second.Warm)
+			}
+			if first.ID == second.ID || (rt == "gvisor" && first.Sandbox == second.Sandbox) {
+				t.Fatalf("the two runs shared a member: %s/%s %s/%s", first.ID, second.ID, first.Sandbox, second.Sandbox)
+			}
+			if strings.Contains(b.stdout, "secret") || !strings.Contains(b.stdout, "No such file") || !strings.Contains(b.stdout, "\n0\ndone") {
+				t.Errorf("the second run saw the first's leftovers: %q", b.stdout)
+			}
+			// The first run's sandbox and network go right after it (a detached release).
+			waitMemberGone(t, first.ID, first.Sandbox)
+		})
+	}
+}
+
+// waitMemberGone waits for run id's pool sandbox (if any), netns and bridge to be gone.
+func waitMemberGone(t *testing.T, id, sandbox string) {
+	t.Helper()
+	var left string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		left = ""
+		if sandbox != "" && strings.Contains(ctr(t, "containers", "list", "-q"), sandbox) {
+			left += " container " + sandbox
+		}
+		if sandbox != "" && len(leakProcsOf(sandbox)) > 0 {
+			left += " processes of " + sandbox
+		}
+		if _, err := os.Stat("/run/netns/moatc-" + id); err == nil {
+			left += " netns"
+		}
+		if out, _ := exec.Command("ip", "-o", "link").Output(); strings.Contains(string(out), "mc-"+id) {
+			left += " bridge"
+		}
+		if out, _ := exec.Command("iptables-save").Output(); strings.Contains(string(out), "moatc run "+id+":") {
+			left += " rules"
+		}
+		if left == "" {
+			return
+		}
+	}
+	t.Errorf("run %s left:%s", id, left)
+}
+
+// TestPoolRefillsAndReplacesBroken: the pool is made whole again after a run takes a member;
+// members whose sandbox died or whose network was removed are never handed to a run, and are
+// replaced.
+func TestPoolRefillsAndReplacesBroken(t *testing.T) {
+	requireStack(t)
+	enablePool(t, "{gvisor: 2, runc: 1}")
+	ws := workspace(t)
+	fillPool(t)
+	before := readyOf(t, "gvisor")
+	if len(before) != 2 || len(readyOf(t, "runc")) != 1 {
+		t.Fatalf("after fill: %+v", poolMembers(t))
+	}
+	for _, m := range before {
+		if m.MemoryKB <= 0 {
+			t.Errorf("member %s: idle memory not measured", m.ID)
+		}
+	}
+	r := moatcRun(t, warm, busyboxRun("gvisor", []string{"-n", "pr-taken"}, ws, "true")...)
+	taken := warmStatus(t, "pr-taken")
+	if r.code != 0 || !taken.Warm {
+		t.Fatalf("warm run: %d warm=%v %s", r.code, taken.Warm, r.stderr)
+	}
+	// Refilled in the background, with a new member.
+	var now []poolMember
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		if now = readyOf(t, "gvisor"); len(now) == 2 {
+			break
+		}
+	}
+	if len(now) != 2 || now[0].ID == taken.ID || now[1].ID == taken.ID {
+		t.Fatalf("the pool was not refilled: %+v (taken %s)", now, taken.ID)
+	}
+
+	// Both sandboxes killed from the host: the next run finds them broken, starts cold, and
+	// says why.
+	killed := map[string]bool{}
+	for _, m := range now {
+		for _, row := range ctrRows(t, "tasks", "list") {
+			if f := strings.Fields(row); len(f) >= 2 && f[0] == m.Sandbox {
+				pid, _ := strconv.Atoi(f[1])
+				syscall.Kill(pid, syscall.SIGKILL)
+				killed[m.ID] = true
+			}
+		}
+	}
+	if len(killed) != 2 {
+		t.Fatalf("found %d of the 2 sandboxes' tasks", len(killed))
+	}
+	time.Sleep(500 * time.Millisecond)
+	r = moatcRun(t, warm, busyboxRun("gvisor", []string{"-n", "pr-after-kill"}, ws, "echo", "fine")...)
+	st := warmStatus(t, "pr-after-kill")
+	if r.code != 0 || r.stdout != "fine\n" || st.Warm || killed[st.ID] || !strings.Contains(r.stderr, "was broken") {
+		t.Errorf("run after the sandboxes died: exit %d %q warm=%v id=%s stderr %q", r.code, r.stdout, st.Warm, st.ID, r.stderr)
+	}
+	// runc: the member's network namespace removed by hand.
+	rm := readyOf(t, "runc")
+	if len(rm) != 1 {
+		t.Fatalf("runc members: %+v", poolMembers(t))
+	}
+	if out, err := exec.Command("ip", "netns", "delete", "moatc-"+rm[0].ID).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns delete: %v %s", err, out)
+	}
+	r = moatcRun(t, warm, busyboxRun("runc", []string{"-n", "pr-after-netns"}, ws, "echo", "fine")...)
+	st = warmStatus(t, "pr-after-netns")
+	if r.code != 0 || st.Warm || st.ID == rm[0].ID || !strings.Contains(r.stderr, "was broken") {
+		t.Errorf("runc run after its member's netns went: exit %d warm=%v id=%s stderr %q", r.code, st.Warm, st.ID, r.stderr)
+	}
+	fillPool(t)
+	if g, rc := readyOf(t, "gvisor"), readyOf(t, "runc"); len(g) != 2 || len(rc) != 1 || killed[g[0].ID] || killed[g[1].ID] || rc[0].ID == rm[0].ID {
+		t.Errorf("after fill: %+v", poolMembers(t))
+	}
+	for id := range killed {
+		waitMemberGone(t, id, "moatc-pool-"+id)
+	}
+	waitMemberGone(t, rm[0].ID, "")
+}
+
+// TestPoolCleanAfterKill9: a fill killed half-way and a warm run whose supervisor was killed
+// leave nothing that `moatc clean` does not remove: no task, container, netns, bridge, rule.
+func TestPoolCleanAfterKill9(t *testing.T) {
+	requireStack(t)
+	enablePool(t, "{gvisor: 2, runc: 1}")
+	ws := workspace(t)
+	fillPool(t)
+	ids := map[string]bool{}
+	for _, m := range poolMembers(t) {
+		ids[m.ID] = true
+	}
+	// A warm run, its moatc killed.
+	fg := exec.Command(moatc, busyboxRun("gvisor", []string{"-n", "pk-run"}, ws, "sh", "-c", "echo ready; sleep 1000")...)
+	fg.Env = append(os.Environ(), warm.env...)
+	if err := fg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, "pk-run", "ready")
+	st := warmStatus(t, "pk-run")
+	if !st.Warm {
+		t.Fatalf("the run did not start warm")
+	}
+	ids[st.ID] = true
+	fg.Process.Kill()
+	fg.Wait()
+	// The refill it started, and a fill of our own, killed while they boot sandboxes.
+	moatcRun(t, warm, "pool", "drain")
+	fill := exec.Command(moatc, "pool", "fill")
+	fill.Env = append(os.Environ(), warm.env...)
+	if err := fill.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	fill.Process.Kill()
+	fill.Wait()
+	for _, killer := range leakFillers() {
+		syscall.Kill(killer, syscall.SIGKILL)
+	}
+	ents, _ := os.ReadDir(filepath.Join(home, "pool", "members"))
+	for _, e := range ents {
+		ids[strings.TrimSuffix(e.Name(), ".json")] = true
+	}
+	if len(ents) == 0 {
+		t.Log("the killed fill had recorded no member yet")
+	}
+	if r := moatcRun(t, warm, "clean"); r.code != 0 {
+		t.Fatalf("clean: %d %s", r.code, r.stderr)
+	}
+	for id := range ids {
+		waitMemberGone(t, id, "moatc-pool-"+id)
+		if strings.Contains(ctr(t, "containers", "list", "-q"), "moatc-"+id) {
+			t.Errorf("container of %s left", id)
+		}
+	}
+	if rows := ctrRows(t, "tasks", "list"); len(rows) > 0 {
+		for _, row := range rows {
+			if strings.HasPrefix(row, "moatc-pool-") {
+				t.Errorf("task left: %s", row)
+			}
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(home, "pool", "members")); len(ents) != 0 {
+		t.Errorf("%d member records left", len(ents))
+	}
+}
+
+// leakFillers lists the pids of `moatc pool fill` processes of this home.
+func leakFillers() []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 0 && args[0] == moatc && strings.Contains(string(b), "\x00pool\x00fill") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestPoolConfigErrors: a bad pool: in config.yaml is refused with its line and what to write.
+func TestPoolConfigErrors(t *testing.T) {
+	requireStack(t)
+	for _, c := range []struct{ yaml, want string }{
+		{"pool:\n  gvisor: many\n", `config.yaml:2: pool.gvisor: "many" is not a pool size`},
+		{"pool:\n  kata: 1\n", "config.yaml:2: pool.kata: unknown key (known: gvisor, runc)"},
+		{"pool:\n  gvisor: {memory: 1g}\n", "config.yaml:2: pool.gvisor: needs a size"},
+	} {
+		h := filepath.Join(t.TempDir(), "home")
+		os.MkdirAll(h, 0o700)
+		os.WriteFile(filepath.Join(h, "config.yaml"), []byte(c.yaml), 0o644)
+		r := moatcRun(t, opts{env: []string{"MOATC_HOME=" + h}}, "pool", "status")
+		if r.code == 0 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%q: exit %d, stderr %q, want %q", c.yaml, r.code, r.stderr, c.want)
+		}
+	}
+	var st struct {
+		Enabled bool `json:"enabled"`
+	}
+	decodeJSON(t, moatcRun(t, opts{}, "pool", "status", "--json").stdout, &st)
+	if st.Enabled {
+		t.Error("MOATC_WARM_POOL=0 left the pool on")
+	}
+}
