@@ -158,6 +158,9 @@ func (p *parser) warmPool(n *yaml.Node) (map[string]PoolClass, error) {
 			if size == nil {
 				return p.errAt(v, key, "needs a size, like: %s: {size: 2, memory: 1g}", k.Value)
 			}
+			if k.Value == "runc" && c != (PoolClass{}) {
+				return p.errAt(v, key, "runc members are networks only: a runc run's limits are applied when its container is made; write runc: %s", size.Value)
+			}
 		}
 		n, err := strconv.Atoi(size.Value)
 		if !is(size, "!!int") || err != nil || n < 0 || n > 64 {

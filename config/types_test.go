@@ -97,11 +97,17 @@ func TestSettingsRefuseTheWrongType(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
 		{"address: [a]\n", "config.yaml:1: address: must be a containerd socket, a string (got a list), like: address: /run/containerd/containerd.sock"},
 		{"namespace: 42\n", "config.yaml:1: namespace: must be a containerd namespace, a string (got a number), like: namespace: moatc"},
-		{"\npool: {a: b}\n", "config.yaml:2: pool: must be an IPv4 prefix, a string (got a mapping), like: pool: 10.213.0.0/16"},
+		{"\npool: {a: b}\n", "config.yaml:2: pool.a: unknown key (known: gvisor, runc)"},
+		{"pool: [a]\n", "config.yaml:1: pool: must be the warm pool, a mapping of runtime to size (got a list), like: pool: {gvisor: 2, runc: 2}"},
+		{"pool:\n  runc: {size: 1, memory: 1g}\n", "config.yaml:2: pool.runc: runc members are networks only"},
+		{"pool:\n  gvisor: -1\n", "config.yaml:2: pool.gvisor: \"-1\" is not a pool size: write a number from 0 (no warm starts) to 64"},
+		{"pool:\n  gvisor: {size: 1, memory: lots}\n", "config.yaml:2: pool.gvisor.memory: \"lots\" is not a size"},
+		{"pool:\n  gvisor: {size: 1, cpus: 0}\n", "config.yaml:2: pool.gvisor.cpus: \"0\" is not a number of CPUs"},
+		{"pool:\n  gvisor: {memory: 1g}\n", "config.yaml:2: pool.gvisor: needs a size"},
 		{"cni_plugin_dir: true\n", "config.yaml:1: cni_plugin_dir: must be a directory, a string (got true/false)"},
 		{"cni_conf_dir:\n", "config.yaml:1: cni_conf_dir: must be a directory, a string (got nothing)"},
 		{"upstream_ca: [a.pem]\n", "config.yaml:1: upstream_ca: must be a PEM file, a string (got a list)"},
-		{"adress: /x.sock\n", "config.yaml:1: adress: unknown key (known: address, namespace, pool, cni_plugin_dir, cni_conf_dir, upstream_ca)"},
+		{"adress: /x.sock\n", "config.yaml:1: adress: unknown key (known: address, namespace, network_pool, pool, cni_plugin_dir, cni_conf_dir, upstream_ca)"},
 		{"namespace: a\nnamespace: b\n", "config.yaml:2: namespace: appears twice"},
 		{"address: tcp://127.0.0.1:1234\n", "config.yaml:1: address: \"tcp://127.0.0.1:1234\" is not a containerd socket"},
 		{"address: run/x.sock\n", "config.yaml:1: address: \"run/x.sock\" is not a containerd socket: give the socket's absolute path"},
@@ -120,7 +126,13 @@ func TestSettingsRefuseTheWrongType(t *testing.T) {
 	if s, err := LoadSettings(p); err != nil || s.Address != "/run/x.sock" || s.Namespace != "ns" || s.NetworkPool != "10.1.0.0/16" {
 		t.Errorf("%+v %v", s, err)
 	}
-	if s, err := LoadSettings(filepath.Join(t.TempDir(), "none.yaml")); err != nil || *s != (Settings{}) {
+	os.WriteFile(p, []byte("network_pool: 10.2.0.0/16\npool:\n  gvisor: {size: 3, memory: 1g, cpus: 1.5, pids: 100}\n  runc: 0\n"), 0o600)
+	s, err := LoadSettings(p)
+	if err != nil || s.NetworkPool != "10.2.0.0/16" || s.WarmPool["gvisor"] != (PoolClass{Size: 3, Memory: 1 << 30, CPUs: 1.5, Pids: 100}) ||
+		s.WarmPool["runc"] != (PoolClass{}) {
+		t.Errorf("warm pool: %+v %v", s, err)
+	}
+	if s, err := LoadSettings(filepath.Join(t.TempDir(), "none.yaml")); err != nil || s.WarmPool != nil || s.Address != "" || s.NetworkPool != "" {
 		t.Errorf("missing file: %+v %v", s, err)
 	}
 }

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"syscall"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -119,5 +119,24 @@ func (c *Client) SandboxRunning(ctx context.Context, id string) bool {
 	return err == nil && st.Status == containerd.Running
 }
 
-// IsNotFound reports whether err says a containerd object does not exist.
-func IsNotFound(err error) bool { return errdefs.IsNotFound(err) }
+// SandboxExit returns the exit status of container id's task once it has stopped: how a
+// pool sandbox ended when the whole sandbox was killed (the OOM killer), which its second
+// container only sees as 128.
+func (c *Client) SandboxExit(ctx context.Context, id string) (uint32, bool) {
+	ctr, err := c.LoadContainer(ctx, id)
+	if err != nil {
+		return 0, false
+	}
+	task, err := ctr.Task(ctx, nil)
+	if err != nil {
+		return 0, false
+	}
+	// The sandbox's end is published a moment after its container's.
+	for i := 0; i < 20; i++ {
+		if st, err := task.Status(ctx); err == nil && st.Status == containerd.Stopped {
+			return st.ExitStatus, true
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return 0, false
+}

@@ -480,3 +480,32 @@ func TestPoolConfigErrors(t *testing.T) {
 		t.Error("MOATC_WARM_POOL=0 left the pool on")
 	}
 }
+
+// TestPoolWarmOOM: a gVisor member is booted with its class's memory limit; a run of that limit
+// takes it, and a run out of memory ends 137 warm as cold (the whole sandbox is killed; its
+// second container alone would say 128).
+func TestPoolWarmOOM(t *testing.T) {
+	requireStack(t)
+	enablePool(t, "{gvisor: {size: 1, memory: 128m}, runc: 0}")
+	ws := workspace(t)
+	hog := `x=$(head -c 300m /dev/zero | tr '\0' a); echo survived ${#x}`
+	for _, cold := range []bool{false, true} {
+		name := fmt.Sprintf("po-%v", cold)
+		flags := []string{"-n", name, "--memory", "128m"}
+		if cold {
+			flags = append(flags, "--cold")
+		} else {
+			fillPool(t)
+		}
+		r := moatcRun(t, warm, busyboxRun("gvisor", flags, ws, "sh", "-c", hog)...)
+		st := warmStatus(t, name)
+		if r.code != 137 || st.Warm == cold || strings.Contains(r.stdout, "survived") {
+			t.Errorf("cold=%v: exit %d warm=%v stdout %q stderr %q, want 137", cold, r.code, st.Warm, r.stdout, r.stderr)
+		}
+	}
+	// Another memory limit is another class: cold, and not an error.
+	r := moatcRun(t, warm, busyboxRun("gvisor", []string{"-n", "po-other", "--memory", "256m"}, ws, "true")...)
+	if st := warmStatus(t, "po-other"); r.code != 0 || st.Warm {
+		t.Errorf("a run of another limit: exit %d warm=%v", r.code, st.Warm)
+	}
+}

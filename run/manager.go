@@ -690,6 +690,13 @@ func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task,
 		}
 	}
 	code := int(status.ExitCode())
+	if code == 128 && r.Sandbox != "" {
+		// The whole warm sandbox was killed (its memory limit is the sandbox's): its second
+		// container ends with 128 alone, where a cold run's sandbox reports the kill (137).
+		if sc, ok := c.SandboxExit(bg, r.Sandbox); ok && sc > 128 {
+			code = int(sc)
+		}
+	}
 	var logErr error
 	if o.rec != nil {
 		// Drain the output before Delete: containerd v2.4's client closes the FIFOs in Delete

@@ -10,6 +10,9 @@ RUNS=${RUNS:-25}
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="$PREFIX/bin:$PATH"
 export MOATC_HOME=${BENCH_HOME:-/tmp/moatc-bench}
+# Every row is cold unless it says otherwise: a home with a warm pool would fill it in the
+# background and disturb the other rows. warm_rows turns it back on for its own commands.
+export MOATC_WARM_POOL=0
 MOATC=${BENCH_MOATC:-$PREFIX/bin/moatc}
 mkdir -p "$MOATC_HOME"
 ws=$(mktemp -d)
@@ -19,6 +22,7 @@ declare -A median
 cleanup() {
   [ -n "${dockerd_pid:-}" ] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
   rootless_cleanup
+  env -u MOATC_WARM_POOL "$MOATC" pool drain >/dev/null 2>&1 || true
   ip link del moatcbench0 2>/dev/null || true
   "$MOATC" clean >/dev/null 2>&1 || true
   "$MOATC" system stop --force >/dev/null 2>&1 || true
@@ -64,6 +68,104 @@ startrow() {
 ratio() {
   awk -v a="${median[$1]}" -v b="${median[$2]}" -v n1="$1" -v n2="$2" \
     'BEGIN {printf "  ratio %-36s %5.2fx  (%s / %s)\n", "", a/b, n1, n2}'
+}
+
+# goal A B MAX: ratio A B, with the goal (A/B <= MAX) and whether this run met it.
+goal() {
+  awk -v a="${median[$1]}" -v b="${median[$2]}" -v n1="$1" -v n2="$2" -v g="$3" \
+    'BEGIN {r = a/b; printf "  ratio %-36s %5.2fx  (%s / %s; goal <= %.2fx: %s)\n", "", r, n1, n2, g, (r <= g ? "met" : "NOT met")}'
+}
+
+# The warm pool (issue 14): a run that takes a member (a gVisor sandbox booted ahead, or a
+# network made ahead for runc) against the same run with --cold, against `ctr run --rm` of the
+# same image with the same shim, and (in the Docker section) against Docker's `docker run
+# --rm`. Before each iteration, untimed: `moatc pool fill` (waits for a fill that runs) and a
+# pause, so a member is ready and no fill competes with the timed run; cold rows get the same,
+# so both run beside the same idle members. BENCH_ONLY=warm runs only these rows.
+wp() { env -u MOATC_WARM_POOL "$@"; }
+warm_prep() { wp "$MOATC" pool fill -q >/dev/null; sleep 0.5; }
+
+# warmrow NAME PREP CMD...: row, with PREP (a command) run untimed before each iteration.
+warmrow() {
+  local name=$1 prep=$2; shift 2
+  local times=()
+  for _ in 1 2 3; do $prep; "$@" >/dev/null 2>&1 || { echo "bench: '$*' failed:" >&2; $prep; "$@" >&2 || true; exit 1; }; done
+  for _ in $(seq "$RUNS"); do
+    local t0 t1
+    $prep
+    t0=$(date +%s%N); "$@" >/dev/null 2>&1; t1=$(date +%s%N)
+    times+=($(( t1 - t0 )))
+  done
+  median[$name]=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.4f", a[int((NR+1)/2)]/1e9}')
+  printf '%-46s %8ss\n' "$name" "${median[$name]}"
+}
+
+# warmstartrow NAME PREP CMD...: startrow, with PREP run untimed before each iteration.
+warmstartrow() {
+  local name=$1 prep=$2; shift 2
+  local times=()
+  for _ in 1 2 3; do $prep; "$@" >/dev/null 2>&1 || { echo "bench: '$*' failed" >&2; exit 1; }; done
+  for _ in $(seq "$RUNS"); do
+    local t0 t1
+    $prep
+    t0=$(date +%s%N); t1=$("$@" 2>/dev/null)
+    times+=($(( t1 - t0 )))
+  done
+  median[$name]=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.4f", a[int((NR+1)/2)]/1e9}')
+  printf '%-46s %8ss\n' "$name" "${median[$name]}"
+}
+
+# pool_memory WHEN: the mean idle memory (PSS, measured when each was made) of the ready
+# gVisor members, from `moatc pool status --json`.
+pool_memory() {
+  wp "$MOATC" pool status --json | jq -r --arg when "$1" '
+    [.members[] | select(.class.runtime == "gvisor" and .state == "ready" and (.memory_kb // 0) > 0) | .memory_kb] as $m
+    | if ($m | length) == 0 then "  idle memory per gVisor member (\($when)): none measured"
+      else "  idle memory per gVisor member (\($when)): \(($m | add / length / 1024 * 10 | round) / 10) MB PSS, mean of \($m | length) (\([$m[] | (. / 1024 | round | tostring)] | join(", ")) MB)" end'
+}
+
+warm_rows() {
+  local rt flag t0 t1
+  echo
+  echo "== warm pool: a run that takes a member against a cold one (busybox, networked)"
+  wp "$MOATC" pool drain >/dev/null
+  t0=$(date +%s%N); wp "$MOATC" pool fill -q; t1=$(date +%s%N)
+  awk -v d=$((t1 - t0)) -v w="$(wp "$MOATC" system status --json | jq -c '.pool.want // .pool')" \
+    'BEGIN {printf "  filling an empty pool (%s members) took %.2f s\n", w, d/1e9}'
+  pool_memory "after an empty pool's fill"
+  for rt in gvisor runc; do
+    flag=; [ "$rt" = runc ] && flag=--no-sandbox
+    warm_prep
+    wp "$MOATC" run $flag -n "bench-warm-check-$rt" --image busybox "$ws" -- true >/dev/null
+    if "$MOATC" status --json "bench-warm-check-$rt" | grep -q '"warm": true'; then
+      echo "  check: a $rt run took a pool member"
+    else
+      echo "bench: a $rt run did not take a pool member (is moatc-pause installed? see moatc pool status):" >&2
+      wp "$MOATC" pool status >&2 || true
+      exit 1
+    fi
+    warmrow "warm: moatc run -- true, networked ($rt)" warm_prep wp "$MOATC" run $flag --image busybox "$ws" -- true
+    warmrow "cold: moatc run --cold -- true, networked ($rt)" warm_prep wp "$MOATC" run $flag --cold --image busybox "$ws" -- true
+    ratio "warm: moatc run -- true, networked ($rt)" "cold: moatc run --cold -- true, networked ($rt)"
+    warmstartrow "warm: start, $rt, networked" warm_prep wp "$MOATC" run $flag --image debian:bookworm-slim "$ws" -- date +%s%N
+    warmstartrow "cold: start, $rt, networked" warm_prep wp "$MOATC" run $flag --cold --image debian:bookworm-slim "$ws" -- date +%s%N
+    ratio "warm: start, $rt, networked" "cold: start, $rt, networked"
+  done
+  echo
+  echo "== warm pool against containerd's own client, same image and shim (ctr: no network)"
+  if [ -z "${median["ctr run --rm (runc)"]:-}" ]; then
+    row "ctr run --rm (runc)" ctr -a "$sock" -n moatc run --rm "$img" bench-ctr true
+  fi
+  if [ -z "${median["ctr run --rm (runsc shim, same config)"]:-}" ]; then
+    row "ctr run --rm (runsc shim, same config)" ctr -a "$sock" -n moatc run --rm --runtime io.containerd.runsc.v1 \
+      --runtime-config-path "$cfg" --annotation io.kubernetes.cri.container-type=sandbox "$img" bench-ctr-runsc true
+  fi
+  goal "warm: moatc run -- true, networked (gvisor)" "ctr run --rm (runsc shim, same config)" 0.60
+  ratio "cold: moatc run --cold -- true, networked (gvisor)" "ctr run --rm (runsc shim, same config)"
+  ratio "warm: moatc run -- true, networked (runc)" "ctr run --rm (runc)"
+  ratio "cold: moatc run --cold -- true, networked (runc)" "ctr run --rm (runc)"
+  pool_memory "after the runs"
+  echo "  $(wp "$MOATC" pool drain)"
 }
 
 # Rootless against rootful: the same moatc, image and workspace, measured side by side in this
@@ -177,6 +279,10 @@ if [ "${BENCH_ONLY:-}" = rootless ]; then
 fi
 if [ "${BENCH_ONLY:-}" = engine ]; then
   engine_rows
+  exit 0
+fi
+if [ "${BENCH_ONLY:-}" = warm ]; then
+  warm_rows
   exit 0
 fi
 
@@ -330,6 +436,8 @@ if [ "${BENCH_COLD:-1}" = 1 ]; then
       printf "%-46s %8.1fs\n%-46s %8.1fs\n  ratio %-36s %5.2fx  (sandboxed / unsandboxed)\n", "cold build, sandboxed (median)", s, "cold build, runc + host network (median)", u, "", r }'
 fi
 
+warm_rows
+
 engine_rows
 
 if [ "${BENCH_ROOTLESS:-1}" = 1 ]; then
@@ -375,4 +483,10 @@ if [ "${BENCH_DOCKER:-1}" = 1 ]; then
   ratio "moatc run --no-sandbox -- true, networked" "docker run --rm (runc, bridge)"
   row "docker run --rm --runtime=runsc (bridge)" docker run --rm --runtime=runsc moatc-bench/busybox true
   ratio "moatc run -- true (gvisor), networked" "docker run --rm --runtime=runsc (bridge)"
+  if [ -n "${median["warm: moatc run -- true, networked (gvisor)"]:-}" ]; then
+    echo
+    echo "== warm pool against Docker Engine, networked"
+    goal "warm: moatc run -- true, networked (runc)" "docker run --rm (runc, bridge)" 0.50
+    goal "warm: moatc run -- true, networked (gvisor)" "docker run --rm --runtime=runsc (bridge)" 0.50
+  fi
 fi
