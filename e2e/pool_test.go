@@ -162,6 +162,19 @@ func TestPoolWarmRunIsACold(t *testing.T) {
 					t.Errorf("user %q: warm (exit %d) and cold (exit %d) differ:\n--- warm\n%s\n--- cold\n%s\nwarm stderr: %s", user, w.code, c.code, wn, cn, w.stderr)
 				}
 			}
+			// A strict policy: the same rules, proxy settings and (no) name servers. A direct
+			// connection out is refused, warm as cold.
+			strict := `cat /etc/resolv.conf; env | grep -i _proxy= | sort; ` +
+				`if timeout 5 wget -O /tmp/o http://1.1.1.1/ >/dev/null 2>&1; then echo reached; else echo blocked; fi`
+			ws1, _ := run(fmt.Sprintf("pw-%s-sw", rt), false, []string{"--policy", "strict"}, "sh", "-c", strict)
+			cs1, _ := run(fmt.Sprintf("pw-%s-sc", rt), true, []string{"--policy", "strict"}, "sh", "-c", strict)
+			// Each run's proxy has its own port and password.
+			proxyURL := regexp.MustCompile(`//moatc:[^@]*@([0-9.X]+):\d+`)
+			same := func(out string) string { return proxyURL.ReplaceAllString(normalize(out), "//moatc:TOKEN@$1:PORT") }
+			if wn, cn := same(ws1.stdout), same(cs1.stdout); ws1.code != 0 || wn != cn ||
+				!strings.Contains(wn, "HTTPS_PROXY=") || !strings.Contains(wn, "blocked") {
+				t.Errorf("strict: warm (exit %d) and cold differ:\n--- warm\n%s\n--- cold\n%s\nwarm stderr %s", ws1.code, wn, cn, ws1.stderr)
+			}
 			for i, c := range []struct {
 				cmd  string
 				want int

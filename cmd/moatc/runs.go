@@ -385,12 +385,12 @@ func cleanCommand() *cli.Command {
 			for _, g := range []struct {
 				what  string
 				items []string
-			}{{"run", rep.Runs}, {"container", rep.Containers}, {"network", rep.Networks}, {"snapshot", rep.Snapshots}, {"sandbox", rep.Sandboxes}, {"dind namespace", rep.Namespaces}, {"lease", rep.Leases}, {"BuildKit lease", rep.BuildLeases}} {
+			}{{"run", rep.Runs}, {"container", rep.Containers}, {"network", rep.Networks}, {"snapshot", rep.Snapshots}, {"sandbox", rep.Sandboxes}, {"dind namespace", rep.Namespaces}, {"lease", rep.Leases}, {"BuildKit lease", rep.BuildLeases}, {"warm pool member", rep.Pool}} {
 				for _, i := range g.items {
 					fmt.Printf("%s %s %s\n", verb, g.what, i)
 				}
 			}
-			if len(rep.Runs)+len(rep.Networks)+len(rep.Containers)+len(rep.Snapshots)+len(rep.Sandboxes)+len(rep.Namespaces)+len(rep.Leases)+len(rep.BuildLeases) == 0 {
+			if len(rep.Runs)+len(rep.Networks)+len(rep.Containers)+len(rep.Snapshots)+len(rep.Sandboxes)+len(rep.Namespaces)+len(rep.Leases)+len(rep.BuildLeases)+len(rep.Pool) == 0 {
 				fmt.Println("nothing to clean")
 			}
 			return nil
