@@ -57,6 +57,7 @@ Examples:
 				Usage: "make members until the pool has its size",
 				Flags: []cli.Flag{
 					&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print nothing but errors"},
+					&cli.BoolFlag{Name: "json", Usage: "print the members made as JSON"},
 					&cli.IntFlag{Name: "after", Hidden: true, Usage: "wait (at most 3 s) for process `PID` to end first"},
 				},
 				Action: poolFillAction,
@@ -180,16 +181,23 @@ func poolFillAction(c *cli.Context) error {
 		return fmt.Errorf("moatc-pause is not installed (%s): run `make install`, or set pool: {gvisor: 0} in %s", p.Pause, filepath.Join(c.String("home"), "config.yaml"))
 	}
 	start := time.Now()
+	list := []*pool.Member{}
 	made, err := p.Fill(ctx, func(m *pool.Member) {
-		if !c.Bool("quiet") {
+		list = append(list, m)
+		if !c.Bool("quiet") && !c.Bool("json") {
 			fmt.Printf("made %s (%s)%s\n", m.ID, m.Class, memoryNote(m))
 		}
 	})
+	if c.Bool("json") {
+		if perr := printJSON(list); perr != nil {
+			return perr
+		}
+	}
 	if err != nil {
 		// Runs start cold meanwhile: the pool is an optimisation, never a precondition.
 		return fmt.Errorf("%w; runs start cold until the pool can be filled (`moatc pool status` shows it)", err)
 	}
-	if !c.Bool("quiet") {
+	if !c.Bool("quiet") && !c.Bool("json") {
 		fmt.Printf("the pool is full: %d made in %s\n", made, time.Since(start).Round(time.Millisecond))
 	}
 	return nil
