@@ -271,7 +271,10 @@ func (GVisor) SpecOpts(c Container) []oci.SpecOpts {
 		// A second container of a booted sandbox: runsc finds the sandbox by its id in the
 		// state root (the same runsc config, so the same root), and the shim hands the IO to
 		// `runsc start`.
-		typ = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": c.Sandbox}
+		// The sandbox's shim serves it too (moatc's shim reads dev.moatc.shim-group): no
+		// shim process of its own to start and stop.
+		typ = map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": c.Sandbox,
+			"dev.moatc.shim-group": c.Sandbox}
 	}
 	return append([]oci.SpecOpts{oci.WithAnnotations(typ)}, gvisorHardening(c)...)
 }

@@ -378,7 +378,11 @@ func (m *Manager) launch(ctx context.Context, r *state.Run, img containerd.Image
 		return 0, err
 	}
 	l.notify(nil)
-	m.refill(r)
+	// Beside follow, which must take the caller's signals at once (a SIGTERM that came
+	// before would end moatc, not the workload).
+	refilled := make(chan struct{})
+	go func() { m.refill(r); close(refilled) }()
+	defer func() { <-refilled }()
 	code, released, err := m.follow(l.bg, r, l.task, l.statusC, stdio.Console, l.o)
 	l.netReleased = released
 	return code, err

@@ -30,6 +30,11 @@ const (
 	// groupAnnotation names the pod a CRI container belongs to; with shim
 	// grouping on, all containers of a pod share one shim.
 	groupAnnotation = "io.kubernetes.cri.sandbox-id"
+
+	// moatcGroupAnnotation, on a container started in a booted sandbox (a
+	// moatc warm pool's), names the sandbox whose shim serves it too: no shim
+	// of its own is started, whatever the global grouping setting says.
+	moatcGroupAnnotation = "dev.moatc.shim-group"
 )
 
 // manager is gVisor's shim manager with Start replaced and Stop wrapped. Name
@@ -106,7 +111,9 @@ func (m *manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ 
 	defer restore()
 
 	grouping := id
-	if groupingEnabled() {
+	if group := specAnnotation("config.json", moatcGroupAnnotation); group != "" {
+		grouping = group
+	} else if groupingEnabled() {
 		if group := specAnnotation("config.json", groupAnnotation); group != "" {
 			grouping = group
 		}

@@ -191,6 +191,19 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 	return resp, err
 }
 
+// Shutdown implements task.TaskService. gVisor's shim redirector answers a
+// Shutdown that leaves containers running (a grouped shim, after one of its
+// containers is deleted) with no response and no error, which ttrpc cannot
+// send ("marshal called with nil"): containerd then fails the Delete of a
+// task that was deleted. An empty response says the same, sendably.
+func (s *service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*types.Empty, error) {
+	resp, err := s.TaskServiceExt.Shutdown(ctx, r)
+	if resp == nil && err == nil {
+		resp = &types.Empty{}
+	}
+	return resp, err
+}
+
 // markUntypedAsSandbox gives a spec with no container-type annotation the
 // annotation io.kubernetes.cri.container-type=sandbox. It reports whether
 // the container is the root container of its sandbox.
