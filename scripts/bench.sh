@@ -168,6 +168,44 @@ warm_rows() {
   echo "  $(wp "$MOATC" pool drain)"
 }
 
+# docker_up installs (when missing) and starts Docker Engine for the comparison.
+docker_up() {
+  if ! command -v dockerd >/dev/null; then
+    echo "bench: installing Debian's docker.io for the comparison" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  fi
+  droot="$MOATC_HOME/docker"
+  mkdir -p "$droot"
+  printf '{"runtimes":{"runsc":{"path":"%s","runtimeArgs":["--platform=systrap"]}}}\n' "$PREFIX/bin/runsc" > "$droot/daemon.json"
+  # A bridge of its own, so networked runs need no change to the host's docker0 or iptables.
+  ip link add moatcbench0 type bridge 2>/dev/null || true
+  ip addr add 10.254.77.1/24 dev moatcbench0 2>/dev/null || true
+  ip link set moatcbench0 up
+  dockerd --data-root "$droot/data" --exec-root "$droot/exec" --pidfile "$droot/docker.pid" \
+    -H "unix://$droot/docker.sock" --config-file "$droot/daemon.json" --bridge moatcbench0 --iptables=false \
+    --containerd-namespace moatc-bench-docker >"$droot/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  export DOCKER_HOST="unix://$droot/docker.sock"
+  for _ in $(seq 100); do docker version >/dev/null 2>&1 && break; sleep 0.2; done
+  # The same busybox rootfs: the layer of the cached OCI tar.
+  layer=$(tar -tvf "$PREFIX/images/busybox.oci.tar" | sort -k3 -n | tail -1 | awk '{print $6}')
+  tar -xOf "$PREFIX/images/busybox.oci.tar" "$layer" | docker import - moatc-bench/busybox >/dev/null
+}
+
+# docker_warm_goals: Docker's networked runs, and the warm pool's goals against them.
+docker_warm_goals() {
+  if [ -z "${median["docker run --rm (runc, bridge)"]:-}" ]; then
+    row "docker run --rm (runc, bridge)" docker run --rm moatc-bench/busybox true
+    row "docker run --rm --runtime=runsc (bridge)" docker run --rm --runtime=runsc moatc-bench/busybox true
+  fi
+  if [ -n "${median["warm: moatc run -- true, networked (gvisor)"]:-}" ]; then
+    echo
+    echo "== warm pool against Docker Engine, networked"
+    goal "warm: moatc run -- true, networked (runc)" "docker run --rm (runc, bridge)" 0.50
+    goal "warm: moatc run -- true, networked (gvisor)" "docker run --rm --runtime=runsc (bridge)" 0.50
+  fi
+}
+
 # Rootless against rootful: the same moatc, image and workspace, measured side by side in this
 # run; rootless is moatc run by BENCH_USER (made like the e2e tests' user when missing), with
 # a home of its own, on the rootless containerd it starts itself. Both go through setpriv, so
@@ -283,6 +321,11 @@ if [ "${BENCH_ONLY:-}" = engine ]; then
 fi
 if [ "${BENCH_ONLY:-}" = warm ]; then
   warm_rows
+  # Docker Engine's networked runs and the goals against them, unless BENCH_DOCKER=0.
+  if [ "${BENCH_DOCKER:-1}" = 1 ]; then
+    docker_up
+    docker_warm_goals
+  fi
   exit 0
 fi
 
@@ -447,26 +490,7 @@ fi
 # Docker Engine (Debian's docker.io), started by hand with its own data root and socket, for
 # this comparison only; gVisor through runsc as Docker users configure it.
 if [ "${BENCH_DOCKER:-1}" = 1 ]; then
-  if ! command -v dockerd >/dev/null; then
-    echo "bench: installing Debian's docker.io for the comparison" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
-  fi
-  droot="$MOATC_HOME/docker"
-  mkdir -p "$droot"
-  printf '{"runtimes":{"runsc":{"path":"%s","runtimeArgs":["--platform=systrap"]}}}\n' "$PREFIX/bin/runsc" > "$droot/daemon.json"
-  # A bridge of its own, so networked runs need no change to the host's docker0 or iptables.
-  ip link add moatcbench0 type bridge 2>/dev/null || true
-  ip addr add 10.254.77.1/24 dev moatcbench0 2>/dev/null || true
-  ip link set moatcbench0 up
-  dockerd --data-root "$droot/data" --exec-root "$droot/exec" --pidfile "$droot/docker.pid" \
-    -H "unix://$droot/docker.sock" --config-file "$droot/daemon.json" --bridge moatcbench0 --iptables=false \
-    --containerd-namespace moatc-bench-docker >"$droot/dockerd.log" 2>&1 &
-  dockerd_pid=$!
-  export DOCKER_HOST="unix://$droot/docker.sock"
-  for _ in $(seq 100); do docker version >/dev/null 2>&1 && break; sleep 0.2; done
-  # The same busybox rootfs: the layer of the cached OCI tar.
-  layer=$(tar -tvf "$PREFIX/images/busybox.oci.tar" | sort -k3 -n | tail -1 | awk '{print $6}')
-  tar -xOf "$PREFIX/images/busybox.oci.tar" "$layer" | docker import - moatc-bench/busybox >/dev/null
+  docker_up
   echo
   echo "== Docker Engine $(docker version -f '{{.Server.Version}}'), --network none"
   row "docker run --rm --network none (runc)" docker run --rm --network none moatc-bench/busybox true
@@ -483,10 +507,5 @@ if [ "${BENCH_DOCKER:-1}" = 1 ]; then
   ratio "moatc run --no-sandbox -- true, networked" "docker run --rm (runc, bridge)"
   row "docker run --rm --runtime=runsc (bridge)" docker run --rm --runtime=runsc moatc-bench/busybox true
   ratio "moatc run -- true (gvisor), networked" "docker run --rm --runtime=runsc (bridge)"
-  if [ -n "${median["warm: moatc run -- true, networked (gvisor)"]:-}" ]; then
-    echo
-    echo "== warm pool against Docker Engine, networked"
-    goal "warm: moatc run -- true, networked (runc)" "docker run --rm (runc, bridge)" 0.50
-    goal "warm: moatc run -- true, networked (gvisor)" "docker run --rm --runtime=runsc (bridge)" 0.50
-  fi
+  docker_warm_goals
 fi
