@@ -524,7 +524,17 @@ func (m *Manager) claimFree(runID string, used map[netip.Prefix]bool) (int, erro
 			return j, nil
 		}
 	}
-	return 0, fmt.Errorf("network pool %s is full (%d runs have networks); remove stopped runs' networks with `moatc clean` or configure a larger pool (%s)", pool, total, PoolEnv)
+	return 0, &FullError{Pool: pool, Total: total}
+}
+
+// FullError says the address pool has no free /24 left.
+type FullError struct {
+	Pool  netip.Prefix
+	Total int
+}
+
+func (e *FullError) Error() string {
+	return fmt.Sprintf("network pool %s is full (%d runs have networks); remove stopped runs' networks with `moatc clean` or configure a larger pool (%s, or network_pool in moatc's config.yaml)", e.Pool, e.Total, PoolEnv)
 }
 
 func (m *Manager) writeRecord(rec *record) error {

@@ -522,3 +522,37 @@ func TestPoolWarmOOM(t *testing.T) {
 		t.Errorf("a run of another limit: exit %d warm=%v", r.code, st.Warm)
 	}
 }
+
+// TestPoolCannotBeFilled: a pool that cannot be filled (here: no address left, a network pool
+// of one /24) leaves runs starting cold with a warning; a cold run that needs the address an
+// idle member holds gets it.
+func TestPoolCannotBeFilled(t *testing.T) {
+	requireStack(t)
+	cfg := filepath.Join(home, "config.yaml")
+	if err := os.WriteFile(cfg, []byte("network_pool: 10.214.0.0/24\npool:\n  gvisor: 2\n  runc: 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		moatcRun(t, warm, "pool", "drain")
+		os.Remove(cfg)
+	})
+	ws := workspace(t)
+	r := moatcRun(t, warm, "pool", "fill")
+	if r.code == 0 || !strings.Contains(r.stderr, "is full") || !strings.Contains(r.stderr, "runs start cold") {
+		t.Fatalf("fill of a pool with one address: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if n := len(readyOf(t, "gvisor")); n != 1 {
+		t.Fatalf("%d members made, want the 1 an address was left for", n)
+	}
+	// A runc run (the pool keeps none) needs the address the member holds: it gets it.
+	r = moatcRun(t, warm, busyboxRun("runc", []string{"-n", "pf-runc"}, ws, "echo", "ran")...)
+	if r.code != 0 || r.stdout != "ran\n" || !strings.Contains(r.stderr, "a warm pool member was removed to make room") {
+		t.Fatalf("runc run with the address held by the pool: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	// A gVisor run finds no member, and is told why, and starts cold.
+	r = moatcRun(t, warm, busyboxRun("gvisor", []string{"-n", "pf-gvisor"}, ws, "echo", "ran")...)
+	st := warmStatus(t, "pf-gvisor")
+	if r.code != 0 || r.stdout != "ran\n" || st.Warm || !strings.Contains(r.stderr, "the warm pool could not be filled") {
+		t.Errorf("gVisor run with an unfillable pool: exit %d %q warm=%v %q", r.code, r.stdout, st.Warm, r.stderr)
+	}
+}

@@ -178,6 +178,9 @@ func (p *Pool) make(ctx context.Context, c Class) (_ *Member, err error) {
 		return nil, err
 	}
 	if c.Runtime == "gvisor" {
+		if fi, err := os.Stat(p.Pause); err != nil || !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("moatc-pause, a pool sandbox's only process, is not installed (%s): run `make install`", p.Pause)
+		}
 		if err := p.makeRootfs(); err != nil {
 			return nil, err
 		}

@@ -237,6 +237,30 @@ func (p *Pool) Broken(ctx context.Context, m *Member) string {
 	return ""
 }
 
+// Evict removes one ready member, the oldest, to free what it holds (its address) for a
+// run that needs it. It reports whether there was one.
+func (p *Pool) Evict(ctx context.Context) (bool, error) {
+	unlock, err := p.lock()
+	if err != nil {
+		return false, err
+	}
+	ms, err := p.Members()
+	var victim *Member
+	for _, m := range ms {
+		if m.State == Ready {
+			victim = m
+			victim.State, victim.Owner = Claimed, state.Self()
+			err = p.write(victim)
+			break
+		}
+	}
+	unlock()
+	if victim == nil || err != nil {
+		return false, err
+	}
+	return true, p.Remove(ctx, victim.ID)
+}
+
 // GiveBack returns a claimed member that was not used to the pool.
 func (p *Pool) GiveBack(m *Member) {
 	unlock, err := p.lock()

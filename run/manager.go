@@ -984,6 +984,13 @@ func (m *Manager) setupNetwork(ctx context.Context, r *state.Run, eg *egress) (*
 		nw, err = m.Net.Finish(ctx, r.ID, o) // made ahead by the pool: the run's part only
 	} else {
 		nw, err = m.Net.Setup(ctx, r.ID, o)
+		if full := new(cni.FullError); errors.As(err, &full) && m.Pool != nil {
+			// Idle pool members hold addresses; a run needs one more than they do.
+			if evicted, eerr := m.Pool.Evict(ctx); evicted && eerr == nil {
+				fmt.Fprintf(os.Stderr, "moatc: the address pool %s is full: a warm pool member was removed to make room\n", full.Pool)
+				nw, err = m.Net.Setup(ctx, r.ID, o)
+			}
+		}
 	}
 	if err != nil {
 		return nil, err

@@ -72,7 +72,7 @@ func (m *Manager) refill(r *state.Run) {
 	if m.Pool == nil {
 		return
 	}
-	if _, ok := PoolClass(r.Spec); !ok && !r.Warm {
+	if c, ok := PoolClass(r.Spec); !r.Warm && (!ok || !m.Pool.Keeps(c.Runtime)) {
 		return
 	}
 	m.Pool.Refill(state.Self())

@@ -177,9 +177,6 @@ func poolFillAction(c *cli.Context) error {
 		}
 		return nil
 	}
-	if _, err := os.Stat(p.Pause); err != nil && p.Keeps("gvisor") {
-		return fmt.Errorf("moatc-pause is not installed (%s): run `make install`, or set pool: {gvisor: 0} in %s", p.Pause, filepath.Join(c.String("home"), "config.yaml"))
-	}
 	start := time.Now()
 	list := []*pool.Member{}
 	made, err := p.Fill(ctx, func(m *pool.Member) {
@@ -225,9 +222,12 @@ func poolStatus(c *cli.Context, e *env) error {
 		Members []poolMemberStatus `json:"members"`
 		// MemoryKB is what the idle members cost in all (PSS).
 		MemoryKB int64 `json:"memory_kb"`
+		// FillError is why the last fill failed; runs start cold meanwhile.
+		FillError string `json:"fill_error,omitempty"`
 	}{Sizes: map[string]int{}, Members: []poolMemberStatus{}}
 	if p != nil {
 		out.Enabled = p.Want() > 0
+		out.FillError = p.FillError()
 		for _, s := range p.Sizes {
 			out.Sizes[s.Class.String()] = s.N
 		}
@@ -268,6 +268,9 @@ func poolStatus(c *cli.Context, e *env) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Class, m.State, m.Age, mem, m.Health)
 	}
 	tw.Flush()
+	if out.FillError != "" {
+		fmt.Printf("the last fill failed: %s\n", out.FillError)
+	}
 	fmt.Printf("idle memory: %.1f MB (PSS of the ready members' shims, sandboxes and gofers)\n", float64(out.MemoryKB)/1024)
 	return nil
 }
