@@ -556,3 +556,37 @@ func TestPoolCannotBeFilled(t *testing.T) {
 		t.Errorf("gVisor run with an unfillable pool: exit %d %q warm=%v %q", r.code, r.stdout, st.Warm, r.stderr)
 	}
 }
+
+// TestPoolRestart: a warm run restarted at once starts again cold under the same id; the
+// release of its warm sandbox and network, which runs detached when the first task ends, does
+// not take the new network or container with it.
+func TestPoolRestart(t *testing.T) {
+	requireStack(t)
+	enablePool(t, "{gvisor: 1, runc: 0}")
+	ws := workspace(t)
+	fillPool(t)
+	if r := moatcRun(t, warm, busyboxRun("gvisor", []string{"-d", "-n", "prs"}, ws, "sh", "-c", "echo up; sleep 1000")...); r.code != 0 {
+		t.Fatalf("run -d: %d %s", r.code, r.stderr)
+	}
+	first := warmStatus(t, "prs")
+	if !first.Warm {
+		t.Fatal("the run did not start warm")
+	}
+	if r := moatcRun(t, warm, "restart", "-t", "0", "prs"); r.code != 0 {
+		t.Fatalf("restart: %d %s", r.code, r.stderr)
+	}
+	time.Sleep(2 * time.Second) // the release of the first task has run by now
+	again := warmStatus(t, "prs")
+	if again.ID != first.ID || again.Warm || again.State != "running" {
+		t.Fatalf("after restart: id %s warm=%v state %s (%s)", again.ID, again.Warm, again.State, again.Error)
+	}
+	out := moatcRun(t, warm, "exec", "prs", "--", "ip", "addr")
+	if out.code != 0 || !strings.Contains(out.stdout, "inet "+again.IP+"/24") {
+		t.Errorf("the restarted run's network: exit %d %q (ip %s)", out.code, out.stdout, again.IP)
+	}
+	if strings.Contains(ctr(t, "containers", "list", "-q"), first.Sandbox) {
+		t.Errorf("the first task's sandbox %s is left", first.Sandbox)
+	}
+	mustRun(t, "destroy", "--force", "prs")
+	waitMemberGone(t, first.ID, first.Sandbox)
+}

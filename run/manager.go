@@ -740,13 +740,15 @@ func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task,
 	if logErr != nil {
 		fmt.Fprintf(os.Stderr, "moatc: warning: recording the run's output: %v; its log is incomplete\n", logErr)
 	}
+	// A warm run's container, sandbox and network go in a process of their own: the run's
+	// end is recorded, and its moatc need not wait for them.
+	if r.Warm && m.releaseDetached(r.ID) {
+		return code, true, nil
+	}
 	// The task is gone: the network and the container are released side by side.
 	netDown := make(chan struct{})
 	go func() {
 		defer close(netDown)
-		if r.Sandbox != "" && m.releaseDetached(r.ID) {
-			return // the sandbox and the network go in a process of their own
-		}
 		if r.Sandbox != "" {
 			if err := m.removeSandbox(bg, r.ID); err != nil {
 				fmt.Fprintf(os.Stderr, "moatc: warning: %v (run `moatc clean` to retry)\n", err)

@@ -2,6 +2,7 @@ package run
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -122,11 +123,11 @@ func (m *Manager) drainPool(ctx context.Context, rep *CleanReport, dry bool) err
 	return err
 }
 
-// releaseDetached hands the removal of warm run id's sandbox and network to a process of its
-// own (`moatc _supervise --release ID`), so the run's moatc ends without waiting for the
-// sandbox to be killed (about 100 ms). It reports whether that process started; if it dies
-// before it is done, `moatc clean` removes what is left (the run's container label and its
-// network record name it).
+// releaseDetached hands the removal of warm run id's container, sandbox and network to a
+// process of its own (`moatc _supervise --release ID`), so the run's moatc ends without
+// waiting for them (the sandbox's kill alone takes about 100 ms). It reports whether that
+// process started; if it dies before it is done, `moatc clean` removes what is left (the
+// run's container label and its network record name it).
 func (m *Manager) releaseDetached(id string) bool {
 	if m.SuperviseCommand == nil || m.Pool == nil {
 		return false
@@ -148,11 +149,40 @@ func (m *Manager) releaseDetached(id string) bool {
 	return true
 }
 
-// ReleaseWarm removes what warm run id held beyond its own container: the pool sandbox it ran
-// in and its network.
+// ReleaseWarm removes what warm run id held once it ended: its container, the pool sandbox it
+// ran in, its network. It does so under the run's record lock, and not at all if the run is
+// active again (`moatc restart` removed all of it already, and made its own anew under the
+// same id).
 func (m *Manager) ReleaseWarm(ctx context.Context, id string) error {
-	if err := m.removeSandbox(ctx, id); err != nil {
+	release := func() error {
+		c, err := m.Client(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := c.RemoveContainer(ctx, "moatc-"+id); err != nil {
+			return err
+		}
+		if err := m.removeSandbox(ctx, id); err != nil {
+			return err
+		}
+		return m.Net.Release(ctx, id)
+	}
+	if _, err := os.Stat(m.Store.Dir(id)); err != nil {
+		return release() // --rm: the record is gone, and so can be no restart
+	}
+	var rerr error
+	errKept := errors.New("nothing to write")
+	_, err := m.Store.Update(id, func(r *state.Run) error {
+		if !r.Active() {
+			rerr = release()
+		}
+		return errKept
+	})
+	if err != nil && !errors.Is(err, errKept) {
+		if _, serr := os.Stat(m.Store.Dir(id)); serr != nil || errors.Is(err, state.ErrNotFound) {
+			return release() // removed meanwhile (--rm)
+		}
 		return err
 	}
-	return m.Net.Release(ctx, id)
+	return rerr
 }
