@@ -430,6 +430,13 @@ func TestPoolCleanAfterKill9(t *testing.T) {
 	if len(ents) == 0 {
 		t.Log("the killed fill had recorded no member yet")
 	}
+	// Any command reconciles first: members whose fill was killed go then.
+	mustRun(t, "list")
+	for _, m := range poolMembers(t) {
+		if m.State != "ready" {
+			t.Errorf("member %s is left %s after a command reconciled", m.ID, m.State)
+		}
+	}
 	if r := moatcRun(t, warm, "clean"); r.code != 0 {
 		t.Fatalf("clean: %d %s", r.code, r.stderr)
 	}

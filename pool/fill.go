@@ -144,6 +144,36 @@ func (p *Pool) prune(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// RemoveAbandoned removes the members whose filling or claiming process died (kill -9 of a
+// fill, or of a run before its record took the member): Reconcile's step, so every command
+// finds them. It reads only the records unless one is abandoned, and never waits for a fill.
+func (p *Pool) RemoveAbandoned(ctx context.Context) error {
+	ms, err := p.Members()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, m := range ms {
+		if m.State == Ready || m.Owner.Alive() {
+			continue
+		}
+		// Under the lock, again: a fill may have finished it meanwhile.
+		unlock, err := p.lock()
+		if err != nil {
+			return err
+		}
+		cur, err := p.read(m.ID)
+		unlock()
+		if err != nil || cur.State == Ready || cur.Owner.Alive() {
+			continue
+		}
+		if err := p.Remove(ctx, m.ID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func (p *Pool) keeps(c Class) bool {
 	for _, s := range p.Sizes {
 		if s.Class == c && s.N > 0 {

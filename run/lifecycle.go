@@ -48,6 +48,14 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	}
 	// gVisor sandboxes of runs killed while being created live on outside containerd's view.
 	m.SweepAbandoned(ctx, runs)
+	// Warm pool members whose fill or run was killed.
+	if m.Pool != nil {
+		pctx, cancel := context.WithTimeout(ctx, reconcileBudget)
+		if err := m.Pool.RemoveAbandoned(pctx); err != nil {
+			fmt.Fprintf(os.Stderr, "moatc: warning: removing warm pool members whose process died: %v (run `moatc clean` to retry)\n", err)
+		}
+		cancel()
+	}
 	// A build whose moatc was killed leaves leases behind; they go once no build is live.
 	if (&builder.Daemon{Dir: m.buildDir()}).Abandoned() {
 		sctx, cancel := context.WithTimeout(ctx, reconcileBudget)
