@@ -618,14 +618,7 @@ func (m *Manager) SetupShared(ctx context.Context, id string) (_ string, err err
 	if err != nil {
 		return "", fail(err)
 	}
-	defer func() {
-		if err != nil {
-			if uerr := m.teardown(context.WithoutCancel(ctx), id, rec, false); uerr != nil {
-				err = fmt.Errorf("%w (undoing it failed too, run `moatc clean`: %v)", err, uerr)
-			}
-			err = fail(err)
-		}
-	}()
+	defer m.undo(ctx, rec, &err, fail)
 	release, err := fw.hold()
 	if err != nil {
 		return "", err
@@ -645,6 +638,18 @@ func (m *Manager) SetupShared(ctx context.Context, id string) (_ string, err err
 		return "", fmt.Errorf("writing conflist: %w", err)
 	}
 	return m.confPath(id), nil
+}
+
+// undo, deferred once network rec is allocated, tears down what was made of it when *errp is
+// set on the way out, and wraps the error with fail.
+func (m *Manager) undo(ctx context.Context, rec *record, errp *error, fail func(error) error) {
+	if *errp == nil {
+		return
+	}
+	if uerr := m.teardown(context.WithoutCancel(ctx), rec.RunID, rec, false); uerr != nil {
+		*errp = fmt.Errorf("%w (undoing it failed too, run `moatc clean`: %v)", *errp, uerr)
+	}
+	*errp = fail(*errp)
 }
 
 // Teardown removes everything Setup made for the run, from what is on disk and in the kernel:

@@ -34,14 +34,7 @@ func (m *Manager) Prepare(ctx context.Context, id string) (_ *Network, err error
 	if err != nil {
 		return nil, fail(err)
 	}
-	defer func() {
-		if err != nil {
-			if uerr := m.teardown(context.WithoutCancel(ctx), id, rec, false); uerr != nil {
-				err = fmt.Errorf("%w (undoing it failed too, run `moatc clean`: %v)", err, uerr)
-			}
-			err = fail(err)
-		}
-	}()
+	defer m.undo(ctx, rec, &err, fail)
 	release, err := fw.hold()
 	if err != nil {
 		return nil, err
