@@ -325,6 +325,23 @@ func TestPoolRefillsAndReplacesBroken(t *testing.T) {
 			t.Errorf("member %s: idle memory not measured", m.ID)
 		}
 	}
+	var sys struct {
+		Pool struct {
+			Want     int            `json:"want"`
+			States   map[string]int `json:"states"`
+			MemoryKB int64          `json:"memory_kb"`
+		} `json:"pool"`
+	}
+	decodeJSON(t, moatcRun(t, warm, "system", "status", "--json").stdout, &sys)
+	if sys.Pool.Want != 3 || sys.Pool.States["ready"] != 3 || sys.Pool.MemoryKB != before[0].MemoryKB+before[1].MemoryKB {
+		t.Errorf("system status: %+v", sys.Pool)
+	}
+	for _, m := range before {
+		labels := ctr(t, "containers", "info", m.Sandbox)
+		if !strings.Contains(labels, `"moatc.run-id": "`+m.ID+`"`) || !strings.Contains(labels, `"moatc.role": "pool"`) {
+			t.Errorf("sandbox %s lacks moatc's labels", m.Sandbox)
+		}
+	}
 	r := moatcRun(t, warm, busyboxRun("gvisor", []string{"-n", "pr-taken"}, ws, "true")...)
 	taken := warmStatus(t, "pr-taken")
 	if r.code != 0 || !taken.Warm {
@@ -391,6 +408,7 @@ func TestPoolCleanAfterKill9(t *testing.T) {
 	requireStack(t)
 	enablePool(t, "{gvisor: 2, runc: 1}")
 	ws := workspace(t)
+	vethsBefore := veths(t)
 	fillPool(t)
 	ids := map[string]bool{}
 	for _, m := range poolMembers(t) {
@@ -456,6 +474,27 @@ func TestPoolCleanAfterKill9(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(home, "pool", "members")); len(ents) != 0 {
 		t.Errorf("%d member records left", len(ents))
 	}
+	for v := range veths(t) {
+		if !vethsBefore[v] {
+			t.Errorf("veth %s left", v)
+		}
+	}
+}
+
+// veths lists the host's veth interfaces.
+func veths(t *testing.T) map[string]bool {
+	t.Helper()
+	out, err := exec.Command("ip", "-o", "link", "show", "type", "veth").Output()
+	if err != nil {
+		t.Fatalf("ip link: %v", err)
+	}
+	m := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			m[strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]] = true
+		}
+	}
+	return m
 }
 
 // leakFillers lists the pids of `moatc pool fill` processes of this home.

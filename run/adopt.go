@@ -138,7 +138,7 @@ func (m *Manager) Adopt(ctx context.Context, id string) error {
 		o.abort()
 		return m.lose(bg, r, fmt.Errorf("waiting on the run's task: %w", err))
 	}
-	_, _, err = m.follow(bg, r, task, statusC, nil, o)
+	_, _, err = m.follow(bg, r, task, statusC, nil, o, nil)
 	return err
 }
 

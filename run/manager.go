@@ -374,16 +374,19 @@ func (m *Manager) launch(ctx context.Context, r *state.Run, img containerd.Image
 		c.RemoveContainer(l.bg, r.ContainerID)
 		return l.failed(fmt.Errorf("%w; `moatc run --cold` starts without the warm pool", err), nil)
 	}
+	// The caller's signals are held from before the workload starts (it may act, and be
+	// signalled, before Start returns here), and follow passes them on.
+	early := make(chan os.Signal, 16)
+	signal.Notify(early, forwardedSignals...)
+	defer signal.Stop(early)
 	if err := l.start(ctx); err != nil {
 		return 0, err
 	}
 	l.notify(nil)
-	// Beside follow, which must take the caller's signals at once (a SIGTERM that came
-	// before would end moatc, not the workload).
 	refilled := make(chan struct{})
 	go func() { m.refill(r); close(refilled) }()
 	defer func() { <-refilled }()
-	code, released, err := m.follow(l.bg, r, l.task, l.statusC, stdio.Console, l.o)
+	code, released, err := m.follow(l.bg, r, l.task, l.statusC, stdio.Console, l.o, early)
 	l.netReleased = released
 	return code, err
 }
@@ -669,13 +672,22 @@ func (l *launching) start(ctx context.Context) error {
 // container and the network. It reports whether the network was released; when the end
 // cannot be recorded, the task and container stay for the next command to record.
 func (m *Manager) follow(bg context.Context, r *state.Run, task containerd.Task, statusC <-chan containerd.ExitStatus,
-	con console.Console, o *runOutput) (int, bool, error) {
+	con console.Console, o *runOutput, early chan os.Signal) (int, bool, error) {
 	defer o.tail.finish()
 	c, err := m.Client(bg)
 	if err != nil {
 		return 0, false, err
 	}
 	stopSignals := m.forwardSignals(bg, task, con)
+	if early != nil {
+		// What came before forwardSignals took over goes on now, in order.
+		signal.Stop(early)
+		for len(early) > 0 {
+			if s := (<-early).(syscall.Signal); s != syscall.SIGWINCH {
+				task.Kill(bg, s)
+			}
+		}
+	}
 	status := <-statusC
 	stopSignals()
 	taskIO := task.IO()
@@ -1025,10 +1037,13 @@ func parsePorts(s state.Spec) ([]cni.Port, error) {
 
 // forwardSignals sends the signals moatc receives to the workload, and keeps a TTY's size in
 // step with the caller's terminal. The returned func stops it.
+// forwardedSignals are the signals moatc passes to a workload (SIGWINCH: a resize).
+var forwardedSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
+
 func (m *Manager) forwardSignals(ctx context.Context, task containerd.Process, con console.Console) func() {
 	sigc := make(chan os.Signal, 16)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	signal.Notify(sigc, forwardedSignals...)
 	resize := func() {
 		if con == nil {
 			return
