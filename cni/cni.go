@@ -277,14 +277,20 @@ func (m *Manager) Setup(ctx context.Context, runID string, o Options) (_ *Networ
 	if err := m.writeRunFiles(n, rec, o.Strict); err != nil {
 		return nil, err
 	}
-	if proxy != nil {
-		proxy.target = rec.IP
-		n.Proxy = proxy
-		m.mu.Lock()
-		m.proxies[runID] = proxy
-		m.mu.Unlock()
-	}
+	m.keepProxy(n, proxy)
 	return n, nil
+}
+
+// keepProxy hands network n the proxy of its published ports (if any), kept until Teardown.
+func (m *Manager) keepProxy(n *Network, proxy *Proxy) {
+	if proxy == nil {
+		return
+	}
+	proxy.target = n.IP
+	n.Proxy = proxy
+	m.mu.Lock()
+	m.proxies[n.RunID] = proxy
+	m.mu.Unlock()
 }
 
 // checkSetup checks what Setup is asked and fills in defaults: the hostname and the ports.

@@ -95,13 +95,7 @@ func (m *Manager) Finish(ctx context.Context, id string, o Options) (_ *Network,
 	if err := m.writeRunFiles(n, rec, o.Strict); err != nil {
 		return nil, fail(err)
 	}
-	if proxy != nil {
-		proxy.target = rec.IP
-		n.Proxy = proxy
-		m.mu.Lock()
-		m.proxies[id] = proxy
-		m.mu.Unlock()
-	}
+	m.keepProxy(n, proxy)
 	return n, nil
 }
 

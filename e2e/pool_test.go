@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -263,7 +264,7 @@ func TestPoolNothingPassesBetweenRuns(t *testing.T) {
 			}
 			first := warmStatus(t, "pn-a-"+rt)
 			b := moatcRun(t, warm, busyboxRun(rt, []string{"-n", "pn-b-" + rt}, ws, "sh", "-c",
-				"ls /tmp/marker /dev/shm/marker 2>&1; ps -o comm | grep -cx sleep; echo done")...)
+				"ls /tmp/marker /dev/shm/marker 2>&1; ps -o comm | grep -cx sleep; ps -o comm | grep -c pause; echo done")...)
 			second := warmStatus(t, "pn-b-"+rt)
 			if !first.Warm || !second.Warm {
 				t.Fatalf("warm: first %v, second %v", first.Warm, second.Warm)
@@ -271,7 +272,7 @@ func TestPoolNothingPassesBetweenRuns(t *testing.T) {
 			if first.ID == second.ID || (rt == "gvisor" && first.Sandbox == second.Sandbox) {
 				t.Fatalf("the two runs shared a member: %s/%s %s/%s", first.ID, second.ID, first.Sandbox, second.Sandbox)
 			}
-			if strings.Contains(b.stdout, "secret") || !strings.Contains(b.stdout, "No such file") || !strings.Contains(b.stdout, "\n0\ndone") {
+			if strings.Contains(b.stdout, "secret") || !strings.Contains(b.stdout, "No such file") || !strings.Contains(b.stdout, "\n0\n0\ndone") {
 				t.Errorf("the second run saw the first's leftovers: %q", b.stdout)
 			}
 			// The first run's sandbox and network go right after it (a detached release).
@@ -438,7 +439,7 @@ func TestPoolCleanAfterKill9(t *testing.T) {
 	time.Sleep(700 * time.Millisecond)
 	fill.Process.Kill()
 	fill.Wait()
-	for _, killer := range leakFillers() {
+	for _, killer := range leakProcsOf("\x00pool\x00fill") {
 		syscall.Kill(killer, syscall.SIGKILL)
 	}
 	ents, _ := os.ReadDir(filepath.Join(home, "pool", "members"))
@@ -495,24 +496,6 @@ func veths(t *testing.T) map[string]bool {
 		}
 	}
 	return m
-}
-
-// leakFillers lists the pids of `moatc pool fill` processes of this home.
-func leakFillers() []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		args := strings.Split(string(b), "\x00")
-		if len(args) > 0 && args[0] == moatc && strings.Contains(string(b), "\x00pool\x00fill") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 // TestPoolConfigErrors: a bad pool: in config.yaml is refused with its line and what to write.
@@ -635,4 +618,40 @@ func TestPoolRestart(t *testing.T) {
 	}
 	mustRun(t, "destroy", "--force", "prs")
 	waitMemberGone(t, first.ID, first.Sandbox)
+}
+
+// TestPoolWarmPublishedPort: a warm run's published port (bound when the run takes its
+// member's network) answers from the host, as a cold run's does.
+func TestPoolWarmPublishedPort(t *testing.T) {
+	requireStack(t)
+	enablePool(t, "{gvisor: 1, runc: 1}")
+	for _, rt := range runtimes {
+		t.Run(rt, func(t *testing.T) {
+			ws := workspace(t)
+			port := freePort(t)
+			name := "pp-" + rt
+			fillPool(t)
+			r := moatcRun(t, warm, busyboxRun(rt, []string{"-d", "-n", name, "-p", fmt.Sprintf("%d:8080", port)}, ws, "sh", "-c",
+				"mkdir -p /tmp/www && echo warm-"+rt+" > /tmp/www/index.html && echo ready && httpd -f -p 8080 -h /tmp/www")...)
+			if r.code != 0 {
+				t.Fatalf("run -d -p: %d %s", r.code, r.stderr)
+			}
+			defer mustRun(t, "destroy", "--force", name)
+			if st := warmStatus(t, name); !st.Warm {
+				t.Fatal("the run did not start warm")
+			}
+			waitLog(t, name, "ready")
+			var body string
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && body == ""; time.Sleep(100 * time.Millisecond) {
+				if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port)); err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					body = string(b)
+				}
+			}
+			if body != "warm-"+rt+"\n" {
+				t.Errorf("the published port answered %q", body)
+			}
+		})
+	}
 }
