@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
@@ -120,16 +122,8 @@ func (c *Client) Pull(ctx context.Context, ref, snapshotter string, progress fun
 	for _, o := range opts {
 		o(&po)
 	}
-	hostOpts := []docker.RegistryOpt{docker.WithPlainHTTP(docker.MatchLocalhost)}
-	if po.dialCheck != nil {
-		hostOpts = append(hostOpts, docker.WithClient(checkedClient(po.dialCheck)))
-	}
-	if po.creds != nil {
-		hostOpts = append(hostOpts, docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(po.creds))))
-	}
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(hostOpts...)})
 	ropts := []containerd.RemoteOpt{
-		containerd.WithResolver(resolver), containerd.WithPullUnpack, containerd.WithPullSnapshotter(snapshotter),
+		containerd.WithResolver(po.resolver()), containerd.WithPullUnpack, containerd.WithPullSnapshotter(snapshotter),
 	}
 	if progress != nil {
 		ropts = append(ropts, containerd.WithImageHandler(images.HandlerFunc(
@@ -156,6 +150,44 @@ type PullOpt func(*pullOptions)
 type pullOptions struct {
 	creds     func(host string) (string, string, error)
 	dialCheck func(netip.Addr) error
+	insecure  []string // registries spoken to over plain HTTP besides localhost's; see plainHTTP
+}
+
+// resolver is the docker resolver the options make, Pull's and Push's: localhost registries
+// (and o.insecure) over plain HTTP, o.creds answering a registry's challenge.
+func (o pullOptions) resolver() remotes.Resolver {
+	hostOpts := []docker.RegistryOpt{docker.WithPlainHTTP(plainHTTP(o.insecure))}
+	if o.dialCheck != nil {
+		hostOpts = append(hostOpts, docker.WithClient(checkedClient(o.dialCheck)))
+	}
+	if o.creds != nil {
+		hostOpts = append(hostOpts, docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(o.creds))))
+	}
+	return docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(hostOpts...)})
+}
+
+// plainHTTP says which registries are spoken to over plain HTTP: those on localhost (as
+// Docker does), and those insecure names, each a HOST (any port) or HOST:PORT (that port).
+func plainHTTP(insecure []string) func(host string) (bool, error) {
+	return func(host string) (bool, error) {
+		if ok, err := docker.MatchLocalhost(host); ok || err != nil {
+			return ok, err
+		}
+		h, _, err := net.SplitHostPort(host)
+		if err != nil {
+			h = host // no port
+		}
+		for _, i := range insecure {
+			if _, _, err := net.SplitHostPort(i); err == nil {
+				if strings.EqualFold(i, host) {
+					return true, nil
+				}
+			} else if strings.EqualFold(strings.Trim(i, "[]"), strings.Trim(h, "[]")) {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
 }
 
 // WithDialCheck has Pull ask check before each connection it opens, with the address it is

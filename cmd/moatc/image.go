@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 
+	"github.com/containerd/platforms"
 	"github.com/urfave/cli/v2"
 
 	"github.com/moatc/moatc/ctrd"
@@ -50,6 +52,38 @@ and imports it, or writes it as an OCI image layout tar with -o (import it later
 				ArgsUsage: "REF",
 				Flags:     []cli.Flag{jsonFlag},
 				Action:    imagePullAction,
+			},
+			{
+				Name:      "push",
+				Usage:     "push an image of moatc's store to a registry",
+				ArgsUsage: "SRC [DEST]",
+				Description: `Pushes image SRC of moatc's store (a name as 'moatc image ls' shows it; busybox means
+docker.io/library/busybox:latest) to a registry as DEST, a full reference with a tag such as
+registry.example:5000/team/app:v1. DEST defaults to SRC's own name. moatc prints
+'pushed DEST@DIGEST': that reference names exactly what was pushed.
+
+Credentials come from the docker config, as Docker's do: ~/.docker/config.json, or
+$DOCKER_CONFIG/config.json, with its credential helpers ('docker login HOST' writes them).
+They are sent only to a registry that asks. Registries on localhost are spoken to over plain
+HTTP, and those named with --insecure-registry; all others over HTTPS.
+
+A multi-platform image whose other platforms are not in the store (a pull fetches the host's
+alone) is pushed as the host platform's manifest by itself. Layers a pull skipped because
+they were unpacked already are fetched first from the registry SRC's name points at.
+
+Examples:
+  moatc image push myapp:dev registry.example/team/myapp:dev
+  moatc image push localhost:5000/tools:v1      # to the registry its name says
+  moatc image push --insecure-registry 10.0.0.5:5000 \
+      busybox 10.0.0.5:5000/busybox:1
+  moatc image push -q --json myapp:dev ghcr.io/me/myapp:dev
+      # prints {"source", "destination", "digest"}`,
+				Flags: []cli.Flag{
+					&cli.StringSliceFlag{Name: "insecure-registry", Usage: "speak plain HTTP to the registry at `HOST[:PORT]` (without a port: any of its ports); repeatable"},
+					&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress on standard error"},
+					jsonFlag,
+				},
+				Action: imagePushAction,
 			},
 			{
 				Name:    "ls",
@@ -132,6 +166,70 @@ func imagePullAction(c *cli.Context) error {
 		return err
 	}
 	return printImages(c, "pulled", []string{img.Name()})
+}
+
+func imagePushAction(c *cli.Context) error {
+	if c.NArg() < 1 || c.NArg() > 2 {
+		return usageError{fmt.Errorf("image push needs SRC (see `moatc image ls`) and may take DEST, e.g. moatc image push myapp:dev registry.example/team/myapp:dev")}
+	}
+	src, dest := c.Args().Get(0), c.Args().Get(1)
+	var insecure []string
+	for _, v := range c.StringSlice("insecure-registry") {
+		for _, h := range strings.Split(v, ",") {
+			h = strings.TrimSpace(h)
+			if h == "" || strings.Contains(h, "/") {
+				return usageError{fmt.Errorf("--insecure-registry %q: give a HOST or HOST:PORT, such as 10.0.0.5:5000 (no scheme, no path)", v)}
+			}
+			insecure = append(insecure, h)
+		}
+	}
+	srcName, err := ctrd.Normalize(src)
+	if err != nil {
+		return usageError{err}
+	}
+	if dest == "" {
+		dest = srcName
+	}
+	destName, err := ctrd.Normalize(dest)
+	if err != nil {
+		return usageError{err}
+	}
+	cl, closeClient, err := imageClient(c)
+	if err != nil {
+		return err
+	}
+	defer closeClient()
+	ctx, cancel := signalContext(c)
+	defer cancel()
+	opt := ctrd.PushOptions{Insecure: insecure}
+	if !c.Bool("quiet") {
+		opt.Progress = func(d ocispec.Descriptor) {
+			fmt.Fprintf(os.Stderr, "pushing %s %s (%s)\n", short(d.MediaType), d.Digest.Encoded()[:12], humanSize(d.Size))
+		}
+		opt.Fetch = func(d ocispec.Descriptor) {
+			fmt.Fprintf(os.Stderr, "fetching %s %s (%s) from %s first: moatc's store holds it unpacked only\n",
+				short(d.MediaType), d.Digest.Encoded()[:12], humanSize(d.Size), ctrd.ShortName(srcName))
+		}
+	}
+	d, err := cl.Push(ctx, src, dest, opt)
+	if err != nil {
+		return err
+	}
+	if d.Platform != nil {
+		fmt.Fprintf(os.Stderr, "moatc: pushed the %s manifest alone: the image's other platforms are not in moatc's store\n", platforms.Format(*d.Platform))
+	}
+	if c.Bool("json") {
+		return printJSON(imagePushed{Source: srcName, Destination: destName, Digest: d.Digest.String()})
+	}
+	fmt.Printf("pushed %s@%s\n", destName, d.Digest)
+	return nil
+}
+
+// imagePushed is `moatc image push --json`'s output.
+type imagePushed struct {
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	Digest      string `json:"digest"`
 }
 
 func imageListAction(c *cli.Context) error {
