@@ -169,6 +169,16 @@ func readCA(dir string) (*CA, error) {
 		return nil, fmt.Errorf("load CA: read certificate: %w; fix its permissions or %s", err, hint)
 	}
 
+	return parseCA(dir, certPEM, keyPEM, certPath, keyPath, hint)
+}
+
+// CAFromPEM makes a CA from a certificate and key held in memory (a cluster run's proxy reads
+// them from a Secret, whose files it cannot chmod). It has no directory.
+func CAFromPEM(certPEM, keyPEM []byte) (*CA, error) {
+	return parseCA("", certPEM, keyPEM, "the certificate", "the key", "make a new CA")
+}
+
+func parseCA(dir string, certPEM, keyPEM []byte, certPath, keyPath, hint string) (*CA, error) {
 	key, err := parseKey(keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("load CA: parse key %s: %w; %s", keyPath, err, hint)
@@ -225,10 +235,11 @@ func parseKey(b []byte) (crypto.Signer, error) {
 	return s, nil
 }
 
-func createCA(dir string) (*CA, error) {
+// GenerateCA makes a new CA in memory and returns its certificate and key, PEM encoded.
+func GenerateCA() (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("make CA: generate key: %w", err)
+		return nil, nil, fmt.Errorf("make CA: generate key: %w", err)
 	}
 	host, err := os.Hostname()
 	if err != nil || host == "" {
@@ -248,17 +259,25 @@ func createCA(dir string) (*CA, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return nil, fmt.Errorf("make CA: sign certificate: %w", err)
+		return nil, nil, fmt.Errorf("make CA: sign certificate: %w", err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("make CA: encode key: %w", err)
+		return nil, nil, fmt.Errorf("make CA: encode key: %w", err)
 	}
-	// Key first: a crash in between leaves a key without a certificate, which loading reports.
-	if err := atomicfile.Write(filepath.Join(dir, caKeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+func createCA(dir string) (*CA, error) {
+	certPEM, keyPEM, err := GenerateCA()
+	if err != nil {
 		return nil, err
 	}
-	if err := atomicfile.Write(filepath.Join(dir, caCertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	// Key first: a crash in between leaves a key without a certificate, which loading reports.
+	if err := atomicfile.Write(filepath.Join(dir, caKeyFile), keyPEM, 0o600); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, caCertFile), certPEM, 0o644); err != nil {
 		return nil, err
 	}
 	if d, err := os.Open(dir); err == nil {

@@ -54,6 +54,10 @@ type Config struct {
 	Listener    net.Listener // where to serve; the Proxy owns and closes it (also when New fails)
 	Secret      string       // clients send Proxy-Authorization: Basic base64("moatc:"+Secret)
 	Client      netip.Addr   // the run's address: the only source address accepted
+	// AnyClient accepts every source address, the secret alone admitting a client: a
+	// cluster run's proxy pod starts before the workload's pod has an address (a
+	// NetworkPolicy, where enforced, keeps other pods out).
+	AnyClient bool
 	Policy      policy.Policy
 	Credentials []Credential
 	Hosts       map[string]netip.Addr // names resolved here instead of by DNS; never chained through Upstream
@@ -151,7 +155,7 @@ func newProxy(cfg Config) (*Proxy, error) {
 		return nil, errors.New("no listener")
 	case cfg.Secret == "":
 		return nil, errors.New("no secret")
-	case !cfg.Client.IsValid():
+	case !cfg.Client.IsValid() && !cfg.AnyClient:
 		return nil, errors.New("no client address")
 	case cfg.CA == nil:
 		return nil, errors.New("no CA")
@@ -478,7 +482,7 @@ func (p *Proxy) serveClient(w http.ResponseWriter, r *http.Request) {
 // authorized reports whether r comes from the run's address with the run's secret.
 func (p *Proxy) authorized(r *http.Request) bool {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil || ap.Addr().Unmap().WithZone("") != p.client {
+	if err != nil || (!p.cfg.AnyClient && ap.Addr().Unmap().WithZone("") != p.client) {
 		return false
 	}
 	vals := r.Header.Values("Proxy-Authorization")
