@@ -74,6 +74,13 @@ func (m *Manager) finalizeAbandoned(ctx context.Context, id string) error {
 		if !r.Active() || r.Supervisor.Alive() {
 			return nil
 		}
+		if r.Kube != nil {
+			// Its pod is on a cluster, which only `moatc destroy` asks.
+			now := time.Now().UTC()
+			r.State, r.Finished = state.Failed, &now
+			r.Error = fmt.Sprintf("the moatc that ran this run on cluster %s is gone; its pod may still be there: `moatc destroy %s` removes it", r.Kube.Context, r.ID)
+			return nil
+		}
 		// A detached run whose task still runs gets a new supervisor rather than its end.
 		if m.adoptable(r) {
 			// Only a task known not to run is removed: a shim that does not answer may be
@@ -150,6 +157,9 @@ func (m *Manager) Stop(ctx context.Context, ref string, grace time.Duration) (*s
 		if r.Spec.StopTimeout != nil {
 			grace = time.Duration(*r.Spec.StopTimeout) * time.Second
 		}
+	}
+	if r.Kube != nil {
+		return m.stopRemote(ctx, r, grace)
 	}
 	c, err := m.Client(ctx)
 	if err != nil {
@@ -301,6 +311,15 @@ func (m *Manager) Destroy(ctx context.Context, ref string, force bool) (*state.R
 		if _, err := m.Stop(ctx, r.ID, 0); err != nil {
 			return nil, err
 		}
+	}
+	if r.Kube != nil {
+		if m.Remote == nil {
+			return nil, errNoRemote
+		}
+		if err := m.Remote.Destroy(ctx, r); err != nil {
+			return nil, err
+		}
+		return r, m.Store.Remove(r.ID)
 	}
 	if err := m.removeLeftovers(ctx, r.ID, r.ContainerID, r.Spec.Docker); err != nil {
 		return nil, err

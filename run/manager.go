@@ -49,6 +49,8 @@ type Manager struct {
 	StartEngine func(ctx context.Context, s EngineSpec) (DockerEngine, error)
 	// Pool holds warm starts; nil starts every run cold.
 	Pool *pool.Pool
+	// Remote stops and removes cluster runs (records with Kube set); nil refuses them.
+	Remote Remote
 
 	mu     sync.Mutex
 	client *ctrd.Client
@@ -245,21 +247,7 @@ func (m *Manager) record(c *ctrd.Client, req Request, buildLog string, member *p
 	if member != nil {
 		r.Warm, r.Sandbox = true, member.Sandbox
 	}
-	var err error
-	// A default name carries 4 digits of the id; when another run has them too, more.
-	for _, n := range []int{4, 8, len(id)} {
-		if req.Name == "" {
-			r.Name = defaultName(req.Workspace, id[:n])
-		}
-		err = m.Store.Create(r)
-		if req.Name != "" || !errors.As(err, new(*state.NameInUseError)) {
-			break
-		}
-	}
-	if err != nil {
-		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-			err = fmt.Errorf("%w; free space in %s (df -h %s) and run again", err, m.Store.Dir(""), m.Store.Dir(""))
-		}
+	if err := m.create(r, req); err != nil {
 		return nil, err
 	}
 	if buildLog != "" {
@@ -273,6 +261,25 @@ func (m *Manager) record(c *ctrd.Client, req Request, buildLog string, member *p
 		}
 	}
 	return r, nil
+}
+
+// create writes r's record, picking a free default name when req names none.
+func (m *Manager) create(r *state.Run, req Request) error {
+	var err error
+	// A default name carries 4 digits of the id; when another run has them too, more.
+	for _, n := range []int{4, 8, len(r.ID)} {
+		if req.Name == "" {
+			r.Name = defaultName(req.Workspace, r.ID[:n])
+		}
+		err = m.Store.Create(r)
+		if req.Name != "" || !errors.As(err, new(*state.NameInUseError)) {
+			break
+		}
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		err = fmt.Errorf("%w; free space in %s (df -h %s) and run again", err, m.Store.Dir(""), m.Store.Dir(""))
+	}
+	return err
 }
 
 // InitBinary is the host's tini-static, which --init mounts read-only as the run's PID 1.

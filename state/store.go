@@ -129,6 +129,8 @@ type Run struct {
 	// sandbox booted ahead: Sandbox, the container its own runs in, removed with the run).
 	Warm    bool   `json:"warm,omitempty"`
 	Sandbox string `json:"sandbox,omitempty"`
+	// Kube is where a cluster run (`moatc kube run`) runs; nil for a run on this machine.
+	Kube *Kube `json:"kube,omitempty"`
 	// Output says who writes the run's log: "shim" (its logger, `moatc _log`, started by the
 	// shim: the output outlives every moatc process) or "moatc" (the supervisor, for runs
 	// with stdin or a terminal).
@@ -137,6 +139,16 @@ type Run struct {
 	// copies its IO). When it is
 	// gone while the run is active, the run was abandoned (see run.Reconcile).
 	Supervisor *Process `json:"supervisor,omitempty"`
+}
+
+// Kube is a cluster run's place: its objects carry the label moatc.run-id=ID there.
+type Kube struct {
+	Kubeconfig string `json:"kubeconfig,omitempty"` // "" is the default loading rules
+	Context    string `json:"context"`
+	Namespace  string `json:"namespace"`
+	Server     string `json:"server,omitempty"`
+	Pod        string `json:"pod"`
+	Keep       bool   `json:"keep,omitempty"` // --keep: the objects stay after the run
 }
 
 // Process names a process robustly against pid reuse.

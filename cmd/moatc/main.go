@@ -22,6 +22,7 @@ import (
 	"github.com/moatc/moatc/cni"
 	"github.com/moatc/moatc/config"
 	"github.com/moatc/moatc/ctrd"
+	"github.com/moatc/moatc/kube"
 	"github.com/moatc/moatc/rootless"
 	"github.com/moatc/moatc/run"
 	"github.com/moatc/moatc/snapshot"
@@ -137,7 +138,7 @@ Examples:
 			eventsCommand(), versionCommand(), completionCommand(),
 			destroyCommand(), cleanCommand(), traceCommand(), imageCommand(), systemCommand(), doctorCommand(), buildCommand(), depsCommand(), trustCommand(), untrustCommand(), grantCommand(), revokeCommand(), superviseCommand(),
 			topCommand(), statsCommand(), cpCommand(),
-			engineCommand(), poolCommand(),
+			engineCommand(), poolCommand(), kubeCommand(),
 		}, agentCommands()...),
 		CommandNotFound: commandNotFound,
 	}
@@ -190,8 +191,10 @@ func setup(c *cli.Context) (*env, error) {
 	if addr == "" {
 		addr = cfg.Address
 	}
-	ns := c.String("namespace")
-	if !c.IsSet("namespace") && cfg.Namespace != "" {
+	// From the root: `moatc kube` has a -n/--namespace of its own, the cluster's.
+	root := c.Lineage()[len(c.Lineage())-1]
+	ns := root.String("namespace")
+	if !root.IsSet("namespace") && cfg.Namespace != "" {
 		ns = cfg.Namespace
 	}
 	store, err := state.Open(filepath.Join(home, "runs"))
@@ -231,6 +234,7 @@ func setup(c *cli.Context) (*env, error) {
 			return []string{self(), "--home", home, "--prefix", prefix, "--address", addr, "--namespace", ns, "_supervise", id}
 		},
 		StartEngine: startRunEngine,
+		Remote:      kube.Remote{},
 	}
 	e.mgr.Pool = warmPool(c, home, prefix, addr, ns, cfg, e.mgr)
 	if err := e.mgr.Reconcile(c.Context); err != nil {

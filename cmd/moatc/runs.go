@@ -116,8 +116,12 @@ func printRuns(runs []*state.Run, quiet bool, format string, tmpl *template.Temp
 		if r.ExitCode != nil {
 			exit = fmt.Sprint(*r.ExitCode)
 		}
+		where := string(r.Spec.Runtime)
+		if r.Kube != nil {
+			where = "kube:" + r.Kube.Context + "/" + r.Kube.Namespace // a cluster run, its context
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", r.ID, r.Name, shortImage(r.Spec.Image),
-			r.Spec.Runtime, r.State, exit, ago(r.Created), r.Workspace)
+			where, r.State, exit, ago(r.Created), r.Workspace)
 	}
 	return tw.Flush()
 }
