@@ -150,4 +150,5 @@ func (Remote) Destroy(ctx context.Context, r *state.Run) error {
 	}
 	return Remove(ctx, cl, r.ID, 60*time.Second)
 }
+
 var _ run.Remote = Remote{}

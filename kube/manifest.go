@@ -44,7 +44,7 @@ const (
 
 	workspaceDir = "/workspace"
 	// stateDir is the helpers' own volume: the copy's ready mark, the hold's release mark.
-	stateDir  = "/moatc"
+	stateDir     = "/moatc"
 	readyMark    = stateDir + "/ready"
 	doneMark     = stateDir + "/done"
 	attachedMark = stateDir + "/attached"
@@ -345,7 +345,7 @@ func workloadPod(in Input) (*corev1.Pod, error) {
 		// Stdin only so that moatc knows when it is attached (see follow); it is closed then.
 		Stdin: true, StdinOnce: true,
 		VolumeMounts: []corev1.VolumeMount{wsMount, {Name: "moatc", MountPath: stateDir, ReadOnly: true}},
-		Resources: limits(s),
+		Resources:    limits(s),
 	}
 	if ctr.WorkingDir == "" {
 		ctr.WorkingDir = workspaceDir

@@ -23,7 +23,7 @@ func testInput(strict bool) Input {
 		Image: "reg/img@sha256:abc", Helper: "reg/moatc/pod:1",
 		Proxy: &ProxyConfig{Secret: "proxysecret", Strict: strict, Allow: []string{"api.example.com", "10.1.2.3:443"},
 			Credentials: []proxy.Credential{{Grant: "g", Host: "api.example.com", Headers: map[string]string{"Authorization": "Bearer TOKEN-XYZ"}}},
-			CACert: "CERT", CAKey: "KEY"},
+			CACert:      "CERT", CAKey: "KEY"},
 		Bundle: []byte("ROOTS\nCERT"), BundleAt: "/etc/ssl/certs/ca-certificates.crt", ProxyHost: "10.0.0.9",
 	}
 }

@@ -206,10 +206,10 @@ func Run(ctx context.Context, m *run.Manager, req run.Request, o Options) (*stat
 
 // execution is one run on the cluster, from its first object to its last.
 type execution struct {
-	p      *prepared
-	m      *run.Manager
-	r      *state.Run
-	o      Options
+	p       *prepared
+	m       *run.Manager
+	r       *state.Run
+	o       Options
 	exited  bool // the workload's exit code is known
 	stopped bool // its pod was deleted (Ctrl-C, moatc stop) before it ended
 }

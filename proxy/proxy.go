@@ -51,13 +51,13 @@ type Credential struct {
 
 // Config configures a Proxy.
 type Config struct {
-	Listener    net.Listener // where to serve; the Proxy owns and closes it (also when New fails)
-	Secret      string       // clients send Proxy-Authorization: Basic base64("moatc:"+Secret)
-	Client      netip.Addr   // the run's address: the only source address accepted
+	Listener net.Listener // where to serve; the Proxy owns and closes it (also when New fails)
+	Secret   string       // clients send Proxy-Authorization: Basic base64("moatc:"+Secret)
+	Client   netip.Addr   // the run's address: the only source address accepted
 	// AnyClient accepts every source address, the secret alone admitting a client: a
 	// cluster run's proxy pod starts before the workload's pod has an address (a
 	// NetworkPolicy, where enforced, keeps other pods out).
-	AnyClient bool
+	AnyClient   bool
 	Policy      policy.Policy
 	Credentials []Credential
 	Hosts       map[string]netip.Addr // names resolved here instead of by DNS; never chained through Upstream
