@@ -349,3 +349,45 @@ func leakPpid(pid int) int {
 	}
 	return 0
 }
+
+// TestShimSocketsRemoved: a run's shim, gVisor's or runc's, removes its socket from
+// /run/containerd/s when it exits (gVisor's shim exits at once on its last Shutdown: moatc's
+// shim removes the socket first).
+func TestShimSocketsRemoved(t *testing.T) {
+	requireStack(t)
+	const dir = "/run/containerd/s"
+	list := func() map[string]bool {
+		m := map[string]bool{}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			m[e.Name()] = true
+		}
+		return m
+	}
+	for _, rt := range runtimes {
+		before := list()
+		args := append(append([]string{"run"}, sandboxArgs(rt)...), "--image", "busybox", t.TempDir(), "--", "true")
+		if r := moatcRun(t, opts{}, args...); r.code != 0 {
+			t.Fatalf("%s: exit %d: %s", rt, r.code, r.stderr)
+		}
+		// A shim may still be exiting when the run's moatc is done.
+		var left []string
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			left = nil
+			for n := range list() {
+				if !before[n] {
+					left = append(left, n)
+				}
+			}
+			if len(left) == 0 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if len(left) > 0 {
+			t.Errorf("%s: the run's shim left its socket in %s: %v", rt, dir, left)
+			for _, n := range left {
+				os.Remove(filepath.Join(dir, n))
+			}
+		}
+	}
+}

@@ -196,7 +196,19 @@ func (s *service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.Dele
 // containers is deleted) with no response and no error, which ttrpc cannot
 // send ("marshal called with nil"): containerd then fails the Delete of a
 // task that was deleted. An empty response says the same, sendably.
+//
+// With no container left, gVisor's Shutdown exits the process at once
+// (os.Exit), before the shutdown callback that removes the shim's socket has
+// run: every shim left its socket in /run/containerd/s. It goes first here.
 func (s *service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*types.Empty, error) {
+	s.mu.Lock()
+	last := len(s.bundles) == 0
+	s.mu.Unlock()
+	if last {
+		if address, err := shim.ReadAddress("address"); err == nil && address != "" {
+			_ = shim.RemoveSocket(address)
+		}
+	}
 	resp, err := s.TaskServiceExt.Shutdown(ctx, r)
 	if resp == nil && err == nil {
 		resp = &types.Empty{}
