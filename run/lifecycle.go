@@ -447,11 +447,16 @@ func (m *Manager) cleanRuns(ctx context.Context, rep *CleanReport, dry bool) (ma
 			active[r.ID] = true
 			continue
 		}
+		if r.Kube != nil && r.Kube.Keep {
+			continue // its objects are on the cluster: `moatc destroy` removes both
+		}
 		rep.Runs = append(rep.Runs, r.ID)
-		if !dry {
+		if !dry && r.Kube == nil {
 			if err := m.removeLeftovers(ctx, r.ID, r.ContainerID, r.Spec.Docker); err != nil {
 				return nil, err
 			}
+		}
+		if !dry {
 			if err := m.Store.Remove(r.ID); err != nil {
 				return nil, err
 			}

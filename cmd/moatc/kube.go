@@ -96,11 +96,7 @@ Examples:
 			}
 			r, code, err := kube.Run(ctx, e.mgr, req, o)
 			if err != nil {
-				var ue *kube.UnsupportedError
-				if errors.As(err, &ue) {
-					return usageError{err}
-				}
-				return err
+				return kubeError(err)
 			}
 			if c.Bool("json") {
 				printJSON(r)
@@ -150,11 +146,7 @@ redacted: export never prints a secret. Check them with a server-side dry run:
 				Namespace: c.String("namespace"), RuntimeClass: c.String("runtime-class"), Registry: c.String("registry"), Prefix: e.prefix,
 			})
 			if err != nil {
-				var ue *kube.UnsupportedError
-				if errors.As(err, &ue) {
-					return usageError{err}
-				}
-				return err
+				return kubeError(err)
 			}
 			out, err := kube.Encode(objs.List(), c.String("output"), notes)
 			if err != nil {
@@ -174,4 +166,13 @@ func (quietWarnings) Write(p []byte) (int, error) {
 		fmt.Fprint(os.Stderr, string(p))
 	}
 	return len(p), nil
+}
+
+// kubeError makes a setting a cluster cannot honour a usage error (exit 2).
+func kubeError(err error) error {
+	var ue *kube.UnsupportedError
+	if errors.As(err, &ue) {
+		return usageError{err}
+	}
+	return err
 }

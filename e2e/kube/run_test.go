@@ -58,8 +58,26 @@ func moatcRun(t *testing.T, stdin string, args ...string) result {
 	return result{out.String(), errb.String(), code}
 }
 
-var busyboxOnce sync.Once
-var busyboxErr error
+var (
+	busyboxOnce sync.Once
+	busyboxErr  error
+	debianOnce  sync.Once
+	debianErr   error
+)
+
+// needDebian imports debian:bookworm-slim, the base of dependency images (see needBusybox).
+func needDebian(t *testing.T) {
+	t.Helper()
+	needBusybox(t) // makes the tars
+	debianOnce.Do(func() {
+		if out, err := exec.Command(moatc, "image", "import", filepath.Join(prefix, "images", "debian-bookworm-slim.oci.tar")).CombinedOutput(); err != nil {
+			debianErr = fmt.Errorf("importing debian: %v: %s", err, out)
+		}
+	})
+	if debianErr != nil {
+		t.Fatal(debianErr)
+	}
+}
 
 // needBusybox imports the suite's busybox image into moatc's store (scripts/base-images.sh
 // makes the tar; make test makes it before the tests).
@@ -338,6 +356,13 @@ grep -rl "$(echo %s | base64 -d)" /etc /workspace /tmp /moatc /var/run /run 2>/d
 	if len(nps.Items) != 2 {
 		t.Errorf("%d network policies, want 2", len(nps.Items))
 	}
+	// clean keeps a kept run's record: it is how its objects are found and removed.
+	if cr := moatcRun(t, "", "clean"); cr.code != 0 {
+		t.Fatalf("clean: %s", cr.stderr)
+	}
+	if st := moatcRun(t, "", "status", "kube-grant"); st.code != 0 {
+		t.Errorf("clean removed the record of a run kept on the cluster: %s", st.stderr)
+	}
 	if d := moatcRun(t, "", "destroy", "kube-grant"); d.code != 0 {
 		t.Fatalf("destroy: %s %s", d.stdout, d.stderr)
 	}
@@ -530,5 +555,22 @@ func TestKubeStop(t *testing.T) {
 			t.Errorf("%s: left %v", how, left)
 		}
 		moatcRun(t, "", "destroy", name)
+	}
+}
+
+// TestKubeRunDependencyImage: a workspace that declares dependencies runs on the cluster in
+// the image moatc builds for them, pushed to the registry with the run.
+func TestKubeRunDependencyImage(t *testing.T) {
+	c := needCluster(t)
+	needDebian(t)
+	ws := t.TempDir()
+	os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte("dependencies:\n  - jq\n"), 0o644)
+	r := moatcRun(t, "", "kube", "run", "--kubeconfig", c.Kubeconfig, "-n", c.Namespace, "--registry", c.Registry, "--quiet",
+		ws, "--", "sh", "-c", `echo '{"a":42}' | jq .a`)
+	if r.code != 0 || r.stdout != "42\n" {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	if left := runObjects(t, c); len(left) > 0 {
+		t.Errorf("left on the cluster: %v", left)
 	}
 }
