@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // cannedAnswer is what the fake APIs answer every prompt with.
@@ -130,8 +131,14 @@ func TestAgents(t *testing.T) {
 		}
 	}()
 
-	for _, name := range []string{"claude", "codex", "gemini", "copilot"} {
-		r := moatcRun(t, opts{}, name, "-q", ws, "--", "--version")
+	for i, name := range []string{"claude", "codex", "gemini", "copilot"} {
+		o := opts{}
+		if i == 0 {
+			// The first builds the image: node and four agents from npm, slow on a machine
+			// whose caches are cold.
+			o.timeout = 12 * time.Minute
+		}
+		r := moatcRun(t, o, name, "-q", ws, "--", "--version")
 		if r.code != 0 || !strings.ContainsAny(r.stdout, "0123456789") {
 			t.Fatalf("moatc %s -- --version: exit %d\nstdout %s\nstderr %s", name, r.code, r.stdout, tailOf(r.stderr))
 		}

@@ -146,14 +146,19 @@ type result struct {
 }
 
 type opts struct {
-	stdin string
-	env   []string
-	dir   string
+	stdin   string
+	env     []string
+	dir     string
+	timeout time.Duration // default 3 minutes
 }
 
 func moatcRun(t *testing.T, o opts, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	limit := o.timeout
+	if limit == 0 {
+		limit = 3 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, moatc, args...)
 	var out, errb bytes.Buffer

@@ -87,16 +87,18 @@ func buildMoatc() error {
 // with this home, and fails when anything is left behind.
 func teardown() error {
 	var errs []error
-	if theCluster != nil {
-		if err := theCluster.stop(); err != nil {
-			errs = append(errs, fmt.Errorf("stopping the cluster: %w", err))
-		}
-	}
+	// moatc's own daemons first: its buildkitd's RUN steps share libcni's /var/lib/cni with
+	// the cluster, whose clean-up then finds only its own entries there.
 	if out, err := exec.Command(moatc, "clean").CombinedOutput(); err != nil {
 		errs = append(errs, fmt.Errorf("moatc clean: %v: %s", err, out))
 	}
 	if out, err := exec.Command(moatc, "system", "stop", "--force").CombinedOutput(); err != nil {
 		errs = append(errs, fmt.Errorf("moatc system stop: %v: %s", err, out))
+	}
+	if theCluster != nil {
+		if err := theCluster.stop(); err != nil {
+			errs = append(errs, fmt.Errorf("stopping the cluster: %w", err))
+		}
 	}
 	for _, m := range mountsUnder(home) {
 		errs = append(errs, fmt.Errorf("mount left behind: %s", m))
