@@ -350,6 +350,11 @@ func TestEngineRunKilledMidStart(t *testing.T) {
 	requireStack(t)
 	ws := workspace(t)
 	os.WriteFile(filepath.Join(ws, "moatc.yaml"), []byte("dependencies:\n  - docker:dind\n"), 0o644)
+	// The image first: its build (slow when no other test made it yet) is not the window in
+	// which a sibling's create is awaited.
+	if r := moatcRun(t, opts{timeout: 10 * time.Minute}, "build", "-q", ws); r.code != 0 {
+		t.Fatalf("building the dind image: exit %d\n%s", r.code, r.stderr)
+	}
 	for _, rt := range runtimes {
 		t.Run(rt, func(t *testing.T) {
 			for _, detached := range []bool{false, true} {

@@ -191,8 +191,8 @@ func setup(c *cli.Context) (*env, error) {
 	if addr == "" {
 		addr = cfg.Address
 	}
-	// From the root: `moatc kube` has a -n/--namespace of its own, the cluster's.
-	root := c.Lineage()[len(c.Lineage())-1]
+	// From the app's own context: `moatc kube` has a -n/--namespace of its own, the cluster's.
+	root := appContext(c)
 	ns := root.String("namespace")
 	if !root.IsSet("namespace") && cfg.Namespace != "" {
 		ns = cfg.Namespace
@@ -241,6 +241,18 @@ func setup(c *cli.Context) (*env, error) {
 		return nil, fmt.Errorf("reconciling runs: %w", err)
 	}
 	return e, nil
+}
+
+// appContext is the context of moatc's global flags: the last of c's lineage that belongs to
+// the app (above it is only the empty context urfave/cli starts from).
+func appContext(c *cli.Context) *cli.Context {
+	l := c.Lineage()
+	for i := len(l) - 1; i >= 0; i-- {
+		if l[i].App != nil && l[i].Command != nil {
+			return l[i]
+		}
+	}
+	return c
 }
 
 // addressFlag is --address (or $MOATC_CONTAINERD_ADDRESS) as a socket path; "" when unset.
