@@ -279,12 +279,17 @@ func TestKubeGrantStaysInTheProxy(t *testing.T) {
 	t.Cleanup(func() { moatcRun(t, "", "destroy", "--force", "kube-grant") })
 	// The workload looks for the token everywhere it can.
 	// The token is passed encoded: the pod's own spec must not hold it.
-	script := fmt.Sprintf(`./fetch %s; env; cat /etc/moatc/*; ls -R /var/run/secrets /run/secrets 2>&1;
-grep -rl "$(echo %s | base64 -d)" /etc /workspace /tmp /moatc /var/run /run 2>/dev/null; true`, api.url, base64.StdEncoding.EncodeToString([]byte(api.token)))
+	// Without the proxy's password the workload gets nothing through it (the proxy pod
+	// admits any address: the password is what keeps other pods out).
+	script := fmt.Sprintf(`HTTPS_PROXY=$(echo "$HTTPS_PROXY" | sed 's|moatc:[^@]*@||') ./fetch %[1]s | sed 's/^/nopass: /'; ./fetch %[1]s; env; cat /etc/moatc/*; ls -R /var/run/secrets /run/secrets 2>&1;
+grep -rl "$(echo %[2]s | base64 -d)" /etc /workspace /tmp /moatc /var/run /run 2>/dev/null; true`, api.url, base64.StdEncoding.EncodeToString([]byte(api.token)))
 	r := moatcRun(t, "", append(kubeArgs(c, "run", "--name", "kube-grant", "--keep", "--grant", "fakeapi", "--policy", "strict",
 		"--upstream-ca", api.caFile), ws, "--", "sh", "-c", script)...)
 	if r.code != 0 || !strings.Contains(r.stdout, api.url+": 200 granted") {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "nopass: "+api.url+": error") {
+		t.Errorf("a request without the proxy's password was not refused:\n%s", r.stdout)
 	}
 	if strings.Contains(r.stdout, api.token) || strings.Contains(r.stderr, api.token) {
 		t.Errorf("the token reached the workload or moatc's output:\n%s\n%s", r.stdout, r.stderr)
