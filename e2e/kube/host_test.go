@@ -17,6 +17,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/moatc/moatc/mounts"
 )
 
 // What the cluster does to the host outside its directory, and how this file undoes it:
@@ -278,28 +280,9 @@ func mountInfo() []mount {
 		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
 			continue
 		}
-		out = append(out, mount{point: unescapeMount(fields[4]), fstype: fields[sep+1]})
+		out = append(out, mount{point: mounts.Unescape(fields[4]), fstype: fields[sep+1]})
 	}
 	return out
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // kubepodsCgroups returns the kubelet's kubepods cgroup in each hierarchy where it exists.
