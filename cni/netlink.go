@@ -39,8 +39,7 @@ type route struct {
 	table int
 }
 
-// routes lists the host's IPv4 routes in every table but "local" (which holds the host's own
-// addresses, not destinations reached through an interface).
+// routes lists the host's IPv4 routes that lead somewhere, in every table but "local".
 func routes() ([]route, error) {
 	var rts []netlink.Route
 	for i := 0; ; i++ {
@@ -64,7 +63,9 @@ func routes() ([]route, error) {
 	}
 	var out []route
 	for _, rt := range rts {
-		if rt.Table == unix.RT_TABLE_LOCAL {
+		// "local" holds the host's own addresses; unreachable, blackhole and prohibit routes
+		// lead nowhere (moatc puts one over the pool when rootless: see blockPool).
+		if rt.Table == unix.RT_TABLE_LOCAL || rt.Type == unix.RTN_UNREACHABLE || rt.Type == unix.RTN_BLACKHOLE || rt.Type == unix.RTN_PROHIBIT {
 			continue
 		}
 		r := route{table: rt.Table, dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0)}

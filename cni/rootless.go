@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
 
 	"github.com/moatc/moatc/rootless"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Rootless moatc (Config.Kit set) makes its networks inside rootlesskit's network namespace,
@@ -83,6 +86,9 @@ func portSpec(p Port, child netip.Addr) rootless.PortSpec {
 // publish publishes a run's ports through the kit. A port refused is reported as a rootful
 // bind error would be; the ports published before it are left to the caller's teardown.
 func (m *Manager) publish(ctx context.Context, rec *record) error {
+	if err := m.blockPool(); err != nil {
+		return err
+	}
 	api := m.cfg.Kit.Ports()
 	for _, p := range rec.Ports {
 		if _, err := api.Add(ctx, portSpec(p, rec.IP)); err != nil {
@@ -105,6 +111,9 @@ func (m *Manager) CheckPorts(ctx context.Context, ports []Port) error {
 	if m.cfg.Kit == nil || len(ports) == 0 {
 		return CheckPorts(ports)
 	}
+	if err := m.blockPool(); err != nil {
+		return err
+	}
 	api := m.cfg.Kit.Ports()
 	var ids []int
 	defer func() {
@@ -118,6 +127,20 @@ func (m *Manager) CheckPorts(ctx context.Context, ports []Port) error {
 			return bindError(p, err)
 		}
 		ids = append(ids, id)
+	}
+	return nil
+}
+
+// blockPool makes the pool's addresses that no run's bridge holds unreachable in the kit's
+// namespace (each bridge's /24 route is more specific and wins). Without it the kit's driver
+// forwards a connection to such an address (CheckPorts' target, or a port a killed moatc left
+// behind) out through slirp4netns to whatever that address is on the host's network.
+func (m *Manager) blockPool() error {
+	p := m.cfg.Pool.Masked()
+	rt := &netlink.Route{Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)},
+		Type: unix.RTN_UNREACHABLE, Table: unix.RT_TABLE_MAIN}
+	if err := netlink.RouteReplace(rt); err != nil {
+		return fmt.Errorf("making the unused addresses of pool %s unreachable in rootlesskit's namespace: %w", p, err)
 	}
 	return nil
 }

@@ -474,6 +474,20 @@ func TestRootlessPublishAfterKill(t *testing.T) {
 			kitPorts().Remove(ctx, p.ID)
 		}
 	}()
+	// The orphan forwards to a pool address no bridge holds: refused in the kit's namespace,
+	// never sent out through slirp4netns to that address on the host's network (where this
+	// machine's egress filter answered it once, in the window of a run's port check).
+	pid, err := os.ReadFile(filepath.Join(rl.dir, "rootless", "child_pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, err := exec.Command("nsenter", "-U", "--preserve-credentials", "-n", "-t", strings.TrimSpace(string(pid)),
+		"ip", "route", "get", "10.213.254.77").CombinedOutput(); err == nil {
+		t.Errorf("rootlesskit's namespace routes an unused pool address: %s", o)
+	}
+	if got, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/", orphan), 0); err == nil {
+		t.Errorf("a port forwarded to an unused pool address answered: %q", got)
+	}
 	rlNet(t, 0, "clean")
 	if left := publishedOn(t, orphan); len(left) > 0 {
 		t.Errorf("clean left the orphan port %v", left)
