@@ -71,27 +71,26 @@ func TestSweepStaleKits(t *testing.T) {
 	t.Cleanup(func() { cmd.Process.Kill() })
 	var outer userNS
 	var pids []int
+	nested := 0
+	// Until the nested sleep is in its namespace: unshare itself starts in the outer one.
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		outer, _ = outerUserNS(cmd.Process.Pid)
 		pids = pidsIn(outer)
-		if outer != 0 && len(pids) >= 3 {
+		nested = 0
+		for _, p := range pids {
+			if b, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", p)); err == nil && b != outer.String() {
+				nested = p
+			}
+		}
+		if outer != 0 && len(pids) >= 3 && nested != 0 {
 			break
 		}
 	}
-	if outer == 0 || len(pids) < 3 {
-		t.Fatalf("the outer namespace %v holds %v, want sh, sleep and the nested sleep", outer, pids)
+	if outer == 0 || len(pids) < 3 || nested == 0 {
+		t.Fatalf("the outer namespace %v holds %v (nested: %d), want sh, sleep and the nested sleep", outer, pids, nested)
 	}
 	if own, _ := outerUserNS(os.Getpid()); own != 0 {
 		t.Errorf("this test's own namespace is %v, want the host's (0)", own)
-	}
-	nested := 0
-	for _, p := range pids {
-		if b, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", p)); b != outer.String() {
-			nested = p
-		}
-	}
-	if nested == 0 {
-		t.Errorf("no process of %v is in a nested namespace", pids)
 	}
 	if got := staleKits(kitProcesses(), home); !slices.Equal(got, []userNS{outer}) {
 		t.Errorf("the home's dead kits: %v, want [%v]", got, outer)
