@@ -11,6 +11,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -35,6 +37,11 @@ func main() {
 		err = install(filepath.Join(arg, "bin"))
 		if err == nil {
 			err = wait(filepath.Join(arg, "ready"))
+		}
+		if err == nil {
+			// The unpack that made the mark is still exiting: were this container to end now,
+			// the runtime would kill it and moatc would read its exec as killed (137).
+			waitAlone(10 * time.Second)
 		}
 	case "wait":
 		err = wait(arg)
@@ -109,6 +116,36 @@ func wait(file string) error {
 		case <-term:
 			return errors.New("stopped while waiting for " + file)
 		case <-tick.C:
+		}
+	}
+}
+
+// waitAlone waits, at most limit, until this process is the container's only live one.
+func waitAlone(limit time.Duration) {
+	self := strconv.Itoa(os.Getpid())
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		ents, err := os.ReadDir("/proc")
+		if err != nil {
+			return
+		}
+		alone := true
+		for _, e := range ents {
+			if _, err := strconv.Atoi(e.Name()); err != nil || e.Name() == self {
+				continue
+			}
+			b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+			if err != nil {
+				continue // gone meanwhile
+			}
+			// The state follows the command's closing parenthesis; a zombie holds nothing.
+			if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
+				continue
+			}
+			alone = false
+			break
+		}
+		if alone {
+			return
 		}
 	}
 }
