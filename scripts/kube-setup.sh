@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the Kubernetes end-to-end tests (e2e/kube) need into the prefix (default
-# /opt/moatc): Debian's etcd-server, and kube-apiserver, kubelet, kube-scheduler and the pause
-# binary built from the Go module proxy at a pinned version into $PREFIX/kube/bin. Run as root,
-# after scripts/setup.sh. Idempotent: a warm run takes seconds. See
+# /opt/moatc): Debian's etcd-server, and kube-apiserver, kubelet, kube-scheduler,
+# kube-controller-manager and the pause binary built from the Go module proxy at a pinned
+# version into $PREFIX/kube/bin. Run as root, after scripts/setup.sh. Idempotent: a warm run takes seconds. See
 # /work/shared/notes/kubernetes.md for the measured facts behind it.
 #
 #   PREFIX=/opt/moatc bash scripts/kube-setup.sh
@@ -11,7 +11,11 @@ set -euo pipefail
 PREFIX=${PREFIX:-${MOATC_PREFIX:-/opt/moatc}}
 KUBE_VERSION=v1.37.2
 STAGING_VERSION=v0.37.2 # k8s.io/* staging modules released with $KUBE_VERSION
-KUBE_BINS=(kube-apiserver kubelet kube-scheduler)
+KUBE_BINS=(kube-apiserver kubelet kube-scheduler kube-controller-manager)
+# The cluster's NetworkPolicy engine: kube-router's firewall alone, as a host process. v2.1.0 is
+# the only version the Go module proxy serves; its reported advisory (GHSA-phqm-jgc3-qf8g) is
+# in the service proxy, which the tests never run.
+KUBE_ROUTER_VERSION=v2.1.0
 
 if [ "$(id -u)" != 0 ]; then
   echo "kube-setup: needs root (it installs a Debian package and writes $PREFIX); try: sudo make kube-setup" >&2
@@ -45,6 +49,12 @@ if ! dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok 
     update-rc.d etcd disable >/dev/null 2>&1 || true
   fi
 fi
+# ipset, which kube-router runs to keep its address sets.
+if ! command -v ipset >/dev/null; then
+  log "installing Debian package ipset"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ipset >/dev/null
+fi
 
 # current: true when every binary exists and was built at $KUBE_VERSION.
 current() {
@@ -53,19 +63,38 @@ current() {
 }
 stamp() { echo "$KUBE_VERSION" > "$PREFIX/versions/kubernetes.tmp" && mv "$PREFIX/versions/kubernetes.tmp" "$PREFIX/versions/kubernetes"; }
 
+router_current() {
+  [ "$(cat "$PREFIX/versions/kube-router" 2>/dev/null)" = "$KUBE_ROUTER_VERSION" ] && [ -x "$bin/kube-router" ]
+}
+
+if current && router_current; then
+  log "ready in $bin ($(ls "$bin" | tr '\n' ' '))"
+  exit 0
+fi
+work=$(mktemp -d /tmp/kube-setup.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+# 2. kube-router, from a small tool module that requires it (its go.mod has no replace
+# directives). About 7 minutes cold on 2 cores.
+if ! router_current; then
+  log "building kube-router $KUBE_ROUTER_VERSION"
+  mkdir -p "$work/router"
+  printf 'module moatc.local/kube-router\n\ngo 1.26\n\nrequire github.com/cloudnativelabs/kube-router/v2 %s\n' "$KUBE_ROUTER_VERSION" > "$work/router/go.mod"
+  (cd "$work/router" && GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$work/router/kube-router" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router)
+  mv "$work/router/kube-router" "$bin/kube-router"
+  echo "$KUBE_ROUTER_VERSION" > "$PREFIX/versions/kube-router.tmp" && mv "$PREFIX/versions/kube-router.tmp" "$PREFIX/versions/kube-router"
+fi
 if current; then
   log "ready in $bin ($(ls "$bin" | tr '\n' ' '))"
   exit 0
 fi
 
-# 2. The Kubernetes binaries. k8s.io/kubernetes's go.mod replaces the k8s.io/* staging modules
+# 3. The Kubernetes binaries. k8s.io/kubernetes's go.mod replaces the k8s.io/* staging modules
 # with ./staging paths its module zip does not hold, so it cannot be built as a main module nor
 # with `go install mod@v`. A small tool module requires it and replaces each of those staging
 # modules with its released version instead; the list comes from the module's own go.mod.
 start=$(date +%s)
 log "building ${KUBE_BINS[*]} $KUBE_VERSION (cold on 2 cores: 24 minutes measured while setup.sh built in parallel; about 12 alone)"
-work=$(mktemp -d /tmp/kube-setup.XXXXXX)
-trap 'rm -rf "$work"' EXIT
 info=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$KUBE_VERSION")
 gomod=$(printf '%s\n' "$info" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')
 zipdir=$(printf '%s\n' "$info" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
@@ -91,12 +120,12 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 pkgs=()
 for b in "${KUBE_BINS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
-# One go build for all three: they share most of their packages.
+# One go build for all of them: they share most of their packages.
 mkdir -p "$work/out"
 (cd "$work" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$work/out/" "${pkgs[@]}")
 for b in "${KUBE_BINS[@]}"; do mv "$work/out/$b" "$bin/$b"; done
 
-# 3. The pod sandbox's pause process, from the same module zip. Static: it is the only file of
+# 4. The pod sandbox's pause process, from the same module zip. Static: it is the only file of
 # the sandbox image the tests make.
 gcc -static -O2 -o "$work/pause" "$zipdir/build/pause/linux/pause.c"
 strip "$work/pause" 2>/dev/null || true

@@ -34,7 +34,7 @@ type cluster struct {
 	pki      *pki
 	ports    ports
 	registry *http.Server
-	daemons  map[string]*daemon // by name: etcd, containerd, kube-apiserver, kubelet, kube-scheduler
+	daemons  map[string]*daemon // by name: etcd, containerd, kube-apiserver, kubelet, kube-scheduler, kube-controller-manager, kube-router
 	order    []string           // daemon names in start order
 }
 
@@ -107,9 +107,11 @@ func startCluster() error {
 		{"importing the pause image", c.importPause},
 		{"starting the kubelet", c.startKubelet},
 		{"starting kube-scheduler", c.startScheduler},
+		{"starting kube-controller-manager", c.startControllerManager},
 		{"waiting for kube-apiserver", c.waitAPIServer},
 		{"making the test objects", c.makeObjects},
 		{"waiting for the node", c.waitNodeReady},
+		{"starting kube-router", c.startKubeRouter},
 	}
 	for _, s := range steps {
 		if err := s.fn(ctx); err != nil {
@@ -134,24 +136,21 @@ func (c *cluster) makeObjects(ctx context.Context) error {
 		return fmt.Errorf("creating the test namespace: %w", err)
 	}
 	c.Namespace = ns.Name
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
-	if _, err := c.Client.CoreV1().ServiceAccounts(c.Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("creating the default ServiceAccount: %w", err)
-	}
-	cm := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: "kube-root-ca.crt"},
-		Data:       map[string]string{"ca.crt": string(c.pki.caPEM)},
-	}
-	if _, err := c.Client.CoreV1().ConfigMaps(c.Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("creating ConfigMap kube-root-ca.crt: %w", err)
-	}
-	return nil
+	// kube-controller-manager makes them, as on any cluster; pods cannot be admitted before.
+	return waitUntil(ctx, "kube-controller-manager to make the namespace's default ServiceAccount and kube-root-ca.crt",
+		c.daemons["kube-controller-manager"], func(ctx context.Context) error {
+			if _, err := c.Client.CoreV1().ServiceAccounts(c.Namespace).Get(ctx, "default", metav1.GetOptions{}); err != nil {
+				return err
+			}
+			_, err := c.Client.CoreV1().ConfigMaps(c.Namespace).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+			return err
+		})
 }
 
-// waitNodeReady waits for the kubelet's node to be Ready and schedulable. There is no node
-// lifecycle controller to lift a not-ready taint, so one found is removed here.
+// waitNodeReady waits for the kubelet's node to be Ready and schedulable: admission taints a
+// new node not-ready, and kube-controller-manager's node lifecycle controller lifts the taint.
 func (c *cluster) waitNodeReady(ctx context.Context) error {
-	return waitUntil(ctx, "the node to be Ready", c.daemons["kubelet"], func(ctx context.Context) error {
+	return waitUntil(ctx, "the node to be Ready and untainted", c.daemons["kube-controller-manager"], func(ctx context.Context) error {
 		node, err := c.Client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -160,10 +159,7 @@ func (c *cluster) waitNodeReady(ctx context.Context) error {
 			return errors.New("node not Ready yet")
 		}
 		if len(node.Spec.Taints) > 0 {
-			node.Spec.Taints = nil
-			if _, err := c.Client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
-				return fmt.Errorf("removing the node's taints: %w", err)
-			}
+			return fmt.Errorf("node tainted: %v", node.Spec.Taints)
 		}
 		return nil
 	})

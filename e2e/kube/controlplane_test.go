@@ -104,8 +104,6 @@ func (c *cluster) startAPIServer(ctx context.Context) error {
 		// 127.0.0.1.
 		"kubelet-preferred-address-types", "Hostname",
 		"endpoint-reconciler-type", "none",
-		// It would taint the new node not-ready, and no node lifecycle controller lifts it.
-		"disable-admission-plugins", "TaintNodesByCondition",
 		"allow-privileged", "true",
 		"profiling", "false",
 		"v", "1",
@@ -131,6 +129,23 @@ func (c *cluster) startScheduler(ctx context.Context) error {
 		"leader-elect", "false",
 		"bind-address", "127.0.0.1",
 		"secure-port", "0",
+		"v", "1",
+	)...)
+	return err
+}
+
+// startControllerManager starts kube-controller-manager as the admin, alone (no leader
+// election) and without its HTTPS server. Its controllers make each namespace's "default"
+// ServiceAccount and kube-root-ca.crt, collect garbage by owner, and keep the node's taints.
+func (c *cluster) startControllerManager(ctx context.Context) error {
+	pki := c.path("pki") + "/"
+	_, err := c.spawn("kube-controller-manager", kubeBin("kube-controller-manager"), flags(
+		"kubeconfig", c.Kubeconfig,
+		"leader-elect", "false",
+		"bind-address", "127.0.0.1",
+		"secure-port", "0",
+		"root-ca-file", pki+"ca.crt",
+		"service-account-private-key-file", pki+"sa.key",
 		"v", "1",
 	)...)
 	return err

@@ -66,7 +66,7 @@ func checkPrerequisites() error {
 		return errors.New("the cluster needs root")
 	}
 	var missing []string
-	for _, f := range []string{kubeBin("kube-apiserver"), kubeBin("kubelet"), kubeBin("kube-scheduler"), kubeBin("pause"),
+	for _, f := range []string{kubeBin("kube-apiserver"), kubeBin("kubelet"), kubeBin("kube-scheduler"), kubeBin("kube-controller-manager"), kubeBin("kube-router"), "/usr/sbin/ipset", kubeBin("pause"),
 		prefixBin("containerd"), prefixBin("ctr"), prefixBin("containerd-shim-runc-v2"), prefixBin("runc"),
 		prefixBin("runsc"), prefixBin("containerd-shim-runsc-v1"), etcdBin,
 		filepath.Join(cniBinDir, "bridge"), filepath.Join(cniBinDir, "host-local"), filepath.Join(cniBinDir, "loopback"),
@@ -163,6 +163,9 @@ func sweepStale() error {
 func cleanHost(dir string, hs *hostState, keepLogs bool) error {
 	var errs []error
 	if err := killAll(leftoverPids(dir)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := cleanKubeRouter(); err != nil {
 		errs = append(errs, err)
 	}
 	for _, root := range []string{dir, "/var/lib/kubelet"} {
@@ -476,6 +479,7 @@ func leaks(dir string, hs *hostState, keepLogs bool) []string {
 		out = append(out, "libcni cache "+strings.Join(m, " "))
 	}
 	out = append(out, iptablesLeaks()...)
+	out = append(out, kubeRouterLeft()...)
 	if hs != nil {
 		for k, v := range hs.Sysctls {
 			if now, _ := os.ReadFile("/proc/sys/" + k); strings.TrimSpace(string(now)) != v {

@@ -1,7 +1,7 @@
 // Package kube proves `moatc kube` against a real single-node Kubernetes cluster that this
-// test binary starts on the host (kube-apiserver, kube-scheduler, kubelet, etcd and a
-// containerd of its own with runc and gVisor) and removes again, leaving the host as it found
-// it. scripts/kube-setup.sh installs the cluster's binaries. In CI (CI=true) a missing
+// test binary starts on the host (kube-apiserver, kube-scheduler, kube-controller-manager,
+// kubelet, etcd and a containerd of its own with runc and gVisor) and removes again, leaving
+// the host as it found it. scripts/kube-setup.sh installs the cluster's binaries. In CI (CI=true) a missing
 // prerequisite is a failure, never a skip.
 package kube
 
