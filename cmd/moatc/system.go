@@ -300,15 +300,28 @@ func kitStatus(k rootless.Kit) rootlessStatus {
 
 // childNamed is the pid of a child of pid whose command is name; 0 if none.
 func childNamed(pid int, name string) int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	for _, f := range strings.Fields(string(b)) {
-		comm, _ := os.ReadFile("/proc/" + f + "/comm")
-		if strings.TrimSpace(string(comm)) == name {
-			n, _ := strconv.Atoi(f)
-			return n
+	for _, c := range children(pid) {
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c)); strings.TrimSpace(string(comm)) == name {
+			return c
 		}
 	}
 	return 0
+}
+
+// children lists pid's children. Each thread lists those it forked, and a Go parent forks
+// from any of its threads.
+func children(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 func binaryVersion(prefix, name string) binaryStatus {
